@@ -1,0 +1,76 @@
+"""The test suite's loopback Slack and GitHub doubles in a process of their own, for bench/run.py.
+
+Prints one JSON line with their URLs and the App's key, then answers commands on stdin, one
+JSON line each: `reset` (forget recorded calls), `replies` (thread replies with the time the
+double received them), `counts` (calls per method), `quit`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from tests.doubles.github_api import GitHubDouble  # noqa: E402
+from tests.doubles.slack_api import SlackDouble  # noqa: E402
+
+REPO = "acme/ml-models"
+HEAD_SHA = "a1b2c3d4e5f60718293a4b5c6d7e8f9012345678"
+
+
+def main() -> None:
+    slack = SlackDouble().start()
+    github = GitHubDouble().start()
+    github.add_repo(REPO, installation_id=101)
+    github.add_pull(REPO, 42, head_sha=HEAD_SHA, title="Try a wider layer")
+    # The double counts GitHub's 5,000 requests an hour; a benchmark spends that in seconds.
+    github.rate_remaining = 10**9
+    print(
+        json.dumps(
+            {
+                "slack_url": slack.url,
+                "github_url": github.url,
+                "app_id": github.app_id,
+                "private_key_pem": github.private_key_pem,
+            }
+        ),
+        flush=True,
+    )
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd == "reset":
+            slack.reset()
+            github.reset()
+            github.rate_remaining = 10**9
+            with slack._cond:
+                slack.messages.clear()
+            out: object = {"ok": True}
+        elif cmd == "replies":
+            out = [
+                {"text": c.params.get("text"), "at": c.at, "thread_ts": c.params["thread_ts"]}
+                for c in slack.calls_to("chat.postMessage")
+                if c.params.get("thread_ts")
+            ]
+        elif cmd == "counts":
+            counts: dict[str, int] = {}
+            for c in list(slack.calls):
+                counts[c.method] = counts.get(c.method, 0) + 1
+            for r in list(github.requests):
+                key = f"github {r.method} {r.status}"
+                counts[key] = counts.get(key, 0) + 1
+            counts["slack_violations"] = len(slack.violations)
+            out = counts
+        elif cmd == "quit":
+            break
+        else:
+            out = {"error": f"unknown command {cmd!r}"}
+        print(json.dumps(out), flush=True)
+    slack.stop()
+    github.stop()
+
+
+if __name__ == "__main__":
+    main()

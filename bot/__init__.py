@@ -1,0 +1,1 @@
+"""chatops-bridge: drive GitHub from Slack; the edges and the wiring."""

@@ -1,0 +1,255 @@
+"""The chatops.yml model: one documented, validated schema; unknown keys are refused."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from apscheduler.triggers.cron import CronTrigger
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+REPO_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}$")
+SLACK_USER_RE = re.compile(r"^[UW][A-Z0-9]{2,}$")
+SLACK_CHANNEL_RE = re.compile(r"^[CGD][A-Z0-9]{2,}$")
+SLACK_GROUP_RE = re.compile(r"^S[A-Z0-9]{2,}$")
+EVENT_TYPE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
+
+Repo = Annotated[str, Field(pattern=REPO_RE.pattern, description="owner/name")]
+UserId = Annotated[str, Field(pattern=SLACK_USER_RE.pattern)]
+ChannelId = Annotated[str, Field(pattern=SLACK_CHANNEL_RE.pattern)]
+GroupId = Annotated[str, Field(pattern=SLACK_GROUP_RE.pattern)]
+EventType = Annotated[str, Field(pattern=EVENT_TYPE_RE.pattern)]
+Permission = Literal["read", "triage", "write", "maintain", "admin"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Repositories(Strict):
+    default: Repo | None = None
+    channels: dict[ChannelId, Repo] = {}
+
+
+class Access(Strict):
+    """Who may run a command. Empty lists mean "no restriction" for that dimension."""
+
+    allowed_channels: list[ChannelId] = []
+    allowed_users: list[UserId] = []
+    allowed_usergroups: list[GroupId] = []
+    require_github_permission: Permission | None = None
+
+
+class ApprovalPolicy(Strict):
+    approvers: list[UserId] = []
+    approver_usergroups: list[GroupId] = []
+    required: int = Field(1, ge=1, le=10)
+    allow_self_approval: bool = False
+    expires_after_minutes: int = Field(30, ge=1, le=7 * 24 * 60)
+    require_github_permission: Permission | None = None
+
+    @model_validator(mode="after")
+    def _enough_approvers(self) -> ApprovalPolicy:
+        if not self.approvers and not self.approver_usergroups:
+            raise ValueError("approval needs at least one of approvers or approver_usergroups")
+        if not self.approver_usergroups and len(set(self.approvers)) < self.required:
+            listed = len(set(self.approvers))
+            raise ValueError(f"required is {self.required} but only {listed} approvers are listed")
+        return self
+
+
+class EvaluateCommand(Access):
+    trigger: Literal["label", "dispatch"] = "label"
+    label: str = Field("evaluate", min_length=1, max_length=50)
+    event_type: EventType = "evaluate"
+    # Only runs of this workflow (name or file name) are relayed for label-triggered requests.
+    workflow: str | None = None
+
+
+class EnvironmentSettings(Strict):
+    approval: ApprovalPolicy | None = None
+
+
+class DeployCommand(Access):
+    trigger: Literal["dispatch"] = "dispatch"
+    event_type: EventType = "deploy"
+    approval: ApprovalPolicy | None = None
+    environments: dict[str, EnvironmentSettings] = {"production": EnvironmentSettings()}
+
+    @field_validator("environments")
+    @classmethod
+    def _env_names(cls, v: dict[str, EnvironmentSettings]) -> dict[str, EnvironmentSettings]:
+        if not v:
+            raise ValueError("at least one environment is needed")
+        for name in v:
+            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,255}", name):
+                raise ValueError(f"environment name {name!r} has characters GitHub does not allow")
+        return v
+
+    def policy_for(self, environment: str) -> ApprovalPolicy | None:
+        env = self.environments.get(environment)
+        if env is not None and env.approval is not None:
+            return env.approval
+        return self.approval
+
+    @property
+    def default_environment(self) -> str:
+        return next(iter(self.environments))
+
+
+class Commands(Strict):
+    evaluate: EvaluateCommand = EvaluateCommand()
+    deploy: DeployCommand = DeployCommand()
+
+
+class GitHubOptions(Strict):
+    # webhook: GitHub calls /github/webhooks. poll: the bridge polls GitHub (no public URL).
+    # auto: poll when no GITHUB_WEBHOOK_SECRET is set, else webhooks.
+    mode: Literal["webhook", "poll", "auto"] = "auto"
+    poll_interval_seconds: int = Field(30, ge=5, le=3600)
+    poll_max_age_hours: int = Field(24, ge=1, le=24 * 30)
+    # Polling pauses when fewer than this many REST calls remain in the rate-limit window.
+    poll_min_rate_remaining: int = Field(200, ge=0)
+
+
+class ChannelSettings(Strict):
+    notify: Literal["all", "finished", "failures"] = "all"
+    broadcast_failures: bool = False
+
+
+class Schedule(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    cron: str
+    timezone: str = "UTC"
+    command: Literal["dispatch", "evaluate"] = "dispatch"
+    event_type: EventType | None = None
+    pr: int | None = Field(None, ge=1)
+    repository: Repo | None = None
+    channel: ChannelId
+    client_payload: dict[str, str | int | float | bool] = {}
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        if len(v.split()) != 5:
+            raise ValueError("cron needs 5 fields: minute hour day-of-month month day-of-week")
+        try:
+            CronTrigger.from_crontab(v)
+        except ValueError as exc:
+            raise ValueError(f"invalid cron expression: {exc}") from None
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown timezone {v!r} (use an IANA name like Europe/Berlin)"
+            ) from None
+        return v
+
+    @model_validator(mode="after")
+    def _shape(self) -> Schedule:
+        if self.command == "dispatch" and not self.event_type:
+            raise ValueError("a dispatch schedule needs event_type")
+        if self.command == "evaluate" and self.pr is None:
+            raise ValueError("an evaluate schedule needs pr")
+        if len(self.client_payload) > 6:
+            raise ValueError("client_payload takes at most 6 keys (GitHub allows 10, 4 are ours)")
+        return self
+
+
+class RateLimits(Strict):
+    commands_per_minute: int = Field(10, ge=1, le=1000)
+    # At most one edit of a thread's root message per this many seconds (chat.update is rate
+    # limited by Slack); the last edit of a burst follows at the end of the interval, and the
+    # edit to a final state is sent at once. 0 edits on every change.
+    root_edit_seconds: float = Field(3.0, ge=0, le=60)
+
+
+class Config(Strict):
+    repositories: Repositories = Repositories()
+    commands: Commands = Commands()
+    github_users: dict[UserId, Annotated[str, Field(pattern=r"^[A-Za-z0-9-]{1,39}$")]] = {}
+    github: GitHubOptions = GitHubOptions()
+    schedules: list[Schedule] = []
+    channels: dict[ChannelId, ChannelSettings] = {}
+    rate_limits: RateLimits = RateLimits()
+
+    @model_validator(mode="after")
+    def _unique_schedules(self) -> Config:
+        names = [s.name for s in self.schedules]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"schedule names must be unique: {', '.join(dupes)}")
+        for i, sched in enumerate(self.schedules):
+            if not sched.repository and not self.repository_for(sched.channel):
+                raise ValueError(
+                    f"schedules[{i}].repository is needed: no repositories.default or "
+                    f"repositories.channels entry for channel {sched.channel}"
+                )
+        return self
+
+    def repository_for(self, channel_id: str) -> str | None:
+        return self.repositories.channels.get(channel_id) or self.repositories.default
+
+    def channel_settings(self, channel_id: str) -> ChannelSettings:
+        return self.channels.get(channel_id) or ChannelSettings()
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in ("function-after[_enough_approvers(), ApprovalPolicy]",):
+            continue
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "(top level)"
+
+
+def parse_config(data: Any, *, source: str = "chatops.yml") -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}: the top level must be a mapping"])
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(x for x in err["loc"] if not str(x).startswith("function-"))
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            problems.append(f"{source}: {_path(loc)}: {msg}")
+        raise ConfigError(problems) from None
+
+
+def load_config(path: Path) -> Config:
+    """Read chatops.yml; a missing file means all defaults (then the commands need a repo)."""
+    if not path.exists():
+        return Config()
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
+    except ValueError as exc:
+        # PyYAML builds dates and numbers after parsing: `2001-13-01` or `!!int x` raise
+        # ValueError, not YAMLError (found by tests/test_fuzz.py).
+        raise ConfigError([f"{path}: a value cannot be read: {exc}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{path}: nested too deeply to read"]) from None
+    return parse_config(data, source=str(path))

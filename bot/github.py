@@ -1,0 +1,587 @@
+"""The GitHub App client: the only module that imports PyGithub.
+
+Errors raised to callers form one tree, so handlers can word them for people::
+
+    GitHubError
+    ├── NotInstalled       the App is not installed on the repository
+    ├── NotFound           no such pull request / run / user
+    ├── PermissionDenied   the App lacks a permission (403 "Resource not accessible")
+    ├── ValidationFailed   GitHub refused the input (422)
+    └── Retryable
+        ├── RateLimited    rate limit spent; retry_at says when it resets
+        └── Unavailable    5xx, timeout, connection refused
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from github import Auth, Github, GithubException, GithubIntegration
+from github.GithubException import UnknownObjectException
+from requests.exceptions import RequestException
+from urllib3.util import Retry
+
+from bot.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class GitHubError(Exception):
+    """A GitHub failure described in words a Slack user can act on."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class NotInstalled(GitHubError):
+    pass
+
+
+class NotFound(GitHubError):
+    pass
+
+
+class PermissionDenied(GitHubError):
+    pass
+
+
+class ValidationFailed(GitHubError):
+    pass
+
+
+class Retryable(GitHubError):
+    retry_at: float | None = None
+
+
+class RateLimited(Retryable):
+    def __init__(self, message: str, *, retry_at: float, status: int | None = None) -> None:
+        super().__init__(message, status=status)
+        self.retry_at = retry_at
+
+
+class Unavailable(Retryable):
+    pass
+
+
+@dataclass(frozen=True)
+class PullInfo:
+    repo: str
+    number: int
+    title: str
+    state: str  # open | closed
+    merged: bool
+    head_sha: str
+    head_ref: str
+    base_ref: str
+    html_url: str
+    author: str
+    labels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """The fields of a workflow run the bridge uses (same for webhook and REST)."""
+
+    id: int
+    repo: str
+    name: str
+    display_title: str
+    status: str
+    conclusion: str | None
+    head_sha: str
+    head_branch: str | None
+    event: str
+    html_url: str
+    run_attempt: int
+    created_at: float | None
+    run_started_at: float | None
+    updated_at: float | None
+    pull_numbers: tuple[int, ...]
+    path: str | None = None
+
+
+def _ts(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, str) and value:
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None  # not a time: treat as unknown rather than fail the whole event
+    return None
+
+
+def _count(value: Any) -> int | None:
+    """A positive integer from JSON (ids, numbers, attempts), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and value > 0:
+        return value
+    if isinstance(value, str) and value.isdigit() and 0 < len(value) <= 20:
+        return int(value)
+    return None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def run_from_payload(repo: str, run: dict[str, Any]) -> RunInfo:
+    """A RunInfo from the REST or webhook JSON of a workflow run (they share the shape).
+
+    Pure; ValueError when the run has no usable id. Other odd fields become unknowns.
+    """
+    run_id = _count(run.get("id"))
+    if run_id is None:
+        raise ValueError("workflow run without a valid id")
+    pulls = [p for p in run.get("pull_requests") or [] if isinstance(p, dict)]
+    return RunInfo(
+        id=run_id,
+        repo=repo,
+        name=str(run.get("name") or ""),
+        display_title=str(run.get("display_title") or ""),
+        status=str(run.get("status") or ""),
+        conclusion=_text(run.get("conclusion")),
+        head_sha=str(run.get("head_sha") or ""),
+        head_branch=_text(run.get("head_branch")),
+        event=str(run.get("event") or ""),
+        html_url=str(run.get("html_url") or ""),
+        run_attempt=_count(run.get("run_attempt")) or 1,
+        created_at=_ts(run.get("created_at")),
+        run_started_at=_ts(run.get("run_started_at")),
+        updated_at=_ts(run.get("updated_at")),
+        pull_numbers=tuple(n for p in pulls if (n := _count(p.get("number"))) is not None),
+        path=_text(run.get("path")),
+    )
+
+
+@dataclass(frozen=True)
+class Conditional:
+    """The answer to a conditional GET: not_modified, or data with its new ETag."""
+
+    not_modified: bool
+    etag: str | None
+    data: Any
+    rate_remaining: int | None
+
+
+def _rate_reset(headers: dict[str, Any]) -> float:
+    lowered = {k.lower(): v for k, v in headers.items()}
+    if "retry-after" in lowered:
+        try:
+            return time.time() + float(lowered["retry-after"])
+        except ValueError:
+            pass
+    try:
+        return float(lowered.get("x-ratelimit-reset", time.time() + 60))
+    except ValueError:
+        return time.time() + 60
+
+
+def translate(exc: Exception, *, what: str, repo: str) -> GitHubError:
+    """Turn a PyGithub/requests exception into the bridge's error tree (pure)."""
+    if isinstance(exc, GitHubError):
+        return exc
+    if isinstance(exc, RequestException):
+        return Unavailable(f"GitHub did not answer in time while trying to {what}. I will retry.")
+    if not isinstance(exc, GithubException):
+        return Unavailable(f"Unexpected failure while trying to {what}: {type(exc).__name__}")
+    status = exc.status
+    data = exc.data if isinstance(exc.data, dict) else {}
+    message = str(data.get("message") or "")
+    headers = exc.headers or {}
+    remaining = {k.lower(): v for k, v in headers.items()}.get("x-ratelimit-remaining")
+    if status == 429 or (status == 403 and (remaining == "0" or "rate limit" in message.lower())):
+        retry_at = _rate_reset(headers)
+        when = time.strftime("%H:%M UTC", time.gmtime(retry_at))
+        return RateLimited(
+            f"GitHub's rate limit is spent; I will retry after {when}.",
+            retry_at=retry_at,
+            status=status,
+        )
+    if status == 404 or isinstance(exc, UnknownObjectException):
+        return NotFound(f"GitHub found nothing when trying to {what} in {repo}.", status=404)
+    if status == 403 or status == 401:
+        return PermissionDenied(
+            f"The GitHub App may not {what} in {repo} ({message or 'forbidden'}). "
+            "An owner must grant the permission in the App's settings and accept it for "
+            "the installation.",
+            status=status,
+        )
+    if status == 422:
+        return ValidationFailed(
+            f"GitHub refused to {what} in {repo}: {message or 'validation failed'}.", status=422
+        )
+    if status is not None and status >= 500:
+        return Unavailable(f"GitHub is having trouble ({status}) while I {what}. I will retry.")
+    return GitHubError(f"GitHub answered {status} when trying to {what} in {repo}.", status=status)
+
+
+_AFTER_NAME = {"labels": "{name}", "collaborators": "{login}"}
+
+
+def route_of(path: str) -> str:
+    """A REST path with its variable parts named, as a metrics label of bounded cardinality.
+
+    /repos/acme/ml/issues/42/labels/evaluate -> /repos/{owner}/{repo}/issues/{n}/labels/{name}
+    """
+    parts = path.split("?", 1)[0].strip("/").split("/")
+    out: list[str] = []
+    for i, part in enumerate(parts):
+        if i in (1, 2) and parts[0] == "repos":
+            out.append("{owner}" if i == 1 else "{repo}")
+        elif re.fullmatch(r"\d+", part):
+            out.append("{n}")
+        elif i > 3 and parts[i - 1] in _AFTER_NAME:
+            out.append(_AFTER_NAME[parts[i - 1]])
+        else:
+            out.append(part)
+    return "/" + "/".join(out)
+
+
+def _jwt_signer(private_key: str) -> Callable[[dict[str, Any]], str]:
+    """Sign App JWTs with the key parsed once (on first use).
+
+    Given the PEM text, PyJWT parses and checks the RSA key on every signature: ~28 ms of CPU
+    each, against ~0.3 ms with the parsed key (measured; cryptography validates RSA keys on
+    load). Parsed lazily so a bad key still surfaces at the first GitHub call, as before.
+    """
+    lock = threading.Lock()
+    parsed: list[Any] = []
+
+    def sign(payload: dict[str, Any]) -> str:
+        with lock:
+            if not parsed:
+                parsed.append(serialization.load_pem_private_key(private_key.encode(), None))
+        return jwt.encode(payload, parsed[0], algorithm="RS256")
+
+    return sign
+
+
+class GitHubApp:
+    """A GitHub App's view of GitHub: one cached client per installation."""
+
+    def __init__(
+        self,
+        *,
+        app_id: int,
+        private_key: str,
+        base_url: str = "https://api.github.com",
+        timeout: int = 10,
+        seconds_between_requests: float | None = None,
+        seconds_between_writes: float | None = None,
+        read_retries: int = 2,
+        metrics: Metrics | None = None,
+    ) -> None:
+        # Reads may be retried on 5xx; writes never are at this level (PyGithub's default retry
+        # would POST a dispatch twice after one 502 — PLATFORM.md). The job layer retries writes
+        # carrying the same request id, so a repeat is recognisable.
+        # Plain urllib3 Retry, not GithubRetry: that one sleeps through rate limits on the
+        # calling thread; the bridge instead gives the work back and retries after the reset.
+        retry = Retry(
+            total=read_retries,
+            backoff_factor=0.2,
+            status_forcelist=(500, 502, 503, 504),
+            allowed_methods=frozenset({"GET", "HEAD"}),
+            raise_on_status=False,
+            respect_retry_after_header=False,
+        )
+        self._kwargs: dict[str, Any] = {
+            "base_url": base_url,
+            "timeout": timeout,
+            "retry": retry,
+            "seconds_between_requests": seconds_between_requests,
+            "seconds_between_writes": seconds_between_writes,
+            "pool_size": 16,
+        }
+        self.base_url = base_url
+        self._integration = GithubIntegration(
+            auth=Auth.AppAuth(app_id, sign_func=_jwt_signer(private_key)), lazy=True, **self._kwargs
+        )
+        self._lock = threading.Lock()
+        self._installations: dict[str, tuple[int, float]] = {}  # repo -> (id, cached at)
+        self._clients: dict[int, Github] = {}
+        self.installation_ttl = 3600.0
+        self.last_rate_remaining: int | None = None
+        self.last_rate_reset: float | None = None  # when the rate-limit window refills (UNIX s)
+        self.metrics = metrics
+
+    # -- installations --------------------------------------------------------------------
+    def installation_id(self, repo: str) -> int:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._installations.get(repo)
+        if cached and now - cached[1] < self.installation_ttl:
+            return cached[0]
+        owner, name = repo.split("/", 1)
+        try:
+            inst = self._integration.get_repo_installation(owner, name)
+            inst_id = int(inst.id)
+        except GithubException as exc:
+            if exc.status == 404:
+                raise NotInstalled(
+                    f"The GitHub App is not installed on {repo}. An owner of {owner} can install "
+                    "it from the App's page (Install App), choosing this repository."
+                ) from None
+            raise translate(exc, what="look up the App installation", repo=repo) from None
+        except RequestException as exc:
+            raise translate(exc, what="look up the App installation", repo=repo) from None
+        with self._lock:
+            self._installations[repo] = (inst_id, now)
+        return inst_id
+
+    def client_for(self, repo: str) -> Github:
+        inst_id = self.installation_id(repo)
+        with self._lock:
+            client = self._clients.get(inst_id)
+            if client is None:
+                # PyGithub's AppInstallationAuth mints the token and refreshes it before expiry.
+                client = self._integration.get_github_for_installation(inst_id)
+                self._clients[inst_id] = client
+            return client
+
+    def forget(self, repo: str) -> None:
+        with self._lock:
+            cached = self._installations.pop(repo, None)
+            if cached is not None:
+                # Its client too: a client keeps its token until near expiry, so after a
+                # revocation (App reinstalled, key rotated) only a new client mints a new one.
+                self._clients.pop(cached[0], None)
+
+    def installations(self) -> list[dict[str, Any]]:
+        try:
+            return [
+                {
+                    "id": i.id,
+                    "account": i.raw_data.get("account", {}).get("login"),
+                    "permissions": dict(i.raw_data.get("permissions") or {}),
+                    "repository_selection": i.raw_data.get("repository_selection"),
+                }
+                for i in self._integration.get_installations()
+            ]
+        except (GithubException, RequestException) as exc:
+            raise translate(exc, what="list the App's installations", repo="-") from None
+
+    # -- raw calls ------------------------------------------------------------------------
+    def _call(
+        self, repo: str, what: str, fn: Callable[[Github], Any], *, operation: str = "other"
+    ) -> Any:
+        started = time.monotonic()
+        outcome = "ok"
+        try:
+            try:
+                return fn(self.client_for(repo))
+            except GithubException as exc:
+                # 401 "Bad credentials" with a cached client: its token was revoked or expired
+                # early (App reinstalled, key rotated, clock skew). Nothing was done, so one more
+                # try with a fresh client and token is safe, even for a write.
+                if exc.status != 401:
+                    raise
+                self.forget(repo)
+                return fn(self.client_for(repo))
+        except (GithubException, RequestException) as exc:
+            err = translate(exc, what=what, repo=repo)
+            # 401 "Bad credentials": _raw raises a plain GithubException(401), never PyGithub's
+            # BadCredentialsException, so test the status; forget() drops the cached client
+            # as well, and the next attempt mints a fresh token (tests/contract).
+            if isinstance(err, PermissionDenied) and getattr(exc, "status", None) == 401:
+                self.forget(repo)
+            outcome = type(err).__name__
+            raise err from None
+        except GitHubError as exc:  # NotInstalled and friends from client_for
+            outcome = type(exc).__name__
+            raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.github_calls.labels(operation, outcome).observe(
+                    time.monotonic() - started
+                )
+
+    def _raw(
+        self,
+        repo: str,
+        what: str,
+        verb: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        ok: tuple[int, ...] = (200,),
+    ) -> tuple[int, dict[str, Any], Any]:
+        def go(client: Github) -> tuple[int, dict[str, Any], Any]:
+            status, resp_headers, data = client.requester.requestJson(
+                verb, self.base_url + path, parameters=params, headers=headers, input=body
+            )
+            self._note_rate(resp_headers)
+            if status in ok:
+                return status, resp_headers, json.loads(data) if data else None
+            try:
+                parsed = json.loads(data) if data else None
+            except ValueError:
+                parsed = None
+            raise GithubException(status, parsed, resp_headers)
+
+        result: tuple[int, dict[str, Any], Any] = self._call(
+            repo, what, go, operation=f"{verb} {route_of(path)}"
+        )
+        return result
+
+    def _note_rate(self, headers: dict[str, Any]) -> None:
+        lowered = {k.lower(): v for k, v in headers.items()}
+        value = lowered.get("x-ratelimit-remaining")
+        if value is not None and str(value).isdigit():
+            self.last_rate_remaining = int(value)
+        reset = lowered.get("x-ratelimit-reset")
+        if reset is not None and str(reset).isdigit():
+            self.last_rate_reset = float(reset)
+
+    # -- operations -----------------------------------------------------------------------
+    def get_pull(self, repo: str, number: int) -> PullInfo:
+        what = f"read pull request #{number}"
+        _, _, data = self._raw(repo, what, "GET", f"/repos/{repo}/pulls/{int(number)}")
+        return PullInfo(
+            repo=repo,
+            number=int(data["number"]),
+            title=str(data.get("title") or ""),
+            state=str(data.get("state") or ""),
+            merged=bool(data.get("merged")),
+            head_sha=str(data["head"]["sha"]),
+            head_ref=str(data["head"].get("ref") or ""),
+            base_ref=str(data["base"].get("ref") or ""),
+            html_url=str(data.get("html_url") or ""),
+            author=str((data.get("user") or {}).get("login") or ""),
+            labels=tuple(str(lbl["name"]) for lbl in data.get("labels") or []),
+        )
+
+    def labels(self, repo: str, number: int) -> list[str]:
+        _, _, data = self._raw(
+            repo,
+            f"read the labels of #{number}",
+            "GET",
+            f"/repos/{repo}/issues/{int(number)}/labels",
+        )
+        return [str(lbl["name"]) for lbl in data or []]
+
+    def add_label(self, repo: str, number: int, label: str) -> None:
+        self._raw(
+            repo,
+            f"add the label {label!r} to #{number}",
+            "POST",
+            f"/repos/{repo}/issues/{int(number)}/labels",
+            body={"labels": [label]},
+        )
+
+    def remove_label(self, repo: str, number: int, label: str) -> None:
+        with contextlib.suppress(NotFound):  # already gone: the goal of the call is reached
+            self._raw(
+                repo,
+                f"remove the label {label!r} from #{number}",
+                "DELETE",
+                f"/repos/{repo}/issues/{int(number)}/labels/{quote(label, safe='')}",
+            )
+
+    def dispatch(self, repo: str, event_type: str, client_payload: dict[str, Any]) -> None:
+        if not 1 <= len(event_type) <= 100:
+            raise ValidationFailed("event_type must be 1 to 100 characters")
+        if len(client_payload) > 10:
+            raise ValidationFailed("client_payload may hold at most 10 top-level keys")
+        self._raw(
+            repo,
+            f"send the {event_type!r} repository_dispatch event",
+            "POST",
+            f"/repos/{repo}/dispatches",
+            body={"event_type": event_type, "client_payload": client_payload},
+            ok=(204,),
+        )
+
+    def get_run(self, repo: str, run_id: int) -> RunInfo:
+        _, _, data = self._raw(
+            repo, f"read workflow run {run_id}", "GET", f"/repos/{repo}/actions/runs/{int(run_id)}"
+        )
+        return run_from_payload(repo, data)
+
+    def list_runs(
+        self, repo: str, *, params: dict[str, Any], etag: str | None = None
+    ) -> Conditional:
+        return self._conditional(
+            repo, "list workflow runs", f"/repos/{repo}/actions/runs", params, etag
+        )
+
+    def list_comments(
+        self, repo: str, number: int, *, since: str | None = None, etag: str | None = None
+    ) -> Conditional:
+        params: dict[str, Any] = {"per_page": 100}
+        if since:
+            params["since"] = since
+        return self._conditional(
+            repo,
+            f"read the comments of #{number}",
+            f"/repos/{repo}/issues/{int(number)}/comments",
+            params,
+            etag,
+        )
+
+    def _conditional(
+        self, repo: str, what: str, path: str, params: dict[str, Any], etag: str | None
+    ) -> Conditional:
+        # A 304 answer to If-None-Match does not count against the rate limit.
+        headers = {"If-None-Match": etag} if etag else None
+        status, resp_headers, data = self._raw(
+            repo, what, "GET", path, params=params, headers=headers, ok=(200, 304)
+        )
+        lowered = {k.lower(): v for k, v in resp_headers.items()}
+        remaining = lowered.get("x-ratelimit-remaining")
+        return Conditional(
+            not_modified=status == 304,
+            etag=lowered.get("etag") or etag,
+            data=data,
+            rate_remaining=int(remaining) if remaining and str(remaining).isdigit() else None,
+        )
+
+    def repository(self, repo: str) -> dict[str, Any]:
+        """The repository as the installation token sees it (operator `check`)."""
+        _, _, data = self._raw(repo, "read the repository", "GET", f"/repos/{repo}")
+        return dict(data or {})
+
+    def cancel_run(self, repo: str, run_id: int) -> None:
+        """Ask GitHub to cancel a workflow run (the App needs `actions: write`)."""
+        self._raw(
+            repo,
+            f"cancel workflow run {run_id}",
+            "POST",
+            f"/repos/{repo}/actions/runs/{int(run_id)}/cancel",
+            ok=(202,),
+        )
+
+    def permission(self, repo: str, login: str) -> str:
+        """The login's permission on repo: admin, maintain, write, triage, read or none."""
+        try:
+            _, _, data = self._raw(
+                repo,
+                f"check {login}'s permission",
+                "GET",
+                f"/repos/{repo}/collaborators/{quote(login, safe='')}/permission",
+            )
+        except NotFound:
+            return "none"
+        role = str(data.get("role_name") or "")
+        if role in ("admin", "maintain", "write", "triage", "read"):
+            return role
+        return str(data.get("permission") or "none")

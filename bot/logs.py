@@ -1,0 +1,180 @@
+"""Structured logs: one JSON object per line, secrets scrubbed from every field."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
+from typing import Any, TypeVar
+
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
+# Credentials the settings do not know (installation tokens minted at run time, App JWTs, a
+# header someone logs) are recognised by their shape. GitHub: docs "About authentication"
+# (token prefixes); Slack: docs "Token types".
+_SHAPES = [
+    (re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9_-]{16,}|github_pat_[A-Za-z0-9_-]{20,})"), ""),
+    (re.compile(r"\b(?:xox[abposre]|xapp)-[A-Za-z0-9-]{6,}"), ""),
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]{6,}"), ""),
+    (
+        re.compile(
+            r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)",
+            re.DOTALL,
+        ),
+        "",
+    ),
+    # "Authorization: Bearer x", {'Authorization': 'token x'}: keep the name, drop the value.
+    (
+        re.compile(
+            r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?(?:bearer|token|basic)\s+)[^\s'\",}]+"
+        ),
+        r"\1",
+    ),
+    (re.compile(r"(?i)(://[^:/@\s]+:)[^@/\s]+@"), r"\1"),  # passwords in URLs (DATABASE_URL)
+    (re.compile(r"https://hooks\.slack\.com/[^\s'\"]+"), ""),  # response_url: a capability
+]
+
+
+class Redactor(logging.Filter):
+    """Replaces every known secret value, and anything shaped like a credential, in a record's
+    message, arguments, extras and traceback."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        values = {s for s in secrets if s and len(s) >= 6}
+        # A PEM key may surface a line at a time (a parser error quoting one line).
+        values |= {
+            ln.strip() for v in list(values) for ln in v.splitlines() if len(ln.strip()) >= 16
+        }
+        # Longest first, so a secret containing another is replaced whole.
+        self.secrets = sorted(values, key=len, reverse=True)
+
+    def scrub(self, value: str) -> str:
+        for s in self.secrets:
+            if s in value:
+                value = value.replace(s, "[redacted]")
+        for pattern, keep in _SHAPES:
+            value = pattern.sub((keep + "[redacted]") if keep else "[redacted]", value)
+        return value
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self.scrub(record.getMessage())
+        record.args = None
+        for key, val in list(record.__dict__.items()):
+            if key in _STANDARD:
+                continue
+            if isinstance(val, str):
+                record.__dict__[key] = self.scrub(val)
+            elif not isinstance(val, int | float | bool | type(None)):
+                record.__dict__[key] = self.scrub(str(val))  # the formatters print str(val)
+        if record.exc_info:
+            record.exc_text = self.scrub(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = self.scrub(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.scrub(record.stack_info)
+        return True
+
+
+# The ids of the unit of work running in this thread or task (request_id, delivery_id, ...).
+# A fresh dict per scope: bind() only ever changes the innermost scope's own dict.
+_CONTEXT: ContextVar[dict[str, str] | None] = ContextVar("chatops_log_context", default=None)
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def context(**ids: str | None) -> Iterator[None]:
+    """Every log line inside carries these ids (plus the enclosing scope's)."""
+    token = _CONTEXT.set({**(_CONTEXT.get() or {}), **{k: v for k, v in ids.items() if v}})
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
+
+
+def bind(**ids: str | None) -> None:
+    """Add ids to the current scope once they are known (e.g. the request a delivery is for).
+
+    Outside any scope this does nothing: it must never leak into a pooled thread's later work.
+    """
+    current = _CONTEXT.get()
+    if current is not None:
+        current.update({k: v for k, v in ids.items() if v})
+
+
+def scoped(fn: Callable[..., T]) -> Callable[..., T]:
+    """Run fn in a fresh logging scope (for entry points such as Bolt's dispatch)."""
+
+    def run(*args: Any, **kwargs: Any) -> T:
+        with context():
+            return fn(*args, **kwargs)
+
+    return run
+
+
+class ContextFilter(logging.Filter):
+    """Copies the current scope's ids onto each record (explicit extras win)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in (_CONTEXT.get() or {}).items():
+            if key not in record.__dict__:
+                record.__dict__[key] = value
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        for key, val in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_"):
+                out[key] = (
+                    val if isinstance(val, str | int | float | bool | type(None)) else str(val)
+                )
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            out["exc"] = record.exc_text
+        return json.dumps(out, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        extras = " ".join(
+            f"{k}={v}"
+            for k, v in record.__dict__.items()
+            if k not in _STANDARD and not k.startswith("_")
+        )
+        base = f"{record.levelname:<7} {record.name}: {record.getMessage()}"
+        text = f"{base} {extras}".rstrip()
+        if record.exc_text:
+            text += "\n" + record.exc_text
+        elif record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+def setup(*, fmt: str, secrets: Iterable[str], level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    # On the handler, so records from every library's logger pass through them; ids first, so
+    # the redactor sees them too.
+    handler.addFilter(ContextFilter())
+    handler.addFilter(Redactor(secrets))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("apscheduler.executors", "apscheduler.scheduler", "urllib3", "github.Requester"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,732 @@
+"""GitHub comment markdown to Slack mrkdwn and Block Kit messages: pure functions, no I/O."""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+__all__ = [
+    "METRICS_MARKER",
+    "Segment",
+    "Table",
+    "cell_text",
+    "escape_mrkdwn",
+    "has_metrics",
+    "render_comment",
+    "split_markdown",
+    "to_mrkdwn",
+]
+
+METRICS_MARKER = "<!-- chatops:metrics -->"
+
+# Slack limits. Table: ≤ 100 rows (header included) by ≤ 20 cells, one table per message
+# (docs.slack.dev/reference/block-kit/blocks/table-block, PLATFORM.md). Section text ≤ 3000
+# characters (slack_sdk SectionBlock.text_max_length). ≤ 50 blocks per message.
+MAX_BLOCKS = 50
+MAX_SECTION_CHARS = 3000
+MAX_TABLE_ROWS = 100
+MAX_TABLE_COLUMNS = 20
+MAX_FALLBACK_CHARS = 3000
+# Not a documented limit: a defensive cap so one runaway cell cannot bloat the message.
+MAX_CELL_CHARS = 1000
+# slack_sdk's RawTextObject refuses empty text (min 1 character); Slack may also trim a lone
+# space away, so an empty cell is shown as an em dash, the usual "no value" mark.
+EMPTY_CELL = "—"
+MAX_AUTHOR_CHARS = 100
+
+
+@dataclass(frozen=True)
+class Table:
+    """A GFM table; cells hold their raw markdown (use cell_text() for display)."""
+
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    align: tuple[str | None, ...]
+
+
+Segment: TypeAlias = str | Table
+
+
+# --------------------------------------------------------------------------------------------
+# Escaping
+# --------------------------------------------------------------------------------------------
+
+
+def escape_mrkdwn(text: str) -> str:
+    """Escape &, <, > so text can never form a mention, channel link or <url|label> in Slack."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _slack_url(url: str) -> str:
+    # A "|" inside <url|label> would end the URL and let the rest pose as the label.
+    return escape_mrkdwn(url).replace("|", "%7C")
+
+
+def _is_http_url(url: str) -> bool:
+    return re.match(r"https?://\S", url, re.IGNORECASE) is not None
+
+
+def _link(url: str, label: str) -> str:
+    """A Slack link to an http(s) URL, or the escaped label alone for anything else."""
+    if not _is_http_url(url):
+        return escape_mrkdwn(label)
+    return f"<{_slack_url(url)}|{escape_mrkdwn(label)}>"
+
+
+# --------------------------------------------------------------------------------------------
+# Fenced code blocks (shared by split_markdown and to_mrkdwn)
+# --------------------------------------------------------------------------------------------
+
+_FENCE_OPEN = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
+_FENCE_CLOSE = re.compile(r"^ {0,3}(`{3,}|~{3,})[ \t]*$")
+
+
+def _fence_open(line: str) -> str | None:
+    m = _FENCE_OPEN.match(line)
+    if m is None:
+        return None
+    fence, info = m.group(1), m.group(2)
+    if fence[0] == "`" and "`" in info:  # GFM: a backtick fence's info string has no backticks
+        return None
+    return fence
+
+
+def _closes(line: str, fence: str) -> bool:
+    m = _FENCE_CLOSE.match(line)
+    return m is not None and m.group(1)[0] == fence[0] and len(m.group(1)) >= len(fence)
+
+
+def _fenced_flags(lines: Sequence[str]) -> list[bool]:
+    """For each line, whether it belongs to a fenced code block (fence lines included)."""
+    flags: list[bool] = []
+    fence: str | None = None
+    for raw in lines:
+        line = raw.rstrip("\r\n")
+        if fence is None:
+            fence = _fence_open(line)
+            flags.append(fence is not None)
+        else:
+            flags.append(True)
+            if _closes(line, fence):
+                fence = None
+    return flags
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------
+
+_DELIMITER_CELL = re.compile(r"^:?-+:?$")
+_BLOCK_START = re.compile(
+    r"^ {0,3}(?:>|#{1,6}(?:[ \t]|$)|`{3,}|~{3,}|<!--|[-*+](?:[ \t]|$)|\d{1,9}[.)](?:[ \t]|$))"
+)
+_INDENTED_CODE = re.compile(r"^(?: {4}|\t)")
+
+
+def _closing_backticks(s: str, start: int, n: int) -> int:
+    """Index just after the run of exactly n backticks closing a code span, or -1."""
+    i = start
+    while True:
+        i = s.find("`" * n, i)
+        if i < 0:
+            return -1
+        j = i
+        while j < len(s) and s[j] == "`":
+            j += 1
+        if j - i == n:
+            return j
+        i = j
+
+
+def _split_row(line: str) -> tuple[list[str], bool]:
+    """Cells of a table row and whether it had any cell-separating pipe.
+
+    Escaped pipes (\\|) and pipes inside `code` spans do not separate cells.
+    """
+    s = line.strip()
+    cells: list[str] = []
+    buf: list[str] = []
+    separated = False
+    trailing_pipe = False
+    i = 0
+    while i < len(s):
+        c = s[i]
+        trailing_pipe = False
+        if c == "\\" and i + 1 < len(s):
+            buf.append(s[i : i + 2])
+            i += 2
+        elif c == "`":
+            n = 1
+            while i + n < len(s) and s[i + n] == "`":
+                n += 1
+            end = _closing_backticks(s, i + n, n)
+            stop = i + n if end < 0 else end  # an unclosed run is literal backticks
+            buf.append(s[i:stop])
+            i = stop
+        elif c == "|":
+            cells.append("".join(buf))
+            buf = []
+            separated = True
+            trailing_pipe = True
+            i += 1
+        else:
+            buf.append(c)
+            i += 1
+    if not trailing_pipe:
+        cells.append("".join(buf))
+    if s.startswith("|") and cells:
+        cells.pop(0)
+    return [c.strip() for c in cells], separated
+
+
+def _parse_delimiter(line: str) -> tuple[str | None, ...] | None:
+    cells, separated = _split_row(line)
+    if not separated or not cells or not all(_DELIMITER_CELL.match(c) for c in cells):
+        return None
+    align: list[str | None] = []
+    for c in cells:
+        left, right = c.startswith(":"), c.endswith(":")
+        align.append("center" if left and right else "right" if right else "left" if left else None)
+    return tuple(align)
+
+
+def _continues_table(line: str) -> bool:
+    # GFM: a table ends at a blank line or at the start of another block; a non-blank line
+    # without pipes is still a (one-cell) row.
+    return bool(line.strip()) and _BLOCK_START.match(line) is None
+
+
+def _fit(cells: list[str], width: int) -> tuple[str, ...]:
+    """GFM: short rows are padded with empty cells, extra cells are dropped."""
+    return tuple((cells + [""] * width)[:width])
+
+
+def split_markdown(body: str) -> list[Segment]:
+    """Split markdown into raw text and GFM tables; text segments are exact slices of body."""
+    # Split on "\n" only (str.splitlines also splits on \x0b, \x1c, U+2028...): the text
+    # segments must be exact slices so that no text is ever lost.
+    pieces = body.split("\n")
+    lines = [p + "\n" for p in pieces[:-1]] + [pieces[-1]]
+    content = [ln.rstrip("\r\n") for ln in lines]
+    fenced = _fenced_flags(content)
+    segments: list[Segment] = []
+    text_start = 0
+    i = 0
+    while i + 1 < len(lines):
+        table, end = _table_at(content, fenced, i)
+        if table is None:
+            i += 1
+            continue
+        if i > text_start:
+            segments.append("".join(lines[text_start:i]))
+        segments.append(table)
+        text_start = i = end
+    rest = "".join(lines[text_start:])
+    if rest:
+        segments.append(rest)
+    return segments
+
+
+def _table_at(content: list[str], fenced: list[bool], i: int) -> tuple[Table | None, int]:
+    header_line = content[i]
+    if fenced[i] or fenced[i + 1] or _INDENTED_CODE.match(header_line):
+        return None, i
+    align = _parse_delimiter(content[i + 1])
+    if align is None:
+        return None, i
+    header, separated = _split_row(header_line)
+    # GFM: the header row must have as many cells as the delimiter row.
+    if not separated or len(header) != len(align) or _BLOCK_START.match(header_line):
+        return None, i
+    width = len(align)
+    rows: list[tuple[str, ...]] = []
+    j = i + 2
+    while j < len(content) and not fenced[j] and _continues_table(content[j]):
+        rows.append(_fit(_split_row(content[j])[0], width))
+        j += 1
+    return Table(header=tuple(header), rows=tuple(rows), align=align), j
+
+
+# --------------------------------------------------------------------------------------------
+# Markdown → mrkdwn
+# --------------------------------------------------------------------------------------------
+
+# C0 controls except \t and \n. \x00-\x03 are used below as placeholder and sentinel marks, so
+# they must never come from the input (Slack shows no control characters anyway).
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_PLACEHOLDER = re.compile(r"\x00(\d+)\x00")
+_BOLD, _ITALIC, _STRIKE = "\x01", "\x02", "\x03"
+_SENTINELS = str.maketrans({_BOLD: "*", _ITALIC: "_", _STRIKE: "~"})
+
+# Backslash escapes and code spans, scanned together left to right (an escaped backtick does
+# not open a code span; backslashes inside a code span are literal). Runs on escaped text.
+_ESCAPE_OR_CODE = re.compile(
+    r"\\(&lt;|&gt;|&amp;|[!-/:-@\[-`{-~])|(?<!`)(`+)(?!`)([^\n]+?)(?<!`)\2(?!`)"
+)
+# No "|" in autolinks: <https://evil|click> is Slack link syntax posing as a URL; it stays text.
+_AUTOLINK = re.compile(r"&lt;(https?://(?:(?!&lt;|&gt;)[^\s\x00|])+)&gt;", re.IGNORECASE)
+_MD_LINK = re.compile(
+    r"(!?)\[((?:[^\[\]\n\x00]|\[[^\[\]\n\x00]*\])*)\]"
+    r"\([ \t]*([^\s()\x00]+(?:\([^\s()\x00]*\)[^\s()\x00]*)*)"
+    r"(?:[ \t]+(?:\"[^\"\n]*\"|'[^'\n]*'))?[ \t]*\)"
+)
+_SUMMARY = re.compile(r"&lt;summary(?:\s[^\n]*?)?&gt;(.*?)&lt;/summary&gt;", re.I | re.S)
+_BR = re.compile(r"&lt;br\s*/?&gt;", re.IGNORECASE)
+_TAG = re.compile(r"&lt;/?[A-Za-z][A-Za-z0-9-]*(?:\s(?:(?!&gt;|&lt;)[^\x00])*?)?/?&gt;")
+_BARE_URL = re.compile(r"(?<![\w/@.;])https?://(?:(?!&lt;|&gt;)[^\s\x00])+", re.IGNORECASE)
+_HEADING = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
+_RULE = re.compile(r"^ {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$")
+_BULLET = re.compile(r"^([ \t]*)[-*+][ \t]+(.*)$")
+_TASK = re.compile(r"^\[([ xX])\][ \t]+")
+_QUOTE = re.compile(r"^ {0,3}&gt;[ \t]?(.*)$")
+# Emphasis content is bounded so that a hostile line full of unmatched markers stays linear.
+_EMPHASIS = re.compile(
+    r"\*\*(?=[^\s*])([^\n]{1,1000}?)(?<=[^\s])\*\*"
+    r"|(?<![\w])__(?=[^\s_])([^\n]{1,1000}?)(?<=[^\s])__(?![\w])"
+    r"|~~(?=[^\s~])([^\n]{1,1000}?)(?<=[^\s])~~"
+    r"|\*(?=[^\s*])([^\n]{1,1000}?)(?<=[^\s*])\*"
+    r"|(?<![\w])_(?=[^\s_])([^\n]{1,1000}?)(?<=[^\s_])_(?![\w])"
+)
+_MAX_EMPHASIS_DEPTH = 16
+
+
+def _remove_comments(text: str, start: str, end: str) -> str:
+    """Drop HTML comments; an unclosed one is kept as text (str.find keeps this linear)."""
+    out: list[str] = []
+    pos = 0
+    while (i := text.find(start, pos)) >= 0:
+        j = text.find(end, i + len(start))
+        if j < 0:
+            break
+        out.append(text[pos:i])
+        pos = j + len(end)
+    out.append(text[pos:])
+    return "".join(out)
+
+
+class _Store:
+    """Finished mrkdwn fragments, kept out of later rewriting behind \\x00<n>\\x00 marks."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def put(self, text: str) -> str:
+        self.items.append(text)
+        return f"\x00{len(self.items) - 1}\x00"
+
+    def restore(self, text: str) -> str:
+        # Fragments may hold marks made earlier (a link label with code in it): repeat, bounded.
+        for _ in range(len(self.items) + 1):
+            if "\x00" not in text:
+                break
+            text = _PLACEHOLDER.sub(lambda m: self.items[int(m.group(1))], text)
+        return text.replace("\x00", "")
+
+
+def _emphasis(text: str) -> str:
+    """**b**/__b__ → bold, *i*/_i_ → italic, ~~s~~ → strike, as sentinels (outermost first)."""
+
+    def repl(m: re.Match[str]) -> str:
+        bold, bold2, strike, it, it2 = m.groups()
+        if bold is not None or bold2 is not None:
+            return f"{_BOLD}{bold if bold is not None else bold2}{_BOLD}"
+        if strike is not None:
+            return f"{_STRIKE}{strike}{_STRIKE}"
+        return f"{_ITALIC}{it if it is not None else it2}{_ITALIC}"
+
+    for _ in range(_MAX_EMPHASIS_DEPTH):
+        new = _EMPHASIS.sub(repl, text)
+        if new == text:
+            break
+        text = new
+    return text
+
+
+def _trim_url(url: str) -> tuple[str, str]:
+    """Split trailing punctuation off a bare URL, as GitHub's autolinker does."""
+    tail = ""
+    while url:
+        if url.endswith("&amp;"):
+            url, tail = url[:-5], url[-5:] + tail
+        elif url[-1] in ".,:;!?'\"*_~" or (url[-1] == ")" and url.count("(") < url.count(")")):
+            url, tail = url[:-1], url[-1] + tail
+        else:
+            break
+    return url, tail
+
+
+def _inline_protect(esc: str, store: _Store) -> str:
+    """Replace code, escapes, comments, links and tags in escaped text by store marks."""
+
+    def escape_or_code(m: re.Match[str]) -> str:
+        if m.group(1) is not None:
+            return store.put(m.group(1))
+        code = m.group(3)
+        if len(code) > 2 and code.startswith(" ") and code.endswith(" ") and code.strip():
+            code = code[1:-1]  # GFM strips one space on each side
+        return store.put(f"`{code}`")
+
+    def md_link(m: re.Match[str]) -> str:
+        bang, label, url = m.group(1), m.group(2), m.group(3)
+        if not _is_http_url(url):
+            return m.group(0)  # left as (escaped) text
+        label = _emphasis(label.strip()) or ("image" if bang else "")
+        url = url.replace("|", "%7C")
+        return store.put(f"<{url}|{label}>" if label else f"<{url}>")
+
+    def bare_url(m: re.Match[str]) -> str:
+        url, tail = _trim_url(m.group(0))
+        return store.put(f"<{url.replace('|', '%7C')}>") + tail
+
+    text = _ESCAPE_OR_CODE.sub(escape_or_code, esc)
+    text = _remove_comments(text, "&lt;!--", "--&gt;")
+    text = _AUTOLINK.sub(lambda m: store.put(f"<{m.group(1)}>"), text)
+    text = _MD_LINK.sub(md_link, text)
+    text = _SUMMARY.sub(lambda m: f"\n**{t}**\n" if (t := m.group(1).strip()) else "", text)
+    text = _BR.sub("\n", text)
+    text = _TAG.sub("", text)
+    return _BARE_URL.sub(bare_url, text)
+
+
+def _convert_line(line: str, depth: int = 0) -> str:
+    if not line.strip():
+        return ""
+    m = _HEADING.match(line)
+    if m is not None:
+        title = (m.group(2) or "").strip()
+        title = title.replace("**", "").replace("__", "")
+        return f"{_BOLD}{_emphasis(title)}{_BOLD}" if title else ""
+    if _RULE.match(line):
+        return "───"
+    m = _BULLET.match(line)
+    if m is not None:
+        indent = "    " * (len(m.group(1).expandtabs(4)) // 2)
+        item = m.group(2)
+        task = _TASK.match(item)
+        if task is not None:
+            item = ("☐ " if task.group(1) == " " else "☑ ") + item[task.end() :]
+        return f"{indent}• {_emphasis(item)}"
+    m = _QUOTE.match(line)
+    if m is not None and depth < 8:
+        return "> " + _convert_line(m.group(1), depth + 1).lstrip("> ")
+    return _emphasis(line.rstrip())
+
+
+def _text_to_mrkdwn(text: str, store: _Store) -> str:
+    protected = _inline_protect(escape_mrkdwn(text), store)
+    return "\n".join(_convert_line(line) for line in protected.split("\n"))
+
+
+def _normalize(text: str) -> str:
+    return _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+
+
+def to_mrkdwn(markdown: str) -> str:
+    """Convert GitHub markdown to Slack mrkdwn; all user text is escaped before conversion."""
+    lines = _normalize(markdown).split("\n")
+    fenced = _fenced_flags(lines)
+    store = _Store()
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        j = i
+        if fenced[i]:
+            fence = _fence_open(lines[i]) or "```"
+            j = i + 1
+            while j < len(lines) and fenced[j] and not _closes(lines[j], fence):
+                j += 1
+            code = "\n".join(lines[i + 1 : j]).strip("\n")
+            if code.strip():
+                # Slack has no language tags and no ~~~ fences: a plain ``` block.
+                out.append(store.put(f"```\n{escape_mrkdwn(code)}\n```"))
+            i = j + 1  # skip the closing fence (or run past the end if it never closed)
+            continue
+        while j < len(lines) and not fenced[j]:
+            j += 1
+        out.append(_text_to_mrkdwn("\n".join(lines[i:j]), store))
+        i = j
+    text = "\n".join(out)
+    text = re.sub(r"[ \t]+\n", "\n", text)
+    text = re.sub(r"\n{3,}", "\n\n", text).strip()
+    return store.restore(text).translate(_SENTINELS)
+
+
+# --------------------------------------------------------------------------------------------
+# Table cells
+# --------------------------------------------------------------------------------------------
+
+_RAW_BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
+_RAW_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>")
+_RAW_LINK = re.compile(
+    r"!?\[((?:[^\[\]\n]|\[[^\[\]\n]*\])*)\]\([ \t]*[^\s()]*(?:\([^\s()]*\)[^\s()]*)*"
+    r"(?:[ \t]+(?:\"[^\"\n]*\"|'[^'\n]*'))?[ \t]*\)"
+)
+_RAW_AUTOLINK = re.compile(r"<(https?://[^\s<>]+)>", re.IGNORECASE)
+_RAW_ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")
+_CODE_SPAN = re.compile(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)")
+_WHITESPACE = re.compile(r"\s+")
+
+
+def _strip_emphasis(text: str) -> str:
+    return _emphasis(text).translate(str.maketrans("", "", _BOLD + _ITALIC + _STRIKE))
+
+
+def _plain(text: str) -> str:
+    text = _remove_comments(text, "<!--", "-->")
+    text = _RAW_BR.sub(" ", text)
+    text = _RAW_AUTOLINK.sub(r"\1", text)
+    text = _RAW_TAG.sub("", text)
+    text = _RAW_LINK.sub(lambda m: m.group(1), text)
+    # Escaped characters must survive emphasis stripping: hide them behind \x00 marks.
+    escaped: list[str] = []
+
+    def hide(m: re.Match[str]) -> str:
+        escaped.append(m.group(1))
+        return f"\x00{len(escaped) - 1}\x00"
+
+    text = _strip_emphasis(_RAW_ESCAPE.sub(hide, text))
+    text = _PLACEHOLDER.sub(lambda m: escaped[int(m.group(1))], text)
+    return html.unescape(text)
+
+
+def cell_text(cell: str) -> str:
+    """A table cell as plain display text: no markup, links reduced to labels, \\| unescaped."""
+    # GFM applies \| inside code spans too: the escape belongs to the table, not to the cell.
+    text = _CONTROL.sub("", cell).replace("\\|", "|")
+    parts: list[str] = []
+    pos = 0
+    for m in _CODE_SPAN.finditer(text):
+        parts.append(_plain(text[pos : m.start()]))
+        parts.append(m.group(2).strip() or m.group(2))
+        pos = m.end()
+    parts.append(_plain(text[pos:]))
+    out = _WHITESPACE.sub(" ", "".join(parts)).strip()
+    if len(out) > MAX_CELL_CHARS:
+        out = out[: MAX_CELL_CHARS - 1] + "…"
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Block Kit rendering
+# --------------------------------------------------------------------------------------------
+
+# Numbers as metric tables write them: 0.231, -0.014, 1,234, 91.2%, +0.8 pp, 3.1x, 12 ms,
+# 1.2e-3, $4, 0.91 ± 0.02.
+_NUMBER = "[-+\u2212±~≈]?"  # \u2212: the minus sign
+_NUMBER += r"\s?[$€£]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?:[eE][-+]?\d+)?"
+_NUMERIC = re.compile(
+    rf"^(?=[^\d]{{0,4}}\d){_NUMBER}(?:\s?(?:%|pp|p\.p\.|[x\u00d7]|[A-Za-zµ]{{1,3}}(?:/s)?))?"
+    rf"(?:\s?±\s?{_NUMBER}%?)?$"
+)
+_NO_VALUE = {"", "-", "—", "\u2013", "n/a", "N/A", "NA", "na", "none", "None", "null", "?", "…"}
+
+
+def _looks_numeric(column: Sequence[str]) -> bool:
+    values = [v for v in column if v not in _NO_VALUE]
+    return bool(values) and all(_NUMERIC.match(v) for v in values)
+
+
+def _section(text: str) -> dict[str, Any]:
+    # verbatim: Slack does no auto-linking of @names or #channels in text we did not write.
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text, "verbatim": True}}
+
+
+def _context(text: str) -> dict[str, Any]:
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": text, "verbatim": True}]}
+
+
+def _see_link(link: str, label: str) -> str:
+    return _link(link, label) if _is_http_url(link) else escape_mrkdwn(label)
+
+
+def _header_cell(text: str) -> dict[str, Any]:
+    # raw_text has no styling; a rich_text cell (allowed in table rows) carries the bold.
+    return {
+        "type": "rich_text",
+        "elements": [
+            {
+                "type": "rich_text_section",
+                "elements": [{"type": "text", "text": text, "style": {"bold": True}}],
+            }
+        ],
+    }
+
+
+def _raw_cell(text: str) -> dict[str, Any]:
+    return {"type": "raw_text", "text": text}
+
+
+def _table_blocks(table: Table, link: str) -> list[dict[str, Any]]:
+    """The table block, plus a context line when rows or columns had to be cut."""
+    width = min(len(table.header), MAX_TABLE_COLUMNS)
+    header = [cell_text(c) for c in table.header[:width]]
+    body = [[cell_text(c) for c in row[:width]] for row in table.rows]
+    shown = body[: MAX_TABLE_ROWS - 1]
+    settings: list[dict[str, Any]] = []
+    for col in range(width):
+        align = table.align[col]
+        numeric = _looks_numeric([row[col] for row in body])
+        # An explicit :-- / :-: from the author wins; unmarked numeric columns go right.
+        setting: dict[str, Any] = {"align": align or ("right" if numeric else "left")}
+        if not numeric:
+            setting["is_wrapped"] = True
+        settings.append(setting)
+    rows = [[_header_cell(c or EMPTY_CELL) for c in header]]
+    rows += [[_raw_cell(c or EMPTY_CELL) for c in row] for row in shown]
+    blocks: list[dict[str, Any]] = [{"type": "table", "rows": rows, "column_settings": settings}]
+    cut: list[str] = []
+    if len(body) > len(shown):
+        n = len(body) - len(shown)
+        cut.append(f"{n} more row{'s' if n != 1 else ''}")
+    if len(table.header) > width:
+        n = len(table.header) - width
+        cut.append(f"{n} more column{'s' if n != 1 else ''}")
+    if cut:
+        blocks.append(_context(f"… {' and '.join(cut)}: {_see_link(link, 'see the full comment')}"))
+    return blocks
+
+
+def _cut(text: str, limit: int) -> int:
+    """Where to cut text at most `limit` long without splitting an &entity; or a <link>."""
+    end = limit
+    amp, semi = text.rfind("&", 0, end), text.rfind(";", 0, end)
+    if amp > semi and end - amp < 6:
+        end = amp
+    lt, gt = text.rfind("<", 0, end), text.rfind(">", 0, end)
+    if lt > gt and lt > 0:
+        end = lt
+    return max(end, 1)
+
+
+def _split_section_text(text: str, limit: int = MAX_SECTION_CHARS) -> list[str]:
+    """Pack mrkdwn into chunks ≤ limit on paragraph, then line boundaries; ``` stays balanced."""
+    fence = "```"
+    budget = limit - 2 * (len(fence) + 1)  # room to close and reopen a code block
+    chunks: list[str] = []
+    current: list[str] = []
+    size = 0
+    in_code = False  # inside a ``` block at the end of `current`
+    opened_in_code = False  # `current` started inside a ``` block
+
+    def flush() -> None:
+        nonlocal current, size, opened_in_code
+        body = "\n".join(current).strip("\n")
+        if body.strip():
+            if opened_in_code:
+                body = f"{fence}\n{body}"
+            if in_code:
+                body = f"{body}\n{fence}"
+            chunks.append(body)
+        current, size, opened_in_code = [], 0, in_code
+
+    for line in text.split("\n"):
+        pieces = [line]
+        if len(line) > budget:
+            pieces = []
+            rest = line
+            while len(rest) > budget:
+                at = _cut(rest, budget)
+                pieces.append(rest[:at])
+                rest = rest[at:]
+            pieces.append(rest)
+        for piece in pieces:
+            if current and size + 1 + len(piece) > budget:
+                flush()
+            current.append(piece)
+            size += len(piece) + (1 if size else 0)
+            if piece.strip() == fence or (piece.startswith(fence) and piece.count(fence) % 2):
+                in_code = not in_code
+    flush()
+    return chunks
+
+
+def _summary_of_table(table: Table) -> str:
+    header = "/".join(cell_text(c) for c in table.header[:MAX_TABLE_COLUMNS])
+    # Enough rows for a notification preview; _fallback caps the length anyway.
+    cells = ([cell_text(c) for c in row[:MAX_TABLE_COLUMNS]] for row in table.rows[:20])
+    rows = ", ".join(" ".join(c for c in row if c) for row in cells)
+    return f"{header} — {rows}" if rows else header
+
+
+def _fallback(prefix: str, summary: str) -> str:
+    """Escaped fallback text ≤ MAX_FALLBACK_CHARS, never empty."""
+    text = escape_mrkdwn(f"{prefix}: {summary}" if summary else prefix)
+    if len(text) > MAX_FALLBACK_CHARS:
+        text = text[: _cut(text, MAX_FALLBACK_CHARS - 1)] + "…"
+    return text
+
+
+@dataclass
+class _Message:
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)  # markdown sources, for the fallback
+
+
+def render_comment(body: str, *, link: str, author: str) -> list[dict[str, Any]]:
+    """Render a GitHub comment as Slack messages ({"text", "blocks"}) for chat.postMessage."""
+    who = _CONTROL.sub("", author).strip()[:MAX_AUTHOR_CHARS] or "unknown"
+    footer = _context(f"Comment by {escape_mrkdwn(who)} · {_see_link(link, 'view on GitHub')}")
+    # One block per message stays free for the closing context line.
+    capacity = MAX_BLOCKS - 1
+
+    messages: list[_Message] = [_Message()]
+
+    def add(block: dict[str, Any]) -> None:
+        if len(messages[-1].blocks) >= capacity:
+            messages.append(_Message())
+        messages[-1].blocks.append(block)
+
+    pending: list[tuple[str, list[dict[str, Any]]]] = []  # text waiting for the next table
+
+    def add_pending() -> None:
+        for source, blocks in pending:
+            if blocks:
+                messages[-1].texts.append(source)
+            for block in blocks:
+                add(block)
+        pending.clear()
+
+    for segment in split_markdown(body):
+        if isinstance(segment, str):
+            sections = [_section(t) for t in _split_section_text(to_mrkdwn(segment))]
+            pending.append((segment, sections))
+            continue
+        table_blocks = _table_blocks(segment, link)
+        # Slack allows one table per message; the text before a table travels with it.
+        needed = sum(len(b) for _, b in pending) + len(table_blocks)
+        current = messages[-1]
+        if current.blocks and (current.tables or len(current.blocks) + needed > capacity):
+            messages.append(_Message())
+        add_pending()
+        if len(messages[-1].blocks) + len(table_blocks) > capacity:
+            messages.append(_Message())
+        messages[-1].tables.append(segment)
+        messages[-1].blocks.extend(table_blocks)
+    add_pending()
+
+    messages = [m for m in messages if m.blocks]
+    if not messages:
+        blocks = [_section("_The comment was empty._"), footer]
+        return [{"text": _fallback(f"Empty comment from {who}", ""), "blocks": blocks}]
+    messages[-1].blocks.append(footer)
+
+    out: list[dict[str, Any]] = []
+    for n, message in enumerate(messages, start=1):
+        part = f" (part {n}/{len(messages)})" if len(messages) > 1 else ""
+        if message.tables:
+            text = _fallback(f"Metrics from {who}{part}", _summary_of_table(message.tables[0]))
+        else:
+            text = _fallback(f"Comment from {who}{part}", cell_text(" ".join(message.texts)))
+        out.append({"text": text, "blocks": message.blocks})
+    return out
+
+
+def has_metrics(body: str, *, author_is_bot: bool) -> bool:
+    """Whether a comment carries metrics: it has the marker, or a bot posted a table."""
+    if METRICS_MARKER in body:
+        return True
+    return author_is_bot and any(isinstance(s, Table) for s in split_markdown(body))

@@ -1,0 +1,223 @@
+"""Zero-ingress mode: poll GitHub for the workflow runs and metric comments of open requests.
+
+With no webhook (`github.mode: poll`, or `auto` without GITHUB_WEBHOOK_SECRET) the scheduler's
+leader runs `Poller.poll` every `github.poll_interval_seconds`. A cycle asks GitHub only about
+repositories with open requests, and only with conditional requests (If-None-Match: a 304
+answer costs no rate limit). What it finds goes through the same handlers as webhooks
+(handlers.workflow_run.request_for_run + relay_run, handlers.comments.relay_comment), so a
+thread reads the same either way and their idempotency keys keep anything from being said twice.
+
+Per repository and cycle:
+- one `GET /repos/{repo}/actions/runs?event=pull_request&head_sha=…` per head SHA of a waiting
+  label-triggered evaluation;
+- one `GET /repos/{repo}/actions/runs?event=repository_dispatch&created=>=…` when a dispatched
+  request waits (runs are matched by `chatops <request id>:` in their display_title);
+- one `GET /repos/{repo}/issues/{pr}/comments?since=…` per pull request whose evaluation waits
+  or finished less than COMMENT_GRACE ago (metric comments often come last).
+An ETag is stored only after everything in its answer was relayed, so a failure (Slack down)
+means the same answer is fetched and relayed again at the next cycle.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from bot.deps import Deps
+from bot.github import Conditional, GitHubError, Retryable, run_from_payload
+from bot.metrics import Metrics
+from bot.slack import SlackFailure
+from bot.store import FAILED, SUCCEEDED, WAITING_FOR_RUNS, Request
+from handlers.comments import relay_comment
+from handlers.workflow_run import (
+    CLOCK_SKEW,
+    dispatch_runs_query,
+    iso,
+    relay_run,
+    request_for_run,
+    stop_following,
+)
+
+if TYPE_CHECKING:
+    from bot.scheduler import Housekeeping
+
+log = logging.getLogger(__name__)
+
+JOB_ID = "poll-github"
+
+
+class _RateLow(Exception):
+    pass
+
+
+class Poller:
+    COMMENT_GRACE = 600.0  # read a PR's comments this long after its evaluation finished
+    MAX_REQUESTS = 1000  # open requests looked at per cycle (oldest beyond this wait a cycle)
+
+    def __init__(self, deps: Deps, *, metrics: Metrics | None = None) -> None:
+        self.deps = deps
+        self.metrics = metrics
+        # GET /healthz and tests read these; 304s are counted apart: they cost no rate limit.
+        self.stats = {
+            "cycles": 0,
+            "skipped_rate_limit": 0,
+            "interrupted": 0,
+            "requests": 0,
+            "not_modified": 0,
+            "errors": 0,
+        }
+        # run id -> (status, conclusion, attempt) last relayed by this process: an unchanged
+        # run in a changed list (another run of the same SHA moved) is not relayed again.
+        self._relayed: dict[str, tuple[str, str | None, int]] = {}
+        self._lock = threading.Lock()
+
+    def install(self, hk: Housekeeping) -> None:
+        """Leader-only interval job; it reads everything from the database, so a new leader
+        or a restart simply carries on (first cycle at once)."""
+        hk.add_interval(JOB_ID, self.poll, self.deps.config.github.poll_interval_seconds, now=True)
+
+    # -- one cycle ------------------------------------------------------------------------
+    def poll(self) -> str:
+        """Run one cycle; returns its outcome: done, skipped_rate_limit or interrupted."""
+        with self._lock:
+            outcome = self._cycle()
+            self.stats["cycles"] += 1
+            if outcome != "done":
+                self.stats[outcome] += 1
+            if self.metrics is not None:
+                self.metrics.poll_cycles.labels(outcome).inc()
+            return outcome
+
+    def _cycle(self) -> str:
+        cfg = self.deps.config.github
+        if self._rate_low():
+            log.warning(
+                "GitHub rate limit low; skipping this poll cycle",
+                extra={
+                    "remaining": self.deps.github.last_rate_remaining,
+                    "minimum": cfg.poll_min_rate_remaining,
+                },
+            )
+            return "skipped_rate_limit"
+        now = self.deps.clock()
+        waiting: list[Request] = []
+        for req in self.deps.store.find(statuses=WAITING_FOR_RUNS, limit=self.MAX_REQUESTS):
+            if now - (req.action_started_at or req.created_at) > cfg.poll_max_age_hours * 3600:
+                stop_following(self.deps, req, cfg.poll_max_age_hours)
+            else:
+                waiting.append(req)
+        try:
+            for repo in sorted({r.repo for r in waiting}):
+                self._guard(repo, self._poll_runs, repo, waiting)
+            for (repo, number), since in sorted(self._comment_targets(waiting, now).items()):
+                self._guard(repo, self._poll_comments, repo, number, since)
+        except _RateLow:
+            log.warning(
+                "GitHub rate limit low; poll cycle stopped",
+                extra={"remaining": self.deps.github.last_rate_remaining},
+            )
+            return "interrupted"
+        except Retryable as exc:
+            log.warning("GitHub unavailable; poll cycle stopped", extra={"error": exc.message})
+            return "interrupted"
+        return "done"
+
+    def _guard(self, repo: str, step: Callable[..., None], *args: Any) -> None:
+        """One repository's trouble (App removed, Slack refusing) must not stop the others."""
+        try:
+            step(*args)
+        except (_RateLow, Retryable):
+            raise
+        except (GitHubError, SlackFailure) as exc:
+            self.stats["errors"] += 1
+            log.warning("poll step failed", extra={"repo": repo, "error": str(exc)})
+
+    def _rate_low(self) -> bool:
+        gh = self.deps.github
+        remaining = gh.last_rate_remaining
+        if remaining is None or remaining >= self.deps.config.github.poll_min_rate_remaining:
+            return False
+        # Below the floor until the window refills (reset time from GitHub's headers).
+        return gh.last_rate_reset is None or self.deps.clock() < gh.last_rate_reset
+
+    def _get(
+        self, resource: str, key: str, call: Callable[[str | None], Conditional]
+    ) -> Conditional | None:
+        """A conditional GET with the stored ETag; None when GitHub answers 304."""
+        if self._rate_low():
+            raise _RateLow
+        found = call(self.deps.store.etag(key))
+        self.stats["requests"] += 1
+        if found.not_modified:
+            self.stats["not_modified"] += 1
+        if self.metrics is not None:
+            outcome = "not_modified" if found.not_modified else "ok"
+            self.metrics.github_polls.labels(resource, outcome).inc()
+        return None if found.not_modified else found
+
+    # -- workflow runs --------------------------------------------------------------------
+    def _poll_runs(self, repo: str, waiting: list[Request]) -> None:
+        mine = [r for r in waiting if r.repo == repo]
+        for sha in sorted({r.head_sha for r in mine if r.trigger == "label" and r.head_sha}):
+            params = {"event": "pull_request", "head_sha": sha, "per_page": 100}
+            self._runs(repo, f"runs:{repo}:{sha}", params)
+        dispatched = [r for r in mine if r.trigger == "dispatch"]
+        if dispatched:
+            since = min(r.action_started_at or r.created_at for r in dispatched)
+            self._runs(repo, f"runs:{repo}:dispatch", dispatch_runs_query(since))
+
+    def _runs(self, repo: str, key: str, params: dict[str, Any]) -> None:
+        gh = self.deps.github
+        found = self._get("runs", key, lambda etag: gh.list_runs(repo, params=params, etag=etag))
+        if found is None:
+            return
+        raw_runs = (found.data or {}).get("workflow_runs") or []
+        for raw in sorted(raw_runs, key=lambda r: int(r["id"])):
+            run = run_from_payload(repo, raw)
+            state = (run.status, run.conclusion, run.run_attempt)
+            if self._relayed.get(str(run.id)) == state:
+                continue
+            req = request_for_run(self.deps, run)
+            if req is None:
+                continue
+            relay_run(self.deps, req, run)
+            if len(self._relayed) > 10_000:
+                self._relayed.clear()
+            self._relayed[str(run.id)] = state
+        self.deps.store.set_etag(key, found.etag)
+
+    # -- metric comments ------------------------------------------------------------------
+    def _comment_targets(self, waiting: list[Request], now: float) -> dict[tuple[str, int], float]:
+        """(repo, PR) → since: PRs of waiting evaluations, and of ones that just finished."""
+        recent = self.deps.store.find(
+            kind="evaluate",
+            statuses=(SUCCEEDED, FAILED),
+            since=now - self.deps.config.github.poll_max_age_hours * 3600,
+            limit=200,
+        )
+        just_finished = [
+            r for r in recent if r.finished_at and now - r.finished_at <= self.COMMENT_GRACE
+        ]
+        targets: dict[tuple[str, int], float] = {}
+        for req in [*waiting, *just_finished]:
+            if req.kind != "evaluate" or req.pr_number is None or not req.root_ts:
+                continue
+            key = (req.repo, req.pr_number)
+            targets[key] = min(targets.get(key, req.created_at), req.created_at)
+        return targets
+
+    def _poll_comments(self, repo: str, number: int, since: float) -> None:
+        gh = self.deps.github
+        key = f"comments:{repo}#{number}"
+        found = self._get(
+            "comments",
+            key,
+            lambda etag: gh.list_comments(repo, number, since=iso(since - CLOCK_SKEW), etag=etag),
+        )
+        if found is None:
+            return
+        for comment in found.data or []:
+            relay_comment(self.deps, repo, number, comment)
+        self.deps.store.set_etag(key, found.etag)

@@ -1,0 +1,117 @@
+"""Pure parsers for command text: PR references, deploy arguments."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from bot.config import REPO_RE
+from bot.markdown import escape_mrkdwn
+
+
+class UsageError(ValueError):
+    """Bad command text; the message (Slack mrkdwn) says what was wrong and how to write it."""
+
+
+def _shown(text: str) -> str:
+    """Echo what the person typed as code, escaped: `<!channel>` must never become a mention."""
+    return f"`{escape_mrkdwn(text)}`"
+
+
+@dataclass(frozen=True)
+class PullRef:
+    repo: str | None  # None: use the channel's or the global default
+    number: int
+
+
+_NUM = r"[1-9][0-9]{0,9}"
+_SHORT = re.compile(rf"^#?(?P<n>{_NUM})$")
+_QUALIFIED = re.compile(rf"^(?P<repo>[^\s#/]+/[^\s#/]+)#(?P<n>{_NUM})$")
+_PATH = re.compile(rf"^/(?P<repo>[^/]+/[^/]+)/pull/(?P<n>{_NUM})(?:/[^?#]*)?$")
+MAX_PR = 2**31 - 1
+
+
+def _checked(repo: str | None, number: str) -> PullRef:
+    n = int(number)
+    if n > MAX_PR:
+        raise UsageError(f"#{number} is not a pull request number.")
+    if repo is not None and not REPO_RE.match(repo):
+        raise UsageError(f"{_shown(repo)} is not a repository name like `owner/repo`.")
+    return PullRef(repo=repo, number=n)
+
+
+def parse_pull_ref(text: str, *, allowed_hosts: tuple[str, ...] = ("github.com",)) -> PullRef:
+    """`42`, `#42`, `owner/repo#42` or a pull request URL → PullRef; else UsageError."""
+    token = text.strip()
+    # Slack wraps pasted URLs as <https://…> or <https://…|label>.
+    if token.startswith("<") and token.endswith(">"):
+        token = token[1:-1].split("|", 1)[0]
+    if not token:
+        raise UsageError("Which pull request? Give its number, `owner/repo#number` or its URL.")
+    if m := _SHORT.match(token):
+        return _checked(None, m["n"])
+    if m := _QUALIFIED.match(token):
+        return _checked(m["repo"], m["n"])
+    if token.startswith(("http://", "https://")):
+        url = urlparse(token)
+        host = (url.hostname or "").lower()
+        if host not in allowed_hosts:
+            raise UsageError(
+                f"{_shown(host)} is not a GitHub host this bridge serves "
+                f"({', '.join(allowed_hosts)})."
+            )
+        if m := _PATH.match(url.path):
+            return _checked(m["repo"], m["n"])
+        raise UsageError("That URL is not a pull request (expected …/owner/repo/pull/42).")
+    raise UsageError(f"{_shown(token[:80])} is not a pull request reference.")
+
+
+@dataclass(frozen=True)
+class DeployArgs:
+    run_id: str
+    environment: str | None
+    repo: str | None
+
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}$")
+
+
+def parse_deploy_args(text: str) -> DeployArgs:
+    """`<run-id> [environment]`, where run-id may be `owner/repo@<id>` or a run URL."""
+    parts = text.split()
+    if not parts:
+        raise UsageError("Which run? Give the run id, e.g. `/deploy 9876543210 production`.")
+    if len(parts) > 2:
+        raise UsageError("Too many words: use `/deploy &lt;run-id&gt; [environment]`.")
+    raw = parts[0]
+    if raw.startswith("<") and raw.endswith(">"):
+        raw = raw[1:-1].split("|", 1)[0]
+    repo: str | None = None
+    run_id = raw
+    if raw.startswith(("http://", "https://")):
+        m = re.match(r"^/([^/]+/[^/]+)/actions/runs/([0-9]+)", urlparse(raw).path)
+        if not m:
+            raise UsageError(
+                "That URL is not a workflow run (expected …/owner/repo/actions/runs/123)."
+            )
+        repo, run_id = m[1], m[2]
+    elif "@" in raw:
+        repo, run_id = raw.split("@", 1)
+    if repo is not None and not REPO_RE.match(repo):
+        raise UsageError(f"{_shown(repo)} is not a repository name like `owner/repo`.")
+    if not _RUN_ID.match(run_id):
+        hint = "use letters, digits and . _ : / - (up to 200)"
+        raise UsageError(f"{_shown(run_id[:80])} is not a run id: {hint}.")
+    env = parts[1] if len(parts) == 2 else None
+    if env is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,255}", env):
+        raise UsageError(f"{_shown(env[:80])} is not an environment name.")
+    return DeployArgs(run_id=run_id, environment=env, repo=repo)
+
+
+def github_hosts(api_url: str) -> tuple[str, ...]:
+    """The web hosts whose PR URLs we accept: github.com, or the GHES host of GITHUB_API_URL."""
+    host = (urlparse(api_url).hostname or "").lower()
+    if host in ("api.github.com", ""):
+        return ("github.com", "www.github.com")
+    return (host, "github.com")

@@ -1,0 +1,240 @@
+"""apscheduler housekeeping: recovery sweep, pruning, and (when leader) every periodic job.
+
+All job state lives in the database, so the scheduler itself keeps jobs in memory with fixed
+ids: a restart re-adds the same jobs and they catch up from the rows they read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from sqlalchemy import Connection, Engine, text
+
+if TYPE_CHECKING:
+    from bot.wiring import Bridge
+
+log = logging.getLogger(__name__)
+
+LEADER_LOCK = 0x43484F50  # "CHOP": PostgreSQL advisory lock held by the scheduler leader
+
+
+class Leadership:
+    """Exactly one scheduler across replicas: a session-level PostgreSQL advisory lock.
+
+    The lock lives as long as the holder's connection; if the process dies, PostgreSQL ends
+    the session and another replica takes the lock on its next try. SQLite: one process only.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._conn: Connection | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def needs_lock(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+    def check(self) -> bool:
+        if not self.needs_lock:
+            return True
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    self._conn.execute(text("SELECT 1"))
+                    return True
+                except Exception:
+                    log.warning("lost the scheduler lock's connection; will try to take it again")
+                    self._drop()
+            try:
+                conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+                got = bool(
+                    conn.execute(
+                        text("SELECT pg_try_advisory_lock(:k)"), {"k": LEADER_LOCK}
+                    ).scalar()
+                )
+            except Exception:
+                log.exception("cannot reach the database to take the scheduler lock")
+                return False
+            if got:
+                self._conn = conn
+                log.info("this process now runs the scheduled jobs (leader)")
+                return True
+            conn.close()
+            return False
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):  # the connection is already broken
+                self._conn.invalidate()
+            self._conn = None
+
+    def release(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LEADER_LOCK})
+                    self._conn.close()
+                except Exception:  # noqa: S110 - closing is best effort at shutdown
+                    pass
+                self._conn = None
+
+
+class Housekeeping:
+    def __init__(self, bridge: Bridge, *, enabled: bool = True) -> None:
+        self.bridge = bridge
+        self.enabled = enabled
+        self.leadership = Leadership(bridge.engine)
+        self.is_leader = False
+        self.leader_runs = 0  # leader-only job runs done by this process (GET /healthz)
+        # Timing from settings (CHATOPS_*_SECONDS); tests shorten it, production keeps defaults.
+        s = bridge.settings
+        self.SWEEP_SECONDS = s.sweep_seconds
+        self.LEADER_CHECK_SECONDS = s.leader_check_seconds
+        self.STALE_AFTER = s.stale_after_seconds  # work untouched this long was interrupted
+        cfg = bridge.config.github
+        webhook_secret = bridge.settings.github_webhook_secret
+        self.github_mode = (
+            "poll"
+            if cfg.mode == "poll" or (cfg.mode == "auto" and webhook_secret is None)
+            else "webhook"
+        )
+        self.scheduler = BackgroundScheduler(
+            timezone=dt.UTC,
+            # The job store is APScheduler's in-memory default on purpose: every job is added
+            # at start with a fixed id (replace_existing=True) and reads its state from the
+            # database, so a restart or a new leader loses nothing and no two schedulers ever
+            # share a persistent job store (which APScheduler 3 does not support).
+            job_defaults={
+                # A job that could not run on time (busy pool, paused process) still runs once
+                # when it can, instead of APScheduler's default of silently skipping after 1 s.
+                "misfire_grace_time": 300,
+                # Runs missed in a row (a long pause) collapse into one: every job works off
+                # the database's current state, so running it twice in a row gains nothing.
+                "coalesce": True,
+                # A slow run (GitHub slow to answer a poll) is never overlapped by the next one,
+                # which would only repeat the same calls and race on the same rows.
+                "max_instances": 1,
+            },
+        )
+        self._extra: list[Callable[[Housekeeping], None]] = []
+        self._on_leadership: list[Callable[[], Any]] = []
+
+    def add_jobs(self, installer: Callable[[Housekeeping], None]) -> None:
+        """Feature modules add their periodic jobs through this (before start)."""
+        self._extra.append(installer)
+
+    def on_leadership(self, fn: Callable[[], Any]) -> None:
+        """Run fn each time this process becomes the leader (after the recovery sweep)."""
+        self._on_leadership.append(fn)
+
+    def leader_job(self, fn: Callable[[], Any]) -> Callable[[], None]:
+        def run() -> None:
+            if not self.is_leader:
+                return
+            self.leader_runs += 1
+            try:
+                fn()
+            except Exception:
+                log.exception("scheduled job failed", extra={"job": getattr(fn, "__name__", "?")})
+
+        return run
+
+    def add_interval(
+        self, job_id: str, fn: Callable[[], Any], seconds: float, *, now: bool = False
+    ) -> None:
+        self.scheduler.add_job(
+            self.leader_job(fn),
+            "interval",
+            seconds=seconds,
+            id=job_id,
+            replace_existing=True,
+            next_run_time=dt.datetime.now(dt.UTC) if now else None,
+        )
+
+    def add_cron(
+        self,
+        job_id: str,
+        fn: Callable[[], Any],
+        crontab: str,
+        *,
+        timezone: str = "UTC",
+        misfire_grace_time: int | None = None,
+    ) -> None:
+        """A leader-only job at the times of a 5-field cron expression in a timezone."""
+        grace = {} if misfire_grace_time is None else {"misfire_grace_time": misfire_grace_time}
+        self.scheduler.add_job(
+            self.leader_job(fn),
+            CronTrigger.from_crontab(crontab, timezone=ZoneInfo(timezone)),
+            id=job_id,
+            replace_existing=True,
+            **grace,
+        )
+
+    def start(self) -> None:
+        if not self.enabled:
+            return
+        self.scheduler.add_job(
+            self.check_leadership,
+            "interval",
+            seconds=self.LEADER_CHECK_SECONDS,
+            id="leadership",
+            replace_existing=True,
+            next_run_time=dt.datetime.now(dt.UTC),
+        )
+        self.add_interval("recovery-sweep", self.sweep, self.SWEEP_SECONDS, now=True)
+        self.add_interval("prune-deliveries", self.prune, 3600)
+        for installer in self._extra:
+            installer(self)
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
+        self.leadership.release()
+        self.is_leader = False
+
+    def check_leadership(self) -> None:
+        was = self.is_leader
+        self.is_leader = self.leadership.check()
+        if self.is_leader and not was:
+            # Catch up at once on what the previous leader (or this process before a crash) left.
+            self.sweep()
+            for fn in self._on_leadership:
+                try:
+                    fn()
+                except Exception:
+                    log.exception("catch-up after taking the leadership failed")
+
+    def state(self) -> str:
+        if not self.enabled:
+            return "disabled"
+        if not self.scheduler.running:
+            return "stopped"
+        return "leader" if self.is_leader else "standby"
+
+    # -- jobs -----------------------------------------------------------------------------
+    def sweep(self) -> None:
+        """Finish work accepted but never carried out (crash, restart, lost thread)."""
+        store, jobs = self.bridge.store, self.bridge.jobs
+        for req in store.to_carry_out(older_than=self.STALE_AFTER):
+            log.info("recovering request", extra={"request_id": req.id, "status": req.status})
+            jobs.submit(req.id)
+        for delivery_id, event in store.pending_deliveries(older_than=self.STALE_AFTER):
+            log.info("recovering webhook delivery", extra={"delivery_id": delivery_id})
+            jobs.submit_delivery(delivery_id, event)
+
+    def prune(self) -> None:
+        n = self.bridge.store.prune_deliveries(older_than=7 * 24 * 3600)
+        if n:
+            log.info("pruned old deliveries", extra={"count": n})
+        n = self.bridge.store.prune_poll_state(older_than=7 * 24 * 3600)
+        if n:
+            log.info("pruned old poll state", extra={"count": n})

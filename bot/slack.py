@@ -1,0 +1,175 @@
+"""Outgoing Slack calls: one WebClient with bounded timeouts and 429-aware retries."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackRequestError
+from slack_sdk.http_retry.builtin_handlers import (
+    ConnectionErrorRetryHandler,
+    RateLimitErrorRetryHandler,
+)
+from slack_sdk.webhook import WebhookClient
+
+from bot.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class SlackFailure(Exception):
+    """A Slack call failed; `error` is Slack's error code (e.g. not_in_channel)."""
+
+    def __init__(self, error: str, method: str) -> None:
+        super().__init__(f"Slack {method} failed: {error}")
+        self.error = error
+        self.method = method
+
+    @property
+    def user_hint(self) -> str:
+        if self.error in ("not_in_channel", "channel_not_found"):
+            return (
+                "I cannot post in this channel. Invite me with `/invite @chatops-bridge` "
+                "(private channels need an invitation), then try again."
+            )
+        if self.error == "is_archived":
+            return "This channel is archived; run the command in an active channel."
+        return f"Slack refused the message ({self.error})."
+
+
+def make_client(token: str, base_url: str, *, timeout: int = 10) -> WebClient:
+    client = WebClient(token=token, base_url=base_url, timeout=timeout)
+    # slack_sdk retries only connection errors by default; honour Retry-After on 429 too.
+    client.retry_handlers = [
+        ConnectionErrorRetryHandler(max_retry_count=2),
+        RateLimitErrorRetryHandler(max_retry_count=3),
+    ]
+    return client
+
+
+class SlackOut:
+    """What the bridge says in Slack. Every method raises SlackFailure on a refusal."""
+
+    def __init__(
+        self,
+        client: WebClient,
+        *,
+        group_cache_seconds: float = 300.0,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.client = client
+        self.metrics = metrics
+        self._groups: dict[str, tuple[float, frozenset[str]]] = {}
+        self._groups_lock = threading.Lock()
+        self.group_cache_seconds = group_cache_seconds
+
+    def _observe(self, method: str, outcome: str, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.slack_calls.labels(method, outcome).observe(time.monotonic() - started)
+
+    def _call(self, method: str, **kwargs: Any) -> dict[str, Any]:
+        started = time.monotonic()
+        try:
+            resp = self.client.api_call(method, json=kwargs)
+        except SlackApiError as exc:
+            error = str(exc.response.get("error") or "unknown_error")
+            self._observe(method, error, started)
+            raise SlackFailure(error, method) from None
+        except (SlackRequestError, OSError) as exc:
+            self._observe(method, "connection", started)
+            raise SlackFailure(f"connection: {type(exc).__name__}", method) from None
+        self._observe(method, "ok", started)
+        data: dict[str, Any] = resp.data if isinstance(resp.data, dict) else {}
+        return data
+
+    def post(
+        self,
+        channel: str,
+        text: str,
+        *,
+        blocks: list[dict[str, Any]] | None = None,
+        thread_ts: str | None = None,
+        broadcast: bool = False,
+    ) -> str:
+        kwargs: dict[str, Any] = {"channel": channel, "text": text, "unfurl_links": False}
+        if blocks is not None:
+            kwargs["blocks"] = blocks
+        if thread_ts:
+            kwargs["thread_ts"] = thread_ts
+            if broadcast:
+                kwargs["reply_broadcast"] = True
+        return str(self._call("chat.postMessage", **kwargs)["ts"])
+
+    def update(
+        self, channel: str, ts: str, text: str, *, blocks: list[dict[str, Any]] | None = None
+    ) -> None:
+        kwargs: dict[str, Any] = {"channel": channel, "ts": ts, "text": text}
+        if blocks is not None:
+            kwargs["blocks"] = blocks
+        self._call("chat.update", **kwargs)
+
+    def ephemeral(
+        self,
+        channel: str,
+        user: str,
+        text: str,
+        *,
+        blocks: list[dict[str, Any]] | None = None,
+        thread_ts: str | None = None,
+    ) -> None:
+        kwargs: dict[str, Any] = {"channel": channel, "user": user, "text": text}
+        if blocks is not None:
+            kwargs["blocks"] = blocks
+        if thread_ts:
+            kwargs["thread_ts"] = thread_ts
+        self._call("chat.postEphemeral", **kwargs)
+
+    def respond(
+        self, response_url: str, text: str, *, blocks: list[dict[str, Any]] | None = None
+    ) -> None:
+        """Ephemeral answer via a command's response_url (works where the bot is not a member)."""
+        if not response_url.startswith(("https://", "http://")):
+            # It comes from a signed payload, but the bridge POSTs only to web URLs regardless.
+            raise SlackFailure("invalid_response_url", "response_url")
+        hook = WebhookClient(response_url, timeout=10)
+        hook.retry_handlers = [
+            ConnectionErrorRetryHandler(max_retry_count=2),
+            RateLimitErrorRetryHandler(max_retry_count=2),
+        ]
+        body: dict[str, Any] = {"text": text, "response_type": "ephemeral"}
+        if blocks is not None:
+            body["blocks"] = blocks
+        started = time.monotonic()
+        try:
+            resp = hook.send_dict(body)
+        except (SlackRequestError, OSError) as exc:
+            self._observe("response_url", "connection", started)
+            raise SlackFailure(f"connection: {type(exc).__name__}", "response_url") from None
+        if resp.status_code >= 300:
+            self._observe("response_url", f"http_{resp.status_code}", started)
+            raise SlackFailure(f"http_{resp.status_code}", "response_url")
+        self._observe("response_url", "ok", started)
+
+    def publish_home(self, user_id: str, view: dict[str, Any]) -> None:
+        self._call("views.publish", user_id=user_id, view=view)
+
+    def open_view(self, trigger_id: str, view: dict[str, Any]) -> None:
+        self._call("views.open", trigger_id=trigger_id, view=view)
+
+    def usergroup_members(self, group_id: str) -> frozenset[str]:
+        now = time.monotonic()
+        with self._groups_lock:
+            cached = self._groups.get(group_id)
+        if cached and now - cached[0] < self.group_cache_seconds:
+            return cached[1]
+        data = self._call("usergroups.users.list", usergroup=group_id)
+        members = frozenset(str(u) for u in data.get("users") or [])
+        with self._groups_lock:
+            self._groups[group_id] = (now, members)
+        return members
+
+    def auth_test(self) -> dict[str, Any]:
+        return self._call("auth.test")

@@ -1,0 +1,704 @@
+"""Storage: every state change of a request is one SQL statement, conditional where it races."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, and_, delete, func, insert, or_, select, text, update
+from sqlalchemy.exc import IntegrityError
+
+from bot import db
+
+Clock = Callable[[], float]
+
+# Request states. "open" ones still wait for something to happen.
+ACCEPTED = "accepted"  # stored and acknowledged; the GitHub action is not done yet
+PENDING_APPROVAL = "pending_approval"
+APPROVED = "approved"  # approved; the dispatch is not done yet
+TRIGGERED = "triggered"  # GitHub action done; waiting for a workflow run
+QUEUED = "queued"
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+ERROR = "error"  # the bridge could not carry it out
+REJECTED = "rejected"
+EXPIRED = "expired"
+CANCELLED = "cancelled"
+
+OPEN_STATES = (ACCEPTED, PENDING_APPROVAL, APPROVED, TRIGGERED, QUEUED, RUNNING)
+# Work for the job pool: these states, plus a pending approval whose card is not posted yet
+# (root_ts NULL) — see _needs_work(). A pending request with its card waits for a click.
+TO_CARRY_OUT = (ACCEPTED, APPROVED)
+WAITING_FOR_RUNS = (TRIGGERED, QUEUED, RUNNING)
+FINAL_STATES = (SUCCEEDED, FAILED, ERROR, REJECTED, EXPIRED, CANCELLED)
+
+
+def _needs_work() -> Any:
+    """SQL condition: the request has a step for a worker (claim and recovery sweep agree)."""
+    c = db.requests.c
+    return or_(
+        c.status.in_(list(TO_CARRY_OUT)),
+        and_(c.status == PENDING_APPROVAL, c.root_ts.is_(None)),
+    )
+
+
+def new_request_id() -> str:
+    # Short enough for a workflow run-name, long enough never to collide in practice.
+    return secrets.token_hex(6)
+
+
+@dataclass(frozen=True)
+class Request:
+    id: str
+    kind: str
+    repo: str
+    pr_number: int | None
+    head_sha: str | None
+    run_ref: str | None
+    environment: str | None
+    trigger: str
+    event_type: str | None
+    channel_id: str
+    user_id: str
+    root_ts: str | None
+    response_url: str | None
+    status: str
+    error: str | None
+    details: dict[str, Any]
+    created_at: float
+    updated_at: float
+    attempts: int
+    action_started_at: float | None
+    finished_at: float | None
+    expires_at: float | None
+    decided_by: str | None
+    decided_at: float | None
+    reason: str | None
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN_STATES
+
+    @property
+    def ref(self) -> str:
+        if self.pr_number is not None:
+            return f"{self.repo}#{self.pr_number}"
+        return self.repo
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    request_id: str
+    status: str
+    conclusion: str | None
+    attempt: int
+    name: str | None
+    html_url: str | None
+    started_at: float | None
+
+
+@dataclass
+class NewRequest:
+    kind: str
+    repo: str
+    trigger: str
+    channel_id: str
+    user_id: str
+    idempotency_key: str
+    status: str = ACCEPTED
+    pr_number: int | None = None
+    head_sha: str | None = None
+    run_ref: str | None = None
+    environment: str | None = None
+    event_type: str | None = None
+    response_url: str | None = None
+    expires_at: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _row_to_request(row: Any) -> Request:
+    return _request_from(row._mapping)
+
+
+def _request_from(m: Any) -> Request:
+    return Request(
+        id=m["id"],
+        kind=m["kind"],
+        repo=m["repo"],
+        pr_number=m["pr_number"],
+        head_sha=m["head_sha"],
+        run_ref=m["run_ref"],
+        environment=m["environment"],
+        trigger=m["trigger"],
+        event_type=m["event_type"],
+        channel_id=m["channel_id"],
+        user_id=m["user_id"],
+        root_ts=m["root_ts"],
+        response_url=m["response_url"],
+        status=m["status"],
+        error=m["error"],
+        details=json.loads(m["details"] or "{}"),
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+        attempts=m["attempts"],
+        action_started_at=m["action_started_at"],
+        finished_at=m["finished_at"],
+        expires_at=m["expires_at"],
+        decided_by=m["decided_by"],
+        decided_at=m["decided_at"],
+        reason=m["reason"],
+    )
+
+
+_EMPTY_ROW: dict[str, Any] = {c.name: None for c in db.requests.columns}
+
+
+class Store:
+    def __init__(self, engine: Engine, clock: Clock = time.time) -> None:
+        self.engine = engine
+        self.clock = clock
+
+    # -- health -------------------------------------------------------------------------
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    # -- requests -----------------------------------------------------------------------
+    def create_request(
+        self, new: NewRequest, *, audit_action: str | None = None, audit_detail: str = ""
+    ) -> tuple[Request, bool]:
+        """Insert; on a repeat of the same idempotency key return the existing row and False.
+
+        With audit_action, the audit row (actor: the requester, outcome: the new status) is
+        written in the same transaction: a request is never stored without it, nor it without
+        the request.
+        """
+        now = self.clock()
+        request_id = new_request_id()
+        values = {
+            "id": request_id,
+            "kind": new.kind,
+            "idempotency_key": new.idempotency_key,
+            "repo": new.repo,
+            "pr_number": new.pr_number,
+            "head_sha": new.head_sha,
+            "run_ref": new.run_ref,
+            "environment": new.environment,
+            "trigger": new.trigger,
+            "event_type": new.event_type,
+            "channel_id": new.channel_id,
+            "user_id": new.user_id,
+            "response_url": new.response_url,
+            "status": new.status,
+            "details": json.dumps(new.details),
+            "created_at": now,
+            "updated_at": now,
+            "lease_until": 0.0,
+            "attempts": 0,
+            "expires_at": new.expires_at,
+        }
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(db.requests).values(**values))
+                if audit_action:
+                    conn.execute(
+                        insert(db.audit).values(
+                            at=now,
+                            request_id=request_id,
+                            actor=new.user_id,
+                            action=audit_action,
+                            outcome=new.status,
+                            detail=audit_detail,
+                        )
+                    )
+        except IntegrityError:
+            existing = self.request_by_key(new.idempotency_key)
+            if existing is None:
+                raise
+            return existing, False
+        # The row is exactly what was inserted: no need to read it back (one query less on the
+        # path before ack()).
+        return _request_from({**_EMPTY_ROW, **values}), True
+
+    def get(self, request_id: str) -> Request | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(db.requests).where(db.requests.c.id == request_id)).first()
+        return _row_to_request(row) if row else None
+
+    def request_by_key(self, key: str) -> Request | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(db.requests).where(db.requests.c.idempotency_key == key)
+            ).first()
+        return _row_to_request(row) if row else None
+
+    def update(
+        self, request_id: str, *, only_if_status: Iterable[str] | None = None, **values: Any
+    ) -> bool:
+        """Set columns; with only_if_status the change happens only from those states.
+
+        Returns whether a row changed: the single conditional UPDATE is what makes concurrent
+        clicks, retries and recovery sweeps agree on one outcome.
+        """
+        if "details" in values and not isinstance(values["details"], str):
+            values["details"] = json.dumps(values["details"])
+        values["updated_at"] = self.clock()
+        cond = db.requests.c.id == request_id
+        if only_if_status is not None:
+            cond = and_(cond, db.requests.c.status.in_(list(only_if_status)))
+        with self.engine.begin() as conn:
+            result = conn.execute(update(db.requests).where(cond).values(**values))
+        return bool(result.rowcount)
+
+    def merge_details(self, request_id: str, extra: dict[str, Any]) -> None:
+        """Merge keys into details; compare-and-set, so concurrent merges never lose a key."""
+        c = db.requests.c
+        for _ in range(20):
+            with self.engine.begin() as conn:
+                row = conn.execute(select(c.details).where(c.id == request_id)).first()
+                if row is None:
+                    return
+                merged = {**json.loads(row[0] or "{}"), **extra}
+                changed = conn.execute(
+                    update(db.requests)
+                    .where(c.id == request_id, c.details == row[0])
+                    .values(details=json.dumps(merged), updated_at=self.clock())
+                ).rowcount
+            if changed:
+                return
+        raise RuntimeError(f"details of request {request_id} keep changing; merge abandoned")
+
+    def request_by_thread(self, channel_id: str, root_ts: str) -> Request | None:
+        """The request whose thread root is (channel, ts): how a mention in a thread finds it."""
+        c = db.requests.c
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(db.requests)
+                .where(c.channel_id == channel_id, c.root_ts == root_ts)
+                .order_by(c.created_at.desc())
+                .limit(1)
+            ).first()
+        return _row_to_request(row) if row else None
+
+    def claim(self, request_id: str, lease_seconds: float = 120.0) -> bool:
+        """Take the work lease of a request; False when another worker holds it."""
+        now = self.clock()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(db.requests)
+                .where(
+                    db.requests.c.id == request_id,
+                    db.requests.c.lease_until <= now,
+                    _needs_work(),
+                )
+                .values(
+                    lease_until=now + lease_seconds,
+                    attempts=db.requests.c.attempts + 1,
+                    updated_at=now,
+                )
+            )
+        return bool(result.rowcount)
+
+    def release(self, request_id: str, *, retry_in: float = 0.0) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(db.requests)
+                .where(db.requests.c.id == request_id)
+                .values(lease_until=self.clock() + retry_in)
+            )
+
+    def to_carry_out(self, *, older_than: float, limit: int = 100) -> list[Request]:
+        """Requests with a step to do that nobody is working on: the recovery sweep's input."""
+        now = self.clock()
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(db.requests)
+                .where(
+                    _needs_work(),
+                    db.requests.c.lease_until <= now,
+                    db.requests.c.updated_at <= now - older_than,
+                )
+                .order_by(db.requests.c.created_at)
+                .limit(limit)
+            ).all()
+        return [_row_to_request(r) for r in rows]
+
+    def find(
+        self,
+        *,
+        repo: str | None = None,
+        pr_number: int | None = None,
+        head_sha: str | None = None,
+        kind: str | None = None,
+        statuses: Iterable[str] | None = None,
+        user_id: str | None = None,
+        channel_id: str | None = None,
+        environment: str | None = None,
+        since: float | None = None,
+        limit: int = 50,
+    ) -> list[Request]:
+        """Requests matching every given filter, newest first."""
+        c = db.requests.c
+        conds = []
+        for col, val in (
+            (c.repo, repo),
+            (c.pr_number, pr_number),
+            (c.head_sha, head_sha),
+            (c.kind, kind),
+            (c.user_id, user_id),
+            (c.channel_id, channel_id),
+            (c.environment, environment),
+        ):
+            if val is not None:
+                conds.append(col == val)
+        if statuses is not None:
+            conds.append(c.status.in_(list(statuses)))
+        if since is not None:
+            conds.append(c.created_at >= since)
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(db.requests).where(*conds).order_by(c.created_at.desc()).limit(limit)
+            ).all()
+        return [_row_to_request(r) for r in rows]
+
+    def expired_approvals(self, now: float, limit: int = 100) -> list[Request]:
+        c = db.requests.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(db.requests)
+                .where(c.status == PENDING_APPROVAL, c.expires_at <= now)
+                .order_by(c.expires_at)
+                .limit(limit)
+            ).all()
+        return [_row_to_request(r) for r in rows]
+
+    def count_recent(self, user_id: str, since: float) -> int:
+        c = db.requests.c
+        with self.engine.connect() as conn:
+            n = conn.execute(
+                select(func.count()).where(c.user_id == user_id, c.created_at >= since)
+            ).scalar_one()
+        return int(n)
+
+    def count_by_status(self) -> dict[str, int]:
+        c = db.requests.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(c.status, func.count()).group_by(c.status)).all()
+        return {r[0]: int(r[1]) for r in rows}
+
+    # -- approvals ----------------------------------------------------------------------
+    def add_approval(self, request_id: str, user_id: str) -> bool:
+        """Record one person's approval; False if that person had approved already."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    insert(db.approvals).values(
+                        request_id=request_id, user_id=user_id, at=self.clock()
+                    )
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    def remove_approval(self, request_id: str, user_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                delete(db.approvals).where(
+                    db.approvals.c.request_id == request_id, db.approvals.c.user_id == user_id
+                )
+            )
+
+    def approvers_of(self, request_id: str) -> list[str]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(db.approvals.c.user_id)
+                .where(db.approvals.c.request_id == request_id)
+                .order_by(db.approvals.c.at)
+            ).all()
+        return [r[0] for r in rows]
+
+    # -- webhook deliveries -------------------------------------------------------------
+    def record_delivery(
+        self, delivery_id: str, event: str, action: str | None, payload: str
+    ) -> bool:
+        """Store a delivery once; False for a redelivery of an id already seen."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    insert(db.deliveries).values(
+                        id=delivery_id,
+                        event=event,
+                        action=action,
+                        received_at=self.clock(),
+                        payload=payload,
+                        lease_until=0.0,
+                        attempts=0,
+                    )
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    def claim_delivery(self, delivery_id: str, lease_seconds: float = 120.0) -> str | None:
+        """Take a pending delivery's lease; returns its payload, or None if taken/done."""
+        now = self.clock()
+        d = db.deliveries.c
+        with self.engine.begin() as conn:
+            # One statement (RETURNING: SQLite 3.35+, PostgreSQL): claim and read together.
+            row = conn.execute(
+                update(db.deliveries)
+                .where(d.id == delivery_id, d.processed_at.is_(None), d.lease_until <= now)
+                .values(lease_until=now + lease_seconds, attempts=d.attempts + 1)
+                .returning(d.payload)
+            ).first()
+        return row[0] if row else None
+
+    def finish_delivery(self, delivery_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(db.deliveries)
+                .where(db.deliveries.c.id == delivery_id)
+                .values(processed_at=self.clock(), payload=None)
+            )
+
+    def release_delivery(self, delivery_id: str, retry_in: float) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(db.deliveries)
+                .where(db.deliveries.c.id == delivery_id)
+                .values(lease_until=self.clock() + retry_in)
+            )
+
+    def pending_deliveries(
+        self, *, older_than: float, max_attempts: int = 5, limit: int = 100
+    ) -> list[tuple[str, str]]:
+        """(id, event) of deliveries stored but not processed: the recovery sweep's input."""
+        now = self.clock()
+        d = db.deliveries.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(d.id, d.event)
+                .where(
+                    d.processed_at.is_(None),
+                    d.lease_until <= now,
+                    d.received_at <= now - older_than,
+                    d.attempts < max_attempts,
+                )
+                .order_by(d.received_at)
+                .limit(limit)
+            ).all()
+        return [(r[0], r[1]) for r in rows]
+
+    def last_delivery_at(self) -> float | None:
+        with self.engine.connect() as conn:
+            v = conn.execute(select(func.max(db.deliveries.c.received_at))).scalar()
+        return float(v) if v is not None else None
+
+    def prune_deliveries(self, older_than: float) -> int:
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                delete(db.deliveries).where(
+                    db.deliveries.c.processed_at.is_not(None),
+                    db.deliveries.c.received_at < self.clock() - older_than,
+                )
+            )
+        return int(result.rowcount)
+
+    # -- workflow runs ------------------------------------------------------------------
+    def upsert_run(
+        self,
+        *,
+        run_id: str,
+        request_id: str,
+        repo: str,
+        name: str | None,
+        status: str,
+        conclusion: str | None,
+        attempt: int,
+        html_url: str | None,
+        head_sha: str | None,
+        started_at: float | None,
+    ) -> RunRecord | None:
+        """Store the newest view of a run; returns the previous record (None when new)."""
+        r = db.runs.c
+        now = self.clock()
+        values = {
+            "request_id": request_id,
+            "repo": repo,
+            "name": name,
+            "status": status,
+            "conclusion": conclusion,
+            "attempt": attempt,
+            "html_url": html_url,
+            "head_sha": head_sha,
+            "started_at": started_at,
+            "updated_at": now,
+        }
+        with self.engine.begin() as conn:
+            row = conn.execute(select(db.runs).where(r.run_id == run_id)).first()
+            if row is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(insert(db.runs).values(run_id=run_id, **values))
+                    return None
+                except IntegrityError:
+                    row = conn.execute(select(db.runs).where(r.run_id == run_id)).first()
+            assert row is not None
+            conn.execute(update(db.runs).where(r.run_id == run_id).values(**values))
+        m = row._mapping
+        return RunRecord(
+            run_id=m["run_id"],
+            request_id=m["request_id"],
+            status=m["status"],
+            conclusion=m["conclusion"],
+            attempt=m["attempt"],
+            name=m["name"],
+            html_url=m["html_url"],
+            started_at=m["started_at"],
+        )
+
+    def run_owner(self, run_id: str) -> str | None:
+        """The request a run was linked to before, if any."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(db.runs.c.request_id).where(db.runs.c.run_id == run_id)
+            ).first()
+        return row[0] if row else None
+
+    def runs_of(self, request_id: str) -> list[RunRecord]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(db.runs).where(db.runs.c.request_id == request_id).order_by(db.runs.c.run_id)
+            ).all()
+        return [
+            RunRecord(
+                run_id=m["run_id"],
+                request_id=m["request_id"],
+                status=m["status"],
+                conclusion=m["conclusion"],
+                attempt=m["attempt"],
+                name=m["name"],
+                html_url=m["html_url"],
+                started_at=m["started_at"],
+            )
+            for m in (row._mapping for row in rows)
+        ]
+
+    # -- side-effect keys ---------------------------------------------------------------
+    def first_time(self, key: str) -> bool:
+        """Claim an idempotency key for a side effect; True only for the first claimer."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(db.sent).values(key=key[:255], at=self.clock()))
+        except IntegrityError:
+            return False
+        return True
+
+    def forget(self, key: str) -> None:
+        """Give a key back after its side effect failed, so a retry may do it."""
+        with self.engine.begin() as conn:
+            conn.execute(delete(db.sent).where(db.sent.c.key == key[:255]))
+
+    # -- audit --------------------------------------------------------------------------
+    def audit(
+        self,
+        *,
+        actor: str,
+        action: str,
+        outcome: str,
+        request_id: str | None = None,
+        detail: str = "",
+    ) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(db.audit).values(
+                    at=self.clock(),
+                    request_id=request_id,
+                    actor=actor,
+                    action=action,
+                    outcome=outcome,
+                    detail=detail,
+                )
+            )
+
+    def audit_rows(
+        self, *, since: float = 0.0, request_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        a = db.audit.c
+        conds = [a.at >= since]
+        if request_id:
+            conds.append(a.request_id == request_id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(db.audit).where(*conds).order_by(a.id)).all()
+        return [dict(r._mapping) for r in rows]
+
+    # -- polling and schedules ----------------------------------------------------------
+    def etag(self, key: str) -> str | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(db.poll_state.c.etag).where(db.poll_state.c.key == key)
+            ).first()
+        return row[0] if row else None
+
+    def set_etag(self, key: str, etag: str | None) -> None:
+        now = self.clock()
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(db.poll_state)
+                .where(db.poll_state.c.key == key)
+                .values(etag=etag, checked_at=now)
+            ).rowcount
+            if not changed:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(
+                            insert(db.poll_state).values(key=key, etag=etag, checked_at=now)
+                        )
+                except IntegrityError:
+                    pass
+
+    def prune_poll_state(self, older_than: float) -> int:
+        """Forget ETags not used for a while (PRs and SHAs nobody polls any more)."""
+        with self.engine.begin() as conn:
+            cutoff = self.clock() - older_than
+            result = conn.execute(delete(db.poll_state).where(db.poll_state.c.checked_at < cutoff))
+        return int(result.rowcount)
+
+    def last_fire(self, name: str) -> float | None:
+        s = db.schedule_state.c
+        with self.engine.connect() as conn:
+            row = conn.execute(select(s.last_fire_at).where(s.name == name)).first()
+        return float(row[0]) if row else None
+
+    def set_last_fire(self, name: str, at: float, *, previous: float | None) -> bool:
+        """Advance a schedule's last fire time only from `previous`: one fire per due time."""
+        s = db.schedule_state.c
+        with self.engine.begin() as conn:
+            if previous is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(insert(db.schedule_state).values(name=name, last_fire_at=at))
+                    return True
+                except IntegrityError:
+                    return False
+            result = conn.execute(
+                update(db.schedule_state)
+                .where(s.name == name, s.last_fire_at == previous)
+                .values(last_fire_at=at)
+            )
+        return bool(result.rowcount)
+
+
+__all__ = [
+    "OPEN_STATES",
+    "NewRequest",
+    "Request",
+    "RunRecord",
+    "Store",
+]

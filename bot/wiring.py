@@ -1,0 +1,186 @@
+"""The one place that builds and connects every part of the bridge."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+from urllib.parse import urlparse
+
+import anyio.to_thread
+from slack_bolt import App
+from slack_sdk import WebClient
+from starlette.applications import Starlette
+
+import handlers
+from bot.config import Config
+from bot.db import make_engine, migrate
+from bot.deps import Deps
+from bot.github import GitHubApp
+from bot.http import bolt_error_response
+from bot.jobs import Jobs
+from bot.metrics import Metrics
+from bot.poller import Poller
+from bot.routing import Router
+from bot.scheduler import Housekeeping
+from bot.settings import Settings
+from bot.slack import SlackOut, make_client
+from bot.store import PENDING_APPROVAL, Store
+
+log = logging.getLogger(__name__)
+
+
+def web_base_for(api_url: str) -> tuple[str, tuple[str, ...]]:
+    """github.com for api.github.com; https://HOST for GHES (https://HOST/api/v3)."""
+    parsed = urlparse(api_url)
+    host = (parsed.hostname or "").lower()
+    if host == "api.github.com":
+        return "https://github.com", ("github.com", "www.github.com")
+    netloc = parsed.netloc
+    return f"{parsed.scheme}://{netloc}", (host,)
+
+
+class Bridge:
+    """All collaborators of one process. Built from settings and config; nothing global."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.time,
+        github: GitHubApp | None = None,
+        slack_client: WebClient | None = None,
+        workers: int = 8,
+        start_scheduler: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self.clock = clock
+        self.metrics = Metrics()
+        self.engine = make_engine(settings.database_url)
+        migrate(self.engine)
+        self.store = Store(self.engine, clock=clock)
+        self.github = github or GitHubApp(
+            app_id=settings.github_app_id,
+            private_key=settings.github_private_key.get(),
+            base_url=settings.github_api_url,
+            metrics=self.metrics,
+        )
+        if self.github.metrics is None:  # a client built by the caller (tests) is measured too
+            self.github.metrics = self.metrics
+        client = slack_client or make_client(settings.slack_bot_token.get(), settings.slack_api_url)
+        self.slack = SlackOut(client, metrics=self.metrics)
+        self.jobs = Jobs(self.store, workers=workers, lease_seconds=settings.lease_seconds)
+        web_base, web_hosts = web_base_for(settings.github_api_url)
+        self.deps = Deps(
+            config=config,
+            store=self.store,
+            github=self.github,
+            slack=self.slack,
+            jobs=self.jobs,
+            clock=clock,
+            web_base=web_base,
+            web_hosts=web_hosts,
+            # health: App Home shows the same report as GET /healthz.
+            extras={"metrics": self.metrics, "health": self.health},
+        )
+        self.router = Router()
+        handlers.register_github(self.router, self.deps)
+        handlers.register_jobs(self.deps)
+        self.jobs.on_delivery(self.router.dispatch)
+        self.bolt = self._make_bolt(client)
+        handlers.register_slack(self.bolt, self.deps)
+        self.housekeeping = Housekeeping(self, enabled=start_scheduler)
+        self.housekeeping.add_jobs(lambda hk: handlers.register_housekeeping(hk, self.deps))
+        self.housekeeping.add_jobs(lambda hk: handlers.register_schedules(hk, self.deps))
+        # Zero-ingress: without webhooks the leader polls GitHub for the runs of open requests.
+        self.poller = Poller(self.deps, metrics=self.metrics)
+        if self.housekeeping.github_mode == "poll":
+            self.housekeeping.add_jobs(self.poller.install)
+        self.socket_handler: Any = None
+
+    def _make_bolt(self, client: WebClient) -> App:
+        signing = self.settings.slack_signing_secret
+        app = App(
+            client=client,
+            signing_secret=signing.get() if signing else "",
+            # Ack inside the listener and return at once; slow work goes to self.jobs. Bolt's
+            # default would poll for ack() every 10 ms on a 5-thread pool (PLATFORM.md).
+            process_before_response=True,
+            request_verification_enabled=not self.settings.socket_mode,
+            token_verification_enabled=False,
+            ignoring_self_events_enabled=True,
+            url_verification_enabled=True,
+            raise_error_for_unhandled_request=False,
+        )
+        # Listener failures (database down, a bug) become explained answers, not bare 500s.
+        app.error(bolt_error_response)
+        return app
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        # Starlette runs sync endpoints' work on anyio's pool (40 by default); Slack bursts of
+        # 64+ concurrent commands should queue there, not at the socket.
+        with contextlib.suppress(RuntimeError):
+            anyio.to_thread.current_default_thread_limiter().total_tokens = 64
+        self.housekeeping.start()
+        if self.settings.socket_mode:
+            from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+            app_token = self.settings.slack_app_token
+            assert app_token is not None
+            self.socket_handler = SocketModeHandler(self.bolt, app_token.get())
+            self.socket_handler.connect()
+            log.info("connected to Slack by Socket Mode")
+
+    def stop(self) -> None:
+        if self.socket_handler is not None:
+            with contextlib.suppress(Exception):
+                self.socket_handler.close()
+        self.housekeeping.stop()
+        self.jobs.shutdown(wait=True)
+        self.engine.dispose()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self.start()
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(self.stop)
+
+    def asgi(self) -> Starlette:
+        from bot.http import make_asgi
+
+        return make_asgi(self)
+
+    # -- observability --------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        report: dict[str, Any] = {"ok": True}
+        try:
+            self.store.ping()
+            report["database"] = "ok"
+        except Exception as exc:
+            report["ok"] = False
+            report["database"] = f"unavailable ({type(exc).__name__})"
+        report["scheduler"] = self.housekeeping.state()
+        report["github_mode"] = self.housekeeping.github_mode
+        report["slack_mode"] = "socket" if self.settings.socket_mode else "http"
+        if report["database"] == "ok":
+            last = self.store.last_delivery_at()
+            report["last_webhook_age_seconds"] = round(self.clock() - last, 1) if last else None
+        report["queue_depth"] = self.jobs.depth
+        report["leader_jobs_run"] = self.housekeeping.leader_runs
+        if self.housekeeping.github_mode == "poll":
+            report["poll"] = dict(self.poller.stats)
+        return report
+
+    def refresh_gauges(self) -> None:
+        self.metrics.queue_depth.set(self.jobs.depth)
+        self.metrics.scheduler_leader.set(1 if self.housekeeping.is_leader else 0)
+        with contextlib.suppress(Exception):
+            counts = self.store.count_by_status()
+            self.metrics.pending_approvals.set(counts.get(PENDING_APPROVAL, 0))

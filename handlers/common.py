@@ -1,0 +1,115 @@
+"""Checks every command shares: who may run it, how often, and in which repository."""
+
+from __future__ import annotations
+
+import logging
+
+from bot.config import Access
+from bot.deps import Deps
+from bot.metrics import Metrics
+from bot.refs import UsageError
+from bot.slack import SlackFailure
+
+log = logging.getLogger(__name__)
+
+
+def count_command(deps: Deps, command: str, outcome: str) -> None:
+    """chatops_commands_total{command, outcome}: help, status, accepted, duplicate, refused,
+    rate_limited, usage_error (and for mentions: the word, e.g. command="mention rerun")."""
+    metrics = deps.extras.get("metrics")
+    if isinstance(metrics, Metrics):
+        metrics.commands.labels(command, outcome).inc()
+
+
+def resolve_repo(deps: Deps, explicit: str | None, channel_id: str) -> str:
+    repo = explicit or deps.config.repository_for(channel_id)
+    if not repo:
+        raise UsageError(
+            "No repository given and none is configured for this channel. Name it, e.g. "
+            "`owner/repo#42`, or set `repositories.default` / `repositories.channels` in "
+            "chatops.yml."
+        )
+    return repo
+
+
+def who_can(access: Access) -> str:
+    parts = []
+    if access.allowed_users:
+        parts.append(", ".join(f"<@{u}>" for u in access.allowed_users))
+    if access.allowed_usergroups:
+        parts.append(", ".join(f"<!subteam^{g}>" for g in access.allowed_usergroups))
+    return " or ".join(parts) or "an admin of this bridge"
+
+
+def access_refusal(
+    deps: Deps, command: str, access: Access, user_id: str, channel_id: str
+) -> str | None:
+    """Why this user may not run the command here, or None when allowed (Slack-side rules)."""
+    if access.allowed_channels and channel_id not in access.allowed_channels:
+        where = ", ".join(f"<#{c}>" for c in access.allowed_channels)
+        return (
+            f"`/{command}` is not enabled in this channel (rule "
+            f"`commands.{command}.allowed_channels`). Use it in {where}, or ask an admin of this "
+            "bridge to add this channel in chatops.yml."
+        )
+    if not access.allowed_users and not access.allowed_usergroups:
+        return None
+    if user_id in access.allowed_users:
+        return None
+    unchecked = []
+    for group in access.allowed_usergroups:
+        try:
+            if user_id in deps.slack.usergroup_members(group):
+                return None
+        except SlackFailure as exc:
+            log.warning("usergroup lookup failed", extra={"group": group, "error": exc.error})
+            unchecked.append(f"<!subteam^{group}> (Slack answered `{exc.error}`)")
+    text = (
+        f"You are not allowed to run `/{command}` (rules `commands.{command}.allowed_users` / "
+        f"`allowed_usergroups`). Ask {who_can(access)} to run it, or an admin of this bridge to "
+        "add you in chatops.yml."
+    )
+    if unchecked:
+        # Not a silent no: the person and the admin learn the check itself failed.
+        text += (
+            f"\nI could not check your membership of {', '.join(unchecked)}; an admin must make "
+            "sure the app has the `usergroups:read` scope."
+        )
+    return text
+
+
+def rate_refusal(deps: Deps, user_id: str) -> str | None:
+    limit = deps.config.rate_limits.commands_per_minute
+    if deps.store.count_recent(user_id, deps.clock() - 60) >= limit:
+        return (
+            f"You ran {limit} commands in the last minute, which is this bridge's limit "
+            "(rule `rate_limits.commands_per_minute`). Try again in a minute; an admin of this "
+            "bridge can raise the limit in chatops.yml."
+        )
+    return None
+
+
+def github_permission_refusal(deps: Deps, access: Access, repo: str, user_id: str) -> str | None:
+    """GitHub-side rule: the user's linked GitHub login needs a permission on the repository.
+
+    Calls GitHub, so it runs off the request thread (after ack()).
+    """
+    needed = access.require_github_permission
+    if needed is None:
+        return None
+    login = deps.config.github_users.get(user_id)
+    if login is None:
+        return (
+            f"This command needs `{needed}` permission on {repo} (rule "
+            "`require_github_permission`), and your Slack account is not linked to a GitHub "
+            f"login. Ask an admin of this bridge to add `{user_id}: <your GitHub login>` under "
+            "`github_users` in chatops.yml."
+        )
+    order = ["none", "read", "triage", "write", "maintain", "admin"]
+    have = deps.github.permission(repo, login)
+    if order.index(have if have in order else "none") < order.index(needed):
+        return (
+            f"GitHub user `{login}` has `{have}` permission on {repo}; this command needs "
+            f"`{needed}` (rule `require_github_permission`). A repository admin can grant it."
+        )
+    return None

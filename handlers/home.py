@@ -1,0 +1,183 @@
+"""The App Home tab: approvals waiting for this person, their recent requests, bridge health."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+from bot import messages
+from bot.deps import Deps
+from bot.github import GitHubError
+from bot.markdown import escape_mrkdwn
+from bot.slack import SlackFailure
+from bot.store import PENDING_APPROVAL, Request
+from handlers.status import request_line, slack_date, thread_url
+
+log = logging.getLogger(__name__)
+
+MAX_APPROVALS = 10
+RECENT = 10
+INSTALLATIONS_CACHE_SECONDS = 300.0
+
+Block = dict[str, Any]
+
+
+# -- pure rendering ---------------------------------------------------------------------------
+
+
+def header(text: str) -> Block:
+    return {"type": "header", "text": {"type": "plain_text", "text": text[:150]}}
+
+
+def approval_blocks(req: Request, buttons: Block) -> list[Block]:
+    """A pending deploy and the channel card's own Approve/Reject buttons (same action ids, so
+    the same handlers answer). block_id made unique: a view may hold several of them."""
+    summary = (
+        f":raised_hand: *Deploy of run `{escape_mrkdwn(str(req.run_ref))[:60]}` to "
+        f"{req.environment}* in `{req.repo}`, asked by <@{req.user_id}> "
+        f"{slack_date(req.created_at)}"
+    )
+    if req.expires_at:
+        summary += f" · expires {slack_date(req.expires_at)}"
+    if req.root_ts:
+        summary += f" · <{thread_url(req.channel_id, req.root_ts)}|open the card>"
+    actions = copy.deepcopy(buttons)
+    actions["block_id"] = f"{buttons.get('block_id') or 'decision'}:{req.id}"
+    return [messages.section(summary), actions]
+
+
+def health_lines(health: dict[str, Any], installations: str) -> str:
+    db = health.get("database", "?")
+    dot = ":large_green_circle:" if db == "ok" else ":red_circle:"
+    lines = [f"{dot} Database: {db}"]
+    age = health.get("last_webhook_age_seconds")
+    mode = health.get("github_mode", "webhook")
+    if mode == "poll":
+        lines.append(":large_blue_circle: GitHub: polled (no webhooks in this mode)")
+    elif age is None:
+        lines.append(":white_circle: Last GitHub webhook: none received yet")
+    else:
+        lines.append(f":large_green_circle: Last GitHub webhook: {messages.duration(age)} ago")
+    lines.append(f":gear: Scheduler: {health.get('scheduler', '?')}")
+    lines.append(f":key: GitHub App: {installations}")
+    lines.append(f":inbox_tray: Work in flight: {health.get('queue_depth', 0)}")
+    return "\n".join(lines)
+
+
+def home_view(
+    *,
+    approvals: list[tuple[Request, Block]],
+    recent: list[Request],
+    health: dict[str, Any],
+    installations: str,
+    now: float,
+    web_base: str = "https://github.com",
+) -> dict[str, Any]:
+    """The Home tab (≤ 100 blocks: two per approval, at most 10 of them, plus 12)."""
+    blocks: list[Block] = [header("Waiting for your approval")]
+    if approvals:
+        for req, buttons in approvals[:MAX_APPROVALS]:
+            blocks += approval_blocks(req, buttons)
+    else:
+        blocks.append(messages.context("Nothing is waiting for your approval."))
+    blocks += [{"type": "divider"}, header("Your recent requests")]
+    if recent:
+        lines, size = [], 0
+        for req in recent:
+            line = request_line(req, web_base)
+            if size + len(line) > 2900:  # one section holds 3,000 characters
+                break
+            lines.append(line)
+            size += len(line) + 1
+        blocks.append(messages.section("\n".join(lines)))
+    else:
+        blocks.append(
+            messages.context("None yet. `/evaluate help` in a channel shows what you may run.")
+        )
+    blocks += [
+        {"type": "divider"},
+        header("Bridge health"),
+        messages.section(health_lines(health, installations)),
+        messages.context(
+            f"Updated {slack_date(now)} · `/evaluate help` or `/deploy help` in a channel lists "
+            "what you may run there."
+        ),
+    ]
+    return {"type": "home", "blocks": blocks}
+
+
+# -- gathering and publishing -----------------------------------------------------------------
+
+
+def pending_for(deps: Deps, user_id: str) -> list[tuple[Request, Block]]:
+    """Pending deploys this person may approve now and has not approved yet."""
+    from handlers import deploy
+
+    out: list[tuple[Request, Block]] = []
+    now = deps.clock()
+    for req in deps.store.find(kind="deploy", statuses=(PENDING_APPROVAL,), limit=50):
+        if req.expires_at is not None and req.expires_at <= now:
+            continue
+        policy = deps.config.commands.deploy.policy_for(req.environment or "")
+        if user_id in deps.store.approvers_of(req.id):
+            continue
+        if deploy.approval_refusal(deps, req, policy, user_id) is not None:
+            continue
+        # The channel card's own actions block (deploy.py builds it; same action ids).
+        out.append((req, deploy._buttons(req)))
+        if len(out) >= MAX_APPROVALS:
+            break
+    return out
+
+
+def installations_line(deps: Deps) -> str:
+    """How many App installations GitHub lists; cached, as the tab opens often."""
+    now = deps.clock()
+    cached = deps.extras.get("home_installations")
+    if isinstance(cached, tuple) and now - cached[0] < INSTALLATIONS_CACHE_SECONDS:
+        return str(cached[1])
+    try:
+        n = len(deps.github.installations())
+        line = f"{n} installation{'s' if n != 1 else ''} reachable"
+    except GitHubError as exc:
+        line = f"unreachable ({exc.message})"
+    deps.extras["home_installations"] = (now, line)
+    return line
+
+
+def build_home(deps: Deps, user_id: str) -> dict[str, Any]:
+    health_fn = deps.extras.get("health")
+    health: dict[str, Any] = health_fn() if callable(health_fn) else {}
+    return home_view(
+        approvals=pending_for(deps, user_id),
+        recent=deps.store.find(user_id=user_id, limit=RECENT),
+        health=health,
+        installations=installations_line(deps),
+        now=deps.clock(),
+        web_base=deps.web_base,
+    )
+
+
+def publish(deps: Deps, user_id: str) -> None:
+    deps.slack.publish_home(user_id, build_home(deps, user_id))
+
+
+def on_home_opened(deps: Deps, event: dict[str, Any]) -> None:
+    if event.get("tab", "home") != "home" or not event.get("user"):
+        return
+    publish(deps, str(event["user"]))
+
+
+def after_click(deps: Deps, body: dict[str, Any], *, any_surface: bool = False) -> None:
+    """After a decision made from the Home tab (or a modal, which may have been opened from
+    it: any_surface), show that person the new state of their tab. Best effort."""
+    if not any_surface and (body.get("container") or {}).get("type") != "view":
+        return
+    user_id = (body.get("user") or {}).get("id")
+    if not user_id:
+        return
+    try:
+        publish(deps, str(user_id))
+    except SlackFailure as exc:
+        log.warning("could not refresh the Home tab", extra={"error": exc.error})

@@ -1,0 +1,194 @@
+"""`@chatops-bridge status | rerun | cancel | help` in a request's thread (slash commands cannot
+be used in threads, so a mention is how people act on the request a thread belongs to)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from bot import logs
+from bot.deps import Deps
+from bot.github import GitHubError, PermissionDenied
+from bot.slack import SlackFailure
+from bot.store import CANCELLED, OPEN_STATES, PENDING_APPROVAL, Request
+from handlers import status
+from handlers.common import count_command
+from handlers.help import SHORT_HELP, help_text
+from handlers.thread import refresh_root
+
+log = logging.getLogger(__name__)
+
+WORDS = ("status", "rerun", "cancel", "help")
+_MENTION = re.compile(r"<@[A-Z0-9]+(?:\|[^>]*)?>")
+
+
+def mention_word(text: str) -> str:
+    """The first word after the mentions, lower-cased ("" when there is none). Pure."""
+    words = _MENTION.sub(" ", text or "").split()
+    return words[0].lower().strip(".!?,:") if words else ""
+
+
+def on_mention(deps: Deps, body: dict[str, Any], event: dict[str, Any]) -> None:
+    """Slack retries an event without a 2xx answer in 3 s: the event id makes a repeat a no-op."""
+    user_id = str(event.get("user") or "")
+    channel_id = str(event.get("channel") or "")
+    if not user_id or not channel_id:
+        return
+    event_id = str(body.get("event_id") or f"{channel_id}:{event.get('ts')}")
+    key = f"slack-event:{event_id}"
+    if not deps.store.first_time(key):
+        return
+    try:
+        _act(deps, event_id, event, user_id, channel_id)
+    except SlackFailure as exc:  # Slack refused our answer: its retry would be refused too
+        log.warning("could not answer a mention", extra={"error": exc.error})
+    except Exception:
+        deps.store.forget(key)  # let Slack's retry try again
+        raise
+
+
+def _act(deps: Deps, event_id: str, event: dict[str, Any], user_id: str, channel_id: str) -> None:
+    thread_ts = event.get("thread_ts")
+    word = mention_word(str(event.get("text") or ""))
+    req = deps.store.request_by_thread(channel_id, str(thread_ts)) if thread_ts else None
+    if req is None:
+        count_command(deps, "mention", "outside_request")
+        _whisper(deps, channel_id, user_id, SHORT_HELP, thread_ts)
+        return
+    logs.bind(request_id=req.id)
+    if word not in WORDS or word == "help":
+        count_command(deps, "mention help", "ok")
+        text = help_text(deps, user_id, req.channel_id)
+        if word not in WORDS and word:
+            text = f"I do not know `{word[:30]}`.\n\n{text}"
+        _whisper(deps, channel_id, user_id, text, thread_ts)
+        return
+    if word == "status":
+        count_command(deps, "mention status", "ok")
+        msg = status.status_reply(req, deps.store.runs_of(req.id), web_base=deps.web_base)
+        deps.slack.post(channel_id, msg["text"], blocks=msg["blocks"], thread_ts=req.root_ts)
+    elif word == "rerun":
+        rerun(deps, req, user_id, event_id)
+    else:
+        cancel(deps, req, user_id)
+
+
+def _whisper(deps: Deps, channel_id: str, user_id: str, text: str, thread_ts: Any = None) -> None:
+    try:
+        deps.slack.ephemeral(channel_id, user_id, text, thread_ts=thread_ts or None)
+    except SlackFailure as exc:
+        log.warning("could not answer a mention", extra={"error": exc.error})
+
+
+def _say(deps: Deps, req: Request, text: str) -> None:
+    deps.slack.post(req.channel_id, text, thread_ts=req.root_ts)
+
+
+def rerun(deps: Deps, req: Request, user_id: str, event_id: str) -> None:
+    """The same request again, through the same code path as the slash command (its checks,
+    its store.create_request and jobs.submit); the event id is its idempotency key."""
+    if req.kind == "evaluate" and req.pr_number is not None:
+        from handlers import evaluate
+
+        handle, text = evaluate.handle_command, f"{req.repo}#{req.pr_number}"
+    elif req.kind == "deploy" and req.run_ref and req.environment:
+        from handlers import deploy
+
+        handle, text = deploy.handle_command, f"{req.repo}@{req.run_ref} {req.environment}"
+    else:
+        count_command(deps, "mention rerun", "refused")
+        _whisper(
+            deps,
+            req.channel_id,
+            user_id,
+            f"I cannot run a `{req.kind}` request again from its thread.",
+            req.root_ts,
+        )
+        return
+    said: list[str] = []
+    new = handle(
+        deps,
+        {
+            "text": text,
+            "user_id": user_id,
+            "channel_id": req.channel_id,
+            "trigger_id": f"event-{event_id}",
+        },
+        lambda text="", **_: said.append(str(text)),
+    )
+    answer = said[-1] if said else ""
+    if new is None:  # refused (access, rate limit) or no longer valid: tell only the asker
+        count_command(deps, "mention rerun", "refused")
+        _whisper(deps, req.channel_id, user_id, answer, req.root_ts)
+        return
+    count_command(deps, "mention rerun", "accepted")
+    _say(deps, req, f":repeat: <@{user_id}> asked for this again: request `{new.id}`.\n{answer}")
+
+
+def _may_cancel(deps: Deps, req: Request, user_id: str) -> bool:
+    if user_id == req.user_id:
+        return True
+    if req.kind != "deploy":
+        return False
+    from handlers import deploy
+
+    policy = deps.config.commands.deploy.policy_for(req.environment or "")
+    return policy is not None and deploy.rejection_refusal(deps, req, policy, user_id) is None
+
+
+def cancel(deps: Deps, req: Request, user_id: str) -> None:
+    """Open → cancelled with one conditional update; then ask GitHub to stop its runs."""
+    if not req.is_open:
+        count_command(deps, "mention cancel", "already_final")
+        said = f"Request `{req.id}` is already {req.status}; there is nothing to cancel."
+        _whisper(deps, req.channel_id, user_id, said, req.root_ts)
+        return
+    if not _may_cancel(deps, req, user_id):
+        count_command(deps, "mention cancel", "refused")
+        who = f"<@{req.user_id}> (who asked)" + (" or an approver" if req.kind == "deploy" else "")
+        said = f"Only {who} can cancel request `{req.id}`."
+        _whisper(deps, req.channel_id, user_id, said, req.root_ts)
+        return
+    # Not decided_by: that names who approved or rejected (deploy cards and replies say so).
+    if not deps.store.update(
+        req.id, only_if_status=OPEN_STATES, status=CANCELLED, finished_at=deps.clock()
+    ):
+        current = deps.store.get(req.id) or req
+        count_command(deps, "mention cancel", "already_final")
+        said = f"Request `{req.id}` just became {current.status}; nothing was cancelled."
+        _whisper(deps, req.channel_id, user_id, said, req.root_ts)
+        return
+    deps.store.merge_details(req.id, {"cancelled_by": user_id})
+    was = "approval request" if req.status == PENDING_APPROVAL else "request"
+    deps.store.audit(
+        actor=user_id, action=f"{req.kind}.cancelled", outcome="cancelled", request_id=req.id
+    )
+    count_command(deps, "mention cancel", "cancelled")
+    notes = [f":black_square_for_stop: <@{user_id}> cancelled this {was}."]
+    notes += _cancel_runs(deps, req)
+    refresh_root(deps, req)
+    _say(deps, req, "\n".join(notes))
+
+
+def _cancel_runs(deps: Deps, req: Request) -> list[str]:
+    """Stop the request's workflow runs that are still going (needs `actions: write`)."""
+    notes: list[str] = []
+    for run in deps.store.runs_of(req.id):
+        if run.status == "completed":
+            continue
+        name = run.name or f"run {run.run_id}"
+        try:
+            deps.github.cancel_run(req.repo, int(run.run_id))
+            notes.append(f"Asked GitHub to cancel the workflow run {name}.")
+        except PermissionDenied:
+            notes.append(
+                f":warning: I could not cancel the workflow run {name}: the GitHub App needs "
+                "the `actions: write` permission. Cancel it on GitHub, or ask an owner to "
+                "grant the permission."
+            )
+        except GitHubError as exc:
+            if exc.status == 409:  # GitHub: the run finished meanwhile
+                continue
+            notes.append(f":warning: I could not cancel the workflow run {name}: {exc.message}")
+    return notes

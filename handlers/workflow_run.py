@@ -1,0 +1,252 @@
+"""`workflow_run` events (webhook or poll) become thread replies and root status edits."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any
+
+from bot import logs, messages
+from bot.deps import Deps
+from bot.github import GitHubError, Retryable, RunInfo, run_from_payload
+from bot.store import ERROR, FAILED, QUEUED, RUNNING, SUCCEEDED, WAITING_FOR_RUNS, Request
+from handlers.thread import refresh_root, reply_once, tell
+
+log = logging.getLogger(__name__)
+
+# Workflows started by repository_dispatch put the request id first in `run-name`, which
+# GitHub reports as display_title: "chatops 1a2b3c4d5e6f: deploy ..."
+TITLE_RE = re.compile(r"^chatops ([0-9a-f]{12})\b")
+CLOCK_SKEW = 30.0
+
+
+def request_id_in_title(title: str) -> str | None:
+    m = TITLE_RE.match(title or "")
+    return m[1] if m else None
+
+
+def _workflow_matches(deps: Deps, run: RunInfo) -> bool:
+    wanted = deps.config.commands.evaluate.workflow
+    if not wanted:
+        return True
+    return wanted in (run.name, (run.path or "").rsplit("/", 1)[-1])
+
+
+def request_for_run(deps: Deps, run: RunInfo) -> Request | None:
+    """The one request a run belongs to, by request id, earlier link, or PR + head SHA."""
+    rid = request_id_in_title(run.display_title) or deps.store.run_owner(str(run.id))
+    if rid:
+        req = deps.store.get(rid)
+        return req if req is not None and req.repo == run.repo else None
+    if run.event != "pull_request" or not _workflow_matches(deps, run):
+        return None
+    candidates: list[Request] = []
+    # Fork PRs come with an empty pull_requests list: fall back to the head SHA.
+    if run.pull_numbers:
+        for number in run.pull_numbers:
+            candidates += deps.store.find(
+                repo=run.repo, pr_number=number, kind="evaluate", statuses=WAITING_FOR_RUNS, limit=5
+            )
+    else:
+        candidates = deps.store.find(
+            repo=run.repo,
+            head_sha=run.head_sha,
+            kind="evaluate",
+            statuses=WAITING_FOR_RUNS,
+            limit=5,
+        )
+    for req in sorted(candidates, key=lambda r: r.created_at, reverse=True):
+        if req.trigger != "label" or req.head_sha != run.head_sha:
+            continue
+        started = req.action_started_at or req.created_at
+        if run.created_at is None or run.created_at >= started - CLOCK_SKEW:
+            return req
+    return None
+
+
+def on_workflow_run(deps: Deps, payload: dict[str, Any]) -> None:
+    repo = str((payload.get("repository") or {}).get("full_name") or "")
+    raw = payload.get("workflow_run")
+    if not repo or not isinstance(raw, dict):
+        return
+    try:
+        run = run_from_payload(repo, raw)
+    except ValueError as exc:
+        log.warning("workflow_run event ignored", extra={"reason": str(exc)})
+        return
+    req = request_for_run(deps, run)
+    if req is not None:
+        relay_run(deps, req, run)
+
+
+def _aggregate(deps: Deps, req: Request) -> tuple[str, str]:
+    runs = deps.store.runs_of(req.id)
+    lines = []
+    for r in runs:
+        state = r.conclusion if r.status == "completed" else r.status
+        lines.append(f"{messages.link(r.html_url, r.name or 'run')}: {state}")
+    summary = " · ".join(lines)
+    if any(r.status != "completed" for r in runs):
+        busy = any(r.status == "in_progress" for r in runs)
+        return (RUNNING if busy else QUEUED), summary
+    if runs and all(not messages.is_failure(r.conclusion) for r in runs):
+        return SUCCEEDED, summary
+    return FAILED, summary
+
+
+def relay_run(deps: Deps, req: Request, run: RunInfo) -> None:
+    """Record the run's newest state; reply in the thread once per start and once per finish."""
+    logs.bind(request_id=req.id)  # the delivery's log lines name the request from here on
+    run_id = str(run.id)
+    prev = deps.store.upsert_run(
+        run_id=run_id,
+        request_id=req.id,
+        repo=run.repo,
+        name=run.name,
+        status=run.status,
+        conclusion=run.conclusion,
+        attempt=run.run_attempt,
+        html_url=run.html_url,
+        head_sha=run.head_sha,
+        started_at=run.run_started_at or run.created_at,
+    )
+    if prev is not None and (
+        prev.attempt > run.run_attempt
+        or (
+            prev.attempt == run.run_attempt
+            and prev.status == "completed"
+            and run.status != "completed"
+        )
+    ):
+        # An older event arrived late (redelivery, poll after webhook): keep the newer state.
+        deps.store.upsert_run(
+            run_id=run_id,
+            request_id=req.id,
+            repo=run.repo,
+            name=prev.name,
+            status=prev.status,
+            conclusion=prev.conclusion,
+            attempt=prev.attempt,
+            html_url=prev.html_url,
+            head_sha=run.head_sha,
+            started_at=prev.started_at,
+        )
+        return
+    prefs = deps.config.channel_settings(req.channel_id)
+    if req.root_ts:
+        if run.status != "completed":
+            if prefs.notify == "all":
+                msg = messages.run_started(run.name, run.html_url, run.run_attempt)
+                reply_once(deps, req, f"run:{run_id}:{run.run_attempt}:started", msg)
+        else:
+            failed = messages.is_failure(run.conclusion)
+            if prefs.notify != "failures" or failed:
+                start = run.run_started_at or run.created_at
+                took = (run.updated_at - start) if run.updated_at and start else None
+                msg = messages.run_finished(
+                    run.name, run.html_url, run.conclusion, took, run.run_attempt
+                )
+                reply_once(
+                    deps,
+                    req,
+                    f"run:{run_id}:{run.run_attempt}:done",
+                    msg,
+                    broadcast=failed and prefs.broadcast_failures,
+                )
+    status, summary = _aggregate(deps, req)
+    finished_at = deps.clock() if status in (SUCCEEDED, FAILED) else None
+    changed = deps.store.update(
+        req.id,
+        only_if_status=(*WAITING_FOR_RUNS, SUCCEEDED, FAILED),
+        status=status,
+        finished_at=finished_at,
+    )
+    deps.store.merge_details(req.id, {"runs_summary": summary})
+    if changed and status != req.status and status in (SUCCEEDED, FAILED):
+        deps.store.audit(
+            actor="github",
+            action=f"{req.kind}.finished",
+            outcome=status,
+            request_id=req.id,
+            detail=run.html_url,
+        )
+    refresh_root(deps, req)
+
+
+def iso(ts: float) -> str:
+    """GitHub's timestamp format for query filters (`created`, `since`)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def dispatch_runs_query(since: float) -> dict[str, Any]:
+    """List-runs filter for repository_dispatch runs created after `since` (minus clock skew)."""
+    return {
+        "event": "repository_dispatch",
+        "created": ">=" + iso(since - CLOCK_SKEW),
+        "per_page": 100,
+    }
+
+
+def dispatch_seen(deps: Deps, req: Request) -> bool:
+    """Whether GitHub already has a run whose run-name names this request.
+
+    Used before repeating a dispatch whose answer was lost (crash, 502 after the fact): a run
+    is the only trace a repository_dispatch leaves. GitHub creates it a few seconds after the
+    dispatch, so a quick repeat can still dispatch twice; both carry the same request id.
+    """
+    since = req.action_started_at or req.created_at
+    try:
+        found = deps.github.list_runs(req.repo, params=dispatch_runs_query(since))
+    except Retryable:
+        raise
+    except GitHubError as exc:  # cannot look (e.g. no actions:read): repeat, same request id
+        log.warning("cannot list runs", extra={"request_id": req.id, "error": exc.message})
+        return False
+    runs = (found.data or {}).get("workflow_runs") or []
+    return any(request_id_in_title(str(r.get("display_title") or "")) == req.id for r in runs)
+
+
+def dispatch_once(deps: Deps, req: Request, event_type: str, payload: dict[str, Any]) -> None:
+    """Send the request's repository_dispatch; a repeat after a lost answer checks GitHub first.
+
+    action_started_at marks "a dispatch may have been sent": set before the first POST, kept
+    on repeats (it bounds the runs looked at by dispatch_seen).
+    """
+    if req.action_started_at is None:
+        deps.store.update(req.id, action_started_at=deps.clock())
+    elif dispatch_seen(deps, req):
+        return  # an earlier attempt got through: its run is there
+    else:
+        log.warning("repeating a dispatch that may have happened", extra={"request_id": req.id})
+    deps.github.dispatch(req.repo, event_type, payload)
+
+
+def stop_following(deps: Deps, req: Request, hours: int) -> bool:
+    """Poll mode gives up on a request whose run did not come (or finish) in time."""
+    seen = bool(deps.store.runs_of(req.id))
+    if seen:
+        error = f"The workflow run did not finish within {hours} hours; I stopped following it."
+        hint = "Open the run on GitHub for its state."
+    else:
+        error = f"No workflow run was seen within {hours} hours; I stopped following this request."
+        hint = (
+            f"Check that a workflow runs on the `{req.event_type}` repository_dispatch event and "
+            f"puts `chatops {req.id}:` first in its `run-name`."
+            if req.trigger == "dispatch"
+            else "Check that a workflow runs on `pull_request: [labeled]` for this label."
+        )
+    if not deps.store.update(
+        req.id,
+        only_if_status=WAITING_FOR_RUNS,
+        status=ERROR,
+        error=error,
+        finished_at=deps.clock(),
+    ):
+        return False
+    deps.store.audit(
+        actor="bridge", action=f"{req.kind}.stopped_following", outcome="error", request_id=req.id
+    )
+    tell(deps, deps.store.get(req.id) or req, error, hint=hint)
+    refresh_root(deps, req)
+    return True

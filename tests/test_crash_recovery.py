@@ -1,0 +1,421 @@
+"""Crash recovery and scheduler leadership with the real server: `python -m bot serve` as a
+subprocess against the loopback doubles, killed with SIGKILL at each step of a request.
+
+Timing is shortened through the environment (bot/settings.py): the recovery sweep runs every
+0.5 s, a dead worker's lease runs out after 2 s, the leader lock is retried every 0.5 s.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+import yaml
+from slack_sdk.signature import SignatureVerifier
+
+from bot.db import make_engine
+from bot.signing import github_signature
+from bot.store import NewRequest, Request, Store
+from tests.conftest import (
+    CHANNEL,
+    DEFAULT_CONFIG,
+    HEAD_SHA,
+    REPO,
+    SIGNING_SECRET,
+    USER,
+    WEBHOOK_SECRET,
+    make_env,
+)
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+LEASE = 2.0
+LEADER_CHECK = 0.5
+FAST = {
+    "CHATOPS_SWEEP_SECONDS": "0.5",
+    "CHATOPS_STALE_AFTER_SECONDS": "0",
+    "CHATOPS_LEASE_SECONDS": str(LEASE),
+    "CHATOPS_LEADER_CHECK_SECONDS": str(LEADER_CHECK),
+    "CHATOPS_LOG_FORMAT": "text",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Server:
+    """One `python -m bot serve` process; restartable on the same port and database."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = _free_port()
+        self.env = {**env, "PORT": str(self.port), "PATH": os.environ.get("PATH", "")}
+        self.log_path = log_path
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.http = httpx.Client(base_url=self.url, timeout=10)
+
+    def start(self) -> Server:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bot", "serve"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                if self.http.get("/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"server did not start: {self.log_path.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        self.http.close()
+        self.http = httpx.Client(base_url=self.url, timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.http.close()
+
+    def health(self) -> dict[str, Any]:
+        data: dict[str, Any] = self.http.get("/healthz", timeout=2).json()
+        return data
+
+    def slash(self, text: str) -> httpx.Response:
+        body = urlencode(
+            {
+                "team_id": "T0001",
+                "channel_id": CHANNEL,
+                "user_id": USER,
+                "command": "/evaluate",
+                "text": text,
+                "api_app_id": "A0001",
+                "response_url": "",
+                "trigger_id": f"{uuid.uuid4().int % 10**12}.{uuid.uuid4().hex[:16]}",
+            }
+        )
+        ts = str(int(time.time()))
+        headers = {
+            "content-type": "application/x-www-form-urlencoded",
+            "x-slack-request-timestamp": ts,
+            "x-slack-signature": SignatureVerifier(SIGNING_SECRET).generate_signature(
+                timestamp=ts, body=body
+            ),
+        }
+        return self.http.post("/slack/events", content=body.encode(), headers=headers)
+
+    def webhook(self, event: str, payload: dict[str, Any]) -> httpx.Response:
+        body = json.dumps(payload).encode()
+        headers = {
+            "content-type": "application/json",
+            "x-github-event": event,
+            "x-github-delivery": str(uuid.uuid4()),
+            "x-hub-signature-256": github_signature(WEBHOOK_SECRET, body),
+        }
+        return self.http.post("/github/webhooks", content=body, headers=headers)
+
+
+@pytest.fixture
+def spawn(
+    slack: Any, github: Any, database_url: str, tmp_path: Path
+) -> Iterator[Callable[..., Server]]:
+    servers: list[Server] = []
+
+    def make(config: dict[str, Any] | None = None, **extra: str) -> Server:
+        cfg = tmp_path / f"chatops-{len(servers)}.yml"
+        cfg.write_text(yaml.safe_dump(config or DEFAULT_CONFIG))
+        env = make_env(slack, github, database_url, cfg, **{**FAST, **extra})
+        server = Server(env, tmp_path / f"server-{len(servers)}.log")
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    engine = make_engine(database_url)
+    yield Store(engine)
+    engine.dispose()
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what or predicate}")
+
+
+def held(github: Any) -> bool:
+    """The server's request is inside the double's delay (the fault was taken)."""
+    with github._cond:
+        return all(f.times == 0 for f in github._faults)
+
+
+def only_request(store: Store) -> Request:
+    reqs = store.find(repo=REPO)
+    assert len(reqs) == 1, reqs
+    return reqs[0]
+
+
+def roots(slack: Any) -> list[Any]:
+    return [c for c in slack.calls_to("chat.postMessage") if "thread_ts" not in c.params]
+
+
+def run_payload(req: Request, status: str, conclusion: str | None) -> dict[str, Any]:
+    from webhook_examples import fixture
+
+    payload: dict[str, Any] = copy.deepcopy(fixture("workflow_run.completed"))
+    payload["action"] = "completed" if status == "completed" else "in_progress"
+    payload["repository"]["full_name"] = REPO
+    payload["workflow_run"].update(
+        id=5150,
+        name="Evaluate model",
+        display_title="Evaluate model",
+        status=status,
+        conclusion=conclusion,
+        head_sha=HEAD_SHA,
+        event="pull_request",
+        run_attempt=1,
+        created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        pull_requests=[{"number": 42, "id": 1, "url": "x"}],
+    )
+    return payload
+
+
+def recovered(store: Store, status: str = "triggered") -> Request:
+    return wait_until(
+        lambda: (r := only_request(store)).status == status and r,
+        timeout=LEASE + 8,
+        what=f"the request to be {status}",
+    )
+
+
+# -- crash at each step of /evaluate ----------------------------------------------------------
+def test_kill_right_after_the_ack_then_during_a_webhook(spawn, store, github, slack) -> None:
+    server = spawn().start()
+    resp = server.slash("42")
+    assert resp.status_code == 200 and "On it" in resp.json()["text"]
+    t0 = time.monotonic()
+    server.kill()
+    server.start()
+    req = recovered(store)
+    print(f"recovered {time.monotonic() - t0:.1f}s after the kill")
+    assert len(github.requests_to("POST", r"/issues/42/labels$")) == 1
+    assert github.labels(REPO, 42) == ["evaluate"]
+    assert len(roots(slack)) == 1 and req.root_ts
+
+    # Killed right after answering a webhook 202 (handled or not yet): it is handled once.
+    done = run_payload(req, "completed", "success")
+    assert server.webhook("workflow_run", done).status_code == 202
+    server.kill()
+    server.start()
+    wait_until(lambda: only_request(store).status == "succeeded", LEASE + 8, "succeeded")
+    # GitHub sends it again (new delivery id): no second reply.
+    assert server.webhook("workflow_run", done).status_code == 202
+    time.sleep(0.5)
+    assert len(slack.thread_replies(CHANNEL, req.root_ts)) == 1
+    assert len(roots(slack)) == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "step"),
+    [
+        ("GET", r"/pulls/42$", "reading the pull request (before the thread root)"),
+        ("GET", r"/issues/42/labels$", "reading the labels (root posted, no label yet)"),
+        ("POST", r"/issues/42/labels$", "adding the label (applied; the answer is lost)"),
+    ],
+)
+def test_kill_inside_a_step_completes_once(spawn, store, github, slack, method, path, step) -> None:
+    server = spawn().start()
+    # Hold the server inside the step; the double still carries the call out afterwards.
+    github.fail(method, path, 0, delay=1.0)
+    assert server.slash("42").status_code == 200
+    wait_until(lambda: held(github), what=step)
+    time.sleep(0.1)
+    server.kill()
+    server.start()
+    req = recovered(store)
+    assert len(github.requests_to("POST", r"/issues/42/labels$")) == 1, step
+    assert github.labels(REPO, 42) == ["evaluate"]
+    assert len(roots(slack)) == 1
+    assert req.root_ts
+
+
+def test_kill_while_relabelling_removes_and_adds_once(spawn, store, github, slack) -> None:
+    github.add_pull(REPO, 42, head_sha=HEAD_SHA, labels=["evaluate"])  # evaluated before
+    server = spawn().start()
+    # Killed while removing the old label, which GitHub never removed (a 502 nobody reads):
+    # the label on the PR is still the old one, so the restart must remove it and add it again.
+    github.fail("DELETE", r"/issues/42/labels/evaluate$", 502, delay=1.0)
+    assert server.slash("42").status_code == 200
+    wait_until(lambda: held(github), what="removing the old label")
+    time.sleep(0.1)
+    server.kill()
+    server.start()
+    recovered(store)
+    assert len(github.requests_to("DELETE", r"/issues/42/labels/evaluate$")) == 2
+    assert len(github.requests_to("POST", r"/issues/42/labels$")) == 1
+    assert github.labels(REPO, 42) == ["evaluate"]
+
+
+@pytest.mark.parametrize("run_appeared", [True, False])
+def test_kill_during_a_dispatch(spawn, store, github, slack, run_appeared) -> None:
+    cfg = json.loads(json.dumps(DEFAULT_CONFIG))
+    cfg["commands"]["evaluate"] = {"trigger": "dispatch", "event_type": "evaluate"}
+    server = spawn(cfg).start()
+    github.fail("POST", r"/dispatches$", 0, delay=1.0)
+    assert server.slash("42").status_code == 200
+    wait_until(lambda: held(github), what="dispatching")
+    time.sleep(0.1)
+    server.kill()
+    wait_until(lambda: github.dispatches, what="the dispatch to land")
+    req = only_request(store)
+    if run_appeared:  # GitHub made the run before the restart: the bridge sees it, sends nothing
+        github.add_run(REPO, {"display_title": f"chatops {req.id}: evaluate #42"})
+    server.start()
+    recovered(store)
+    ids = [d["client_payload"]["request_id"] for d in github.dispatches]
+    # No run yet: the dispatch cannot be ruled out, so it is repeated with the same request id.
+    assert ids == ([req.id] if run_appeared else [req.id, req.id])
+    assert len(roots(slack)) == 1
+
+
+# -- leases between processes -----------------------------------------------------------------
+def test_a_sweep_never_takes_a_request_another_replica_is_working_on(
+    make_harness, github, slack
+) -> None:
+    a, b = make_harness(), make_harness()
+    github.fail("GET", r"/pulls/42$", 0, delay=0.5)  # keep replica a inside its first step
+    assert a.slash("/evaluate", "42").status_code == 200
+    wait_until(lambda: held(github), what="a to be working")
+    for h in (b, a, b):
+        h.bridge.housekeeping.STALE_AFTER = 0
+        h.bridge.housekeeping.sweep()
+    a.wait_until(lambda: a.store.find()[0].status == "triggered", what="triggered")
+    a.settle()
+    b.settle()
+    assert len(github.requests_to("GET", r"/pulls/42$")) == 1
+    assert len(github.requests_to("POST", r"/issues/42/labels$")) == 1
+    assert len(roots(slack)) == 1
+
+
+def test_two_replicas_recovering_the_same_request_at_once_carry_it_out_once(
+    make_harness, github, slack
+) -> None:
+    a, b = make_harness(), make_harness()
+    req, _ = a.store.create_request(
+        NewRequest(
+            kind="evaluate",
+            repo=REPO,
+            pr_number=42,
+            trigger="label",
+            channel_id=CHANNEL,
+            user_id=USER,
+            idempotency_key="crashed-before-submit",
+        )
+    )
+    barrier = threading.Barrier(2)
+
+    def sweep(h: Any) -> None:
+        h.bridge.housekeeping.STALE_AFTER = 0
+        barrier.wait()
+        h.bridge.housekeeping.sweep()
+
+    threads = [threading.Thread(target=sweep, args=(h,)) for h in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    a.wait_until(lambda: a.store.get(req.id).status == "triggered", what="triggered")
+    a.settle()
+    b.settle()
+    assert a.store.get(req.id).attempts == 1  # one claim won; the other found the lease taken
+    assert len(github.requests_to("POST", r"/issues/42/labels$")) == 1
+    assert len(roots(slack)) == 1
+
+
+# -- one scheduler across replicas ------------------------------------------------------------
+def test_one_leader_across_replicas_and_takeover(spawn, database_url) -> None:
+    if database_url.startswith("sqlite"):
+        pytest.skip("SQLite runs one process, which is always the leader")
+    first, second = spawn().start(), spawn().start()
+    wait_until(
+        lambda: (
+            {first.health()["scheduler"], second.health()["scheduler"]} == {"leader", "standby"}
+        ),
+        what="one leader and one standby",
+    )
+    leader, standby = (first, second)
+    if first.health()["scheduler"] != "leader":
+        leader, standby = second, first
+    time.sleep(1.5)  # the recovery sweep runs every 0.5 s, on the leader only
+    assert leader.health()["leader_jobs_run"] >= 2
+    assert standby.health()["leader_jobs_run"] == 0
+    leader.kill()
+    t0 = time.monotonic()
+    wait_until(lambda: standby.health()["scheduler"] == "leader", timeout=10, what="takeover")
+    took = time.monotonic() - t0
+    print(f"takeover after {took:.2f}s (leader check every {LEADER_CHECK}s)")
+    assert took < LEADER_CHECK + 1.5
+    wait_until(lambda: standby.health()["leader_jobs_run"] >= 1, what="jobs on the new leader")
+
+
+def test_timing_settings_come_from_the_environment() -> None:
+    from bot.settings import SettingsError, load_settings
+    from tests.doubles.github_api import app_key_pair
+
+    base = {
+        "SLACK_BOT_TOKEN": "xoxb-1",
+        "SLACK_APP_TOKEN": "xapp-1",
+        "GITHUB_APP_ID": "1",
+        "GITHUB_APP_PRIVATE_KEY": app_key_pair()[0],
+    }
+    defaults = load_settings(base)
+    assert (defaults.sweep_seconds, defaults.stale_after_seconds) == (15.0, 30.0)
+    assert (defaults.lease_seconds, defaults.leader_check_seconds) == (120.0, 5.0)
+    fast = load_settings({**base, **FAST})
+    assert (fast.sweep_seconds, fast.stale_after_seconds) == (0.5, 0.0)
+    assert (fast.lease_seconds, fast.leader_check_seconds) == (LEASE, LEADER_CHECK)
+    with pytest.raises(SettingsError) as err:
+        load_settings({**base, "CHATOPS_LEASE_SECONDS": "0", "CHATOPS_SWEEP_SECONDS": "soon"})
+    problems = " ".join(err.value.problems)
+    assert "CHATOPS_LEASE_SECONDS" in problems and "CHATOPS_SWEEP_SECONDS" in problems

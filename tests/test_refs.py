@@ -1,0 +1,97 @@
+"""PR references and deploy arguments: every accepted form, and clear errors otherwise."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bot.refs import PullRef, UsageError, github_hosts, parse_deploy_args, parse_pull_ref
+
+owners = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9-]{0,20}", fullmatch=True)
+names = st.from_regex(r"[A-Za-z0-9._-]{1,30}", fullmatch=True).filter(
+    lambda s: s not in (".", "..")
+)
+numbers = st.integers(min_value=1, max_value=2**31 - 1)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("42", PullRef(None, 42)),
+        ("#42", PullRef(None, 42)),
+        ("  #42  ", PullRef(None, 42)),
+        ("acme/ml-models#42", PullRef("acme/ml-models", 42)),
+        ("https://github.com/acme/ml-models/pull/42", PullRef("acme/ml-models", 42)),
+        ("https://github.com/acme/ml-models/pull/42/files", PullRef("acme/ml-models", 42)),
+        ("<https://github.com/acme/ml-models/pull/42>", PullRef("acme/ml-models", 42)),
+        (
+            "<https://github.com/acme/ml-models/pull/42|acme/ml-models#42>",
+            PullRef("acme/ml-models", 42),
+        ),
+    ],
+)
+def test_accepted_forms(text: str, expected: PullRef) -> None:
+    assert parse_pull_ref(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "abc",
+        "#",
+        "#0",
+        "042",
+        "-1",
+        "42 43",
+        "acme#42",
+        "acme/ml#x",
+        "https://gitlab.com/a/b/pull/1",
+        "https://github.com/a/b/issues/1",
+        "99999999999",
+    ],
+)
+def test_rejected_forms_say_what_was_wrong(text: str) -> None:
+    with pytest.raises(UsageError) as err:
+        parse_pull_ref(text)
+    assert str(err.value)
+
+
+def test_enterprise_host_urls() -> None:
+    hosts = github_hosts("https://ghe.acme.internal/api/v3")
+    assert parse_pull_ref("https://ghe.acme.internal/a/b/pull/3", allowed_hosts=hosts) == PullRef(
+        "a/b", 3
+    )
+    with pytest.raises(UsageError):
+        parse_pull_ref("https://evil.example/a/b/pull/3", allowed_hosts=hosts)
+
+
+@given(owners, names, numbers)
+def test_every_form_of_the_same_pr_parses_alike(owner: str, name: str, n: int) -> None:
+    repo = f"{owner}/{name}"
+    assert parse_pull_ref(f"{repo}#{n}") == PullRef(repo, n)
+    assert parse_pull_ref(f"https://github.com/{repo}/pull/{n}") == PullRef(repo, n)
+    assert parse_pull_ref(f"#{n}") == PullRef(None, n) == parse_pull_ref(str(n))
+
+
+@settings(max_examples=300)
+@given(st.text())
+def test_any_text_is_a_ref_or_a_usage_error(text: str) -> None:
+    try:
+        ref = parse_pull_ref(text)
+    except UsageError as exc:
+        assert str(exc)
+    else:
+        assert 1 <= ref.number <= 2**31 - 1
+
+
+def test_deploy_args() -> None:
+    assert parse_deploy_args("9876543210").run_id == "9876543210"
+    a = parse_deploy_args("acme/ml@run-7 staging")
+    assert (a.repo, a.run_id, a.environment) == ("acme/ml", "run-7", "staging")
+    b = parse_deploy_args("https://github.com/acme/ml/actions/runs/123")
+    assert (b.repo, b.run_id) == ("acme/ml", "123")
+    for bad in ("", "a b c", "bad id!", "x production;rm"):
+        with pytest.raises(UsageError):
+            parse_deploy_args(bad)

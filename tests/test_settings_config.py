@@ -1,0 +1,178 @@
+"""Settings from the environment and chatops.yml: every problem named at once."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.config import ConfigError, load_config, parse_config
+from bot.settings import SettingsError, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIB\n-----END RSA PRIVATE KEY-----\n"
+GOOD = {
+    "SLACK_BOT_TOKEN": "xoxb-1-2-abc",
+    "SLACK_SIGNING_SECRET": "s3cr3t-signing",
+    "GITHUB_APP_ID": "123",
+    "GITHUB_APP_PRIVATE_KEY": PEM,
+    "GITHUB_WEBHOOK_SECRET": "whsec-123456",
+}
+
+
+def test_defaults() -> None:
+    s = load_settings(GOOD)
+    assert s.slack_api_url == "https://slack.com/api/"
+    assert s.github_api_url == "https://api.github.com"
+    assert s.database_url == "sqlite:///chatops.db"
+    assert s.port == 3000 and not s.socket_mode
+    assert "s3cr3t" not in repr(s)
+
+
+def test_every_missing_setting_is_named() -> None:
+    with pytest.raises(SettingsError) as err:
+        load_settings({})
+    text = err.value.render()
+    for name in (
+        "SLACK_BOT_TOKEN",
+        "SLACK_SIGNING_SECRET",
+        "GITHUB_APP_ID",
+        "GITHUB_APP_PRIVATE_KEY",
+    ):
+        assert name in text
+
+
+def test_bad_values_are_named() -> None:
+    env = {
+        **GOOD,
+        "SLACK_BOT_TOKEN": "xoxp-user",
+        "GITHUB_APP_ID": "abc",
+        "PORT": "99999",
+        "DATABASE_URL": "mysql://x",
+        "SLACK_APP_TOKEN": "nope",
+    }
+    with pytest.raises(SettingsError) as err:
+        load_settings(env)
+    problems = " ".join(err.value.problems)
+    for name in ("SLACK_BOT_TOKEN", "GITHUB_APP_ID", "PORT", "DATABASE_URL", "SLACK_APP_TOKEN"):
+        assert name in problems
+
+
+def test_socket_mode_needs_no_signing_secret_and_postgres_urls_are_normalised() -> None:
+    env = {**GOOD, "SLACK_APP_TOKEN": "xapp-1-abc", "DATABASE_URL": "postgres://u@h/db"}
+    del env["SLACK_SIGNING_SECRET"]
+    s = load_settings(env)
+    assert s.socket_mode
+    assert s.database_url == "postgresql+psycopg://u@h/db"
+
+
+def test_private_key_from_file_and_world_readable_warning(tmp_path: Path, caplog) -> None:
+    key = tmp_path / "app.pem"
+    key.write_text(PEM)
+    key.chmod(0o644)
+    env = {**GOOD, "GITHUB_APP_PRIVATE_KEY_PATH": str(key)}
+    del env["GITHUB_APP_PRIVATE_KEY"]
+    with caplog.at_level("WARNING"):
+        s = load_settings(env)
+    assert s.github_private_key.get() == PEM
+    assert any("world-readable" in r.message for r in caplog.records)
+    key.chmod(stat.S_IRUSR | stat.S_IWUSR)
+    caplog.clear()
+    load_settings(env)
+    assert not any("world-readable" in r.message for r in caplog.records)
+
+
+def test_escaped_newlines_in_pem_are_restored() -> None:
+    s = load_settings({**GOOD, "GITHUB_APP_PRIVATE_KEY": PEM.replace("\n", "\\n")})
+    assert s.github_private_key.get() == PEM
+
+
+def test_design_example_config_is_valid() -> None:
+    cfg = load_config(ROOT / "chatops.example.yml")
+    assert cfg.repositories.default == "acme/ml-models"
+    assert cfg.commands.evaluate.trigger == "label"
+    assert cfg.commands.deploy.approval is not None
+    assert cfg.repository_for("C0123ABCD") == "acme/forecasting"
+    assert cfg.repository_for("C0OTHER") == "acme/ml-models"
+
+
+@pytest.mark.parametrize(
+    ("data", "path"),
+    [
+        ({"repositories": {"defualt": "a/b"}}, "repositories.defualt: unknown key"),
+        ({"repositories": {"default": "not a repo"}}, "repositories.default"),
+        ({"commands": {"evaluate": {"trigger": "email"}}}, "commands.evaluate.trigger"),
+        (
+            {"commands": {"deploy": {"approval": {"approvers": [], "required": 1}}}},
+            "commands.deploy.approval",
+        ),
+        (
+            {"commands": {"deploy": {"approval": {"approvers": ["U1AAA"], "required": 2}}}},
+            "required is 2",
+        ),
+        (
+            {
+                "schedules": [
+                    {"name": "n", "cron": "61 * * * *", "channel": "C123", "event_type": "x"}
+                ]
+            },
+            "schedules[0].cron",
+        ),
+        (
+            {"schedules": [{"name": "n", "cron": "* * * *", "channel": "C123", "event_type": "x"}]},
+            "5 fields",
+        ),
+        ({"channels": {"C123": {"notify": "sometimes"}}}, "channels.C123.notify"),
+        ({"rate_limits": {"commands_per_minute": 0}}, "rate_limits.commands_per_minute"),
+        ([1, 2], "top level"),
+    ],
+)
+def test_bad_config_names_the_key(data, path: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert path in " ".join(err.value.problems)
+
+
+def test_serve_without_settings_lists_them_and_exits_non_zero(tmp_path: Path) -> None:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "GITHUB_", "DATABASE_"))
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "bot", "serve"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    for name in ("SLACK_BOT_TOKEN", "GITHUB_APP_ID", "GITHUB_APP_PRIVATE_KEY"):
+        assert name in proc.stderr
+
+
+def test_serve_with_bad_config_names_the_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "chatops.yml"
+    cfg.write_text(
+        "repositories:\n  default: acme/ml\ncommands:\n  evaluate:\n    trigerr: label\n"
+    )
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "GITHUB_"))},
+        **GOOD,
+        "CHATOPS_CONFIG": str(cfg),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "bot", "serve"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "commands.evaluate.trigerr: unknown key" in proc.stderr
+    assert "Traceback" not in proc.stderr
