@@ -61,6 +61,7 @@ requests = Table(
     Index("ix_requests_repo_pr", "repo", "pr_number"),
     Index("ix_requests_status", "status"),
     Index("ix_requests_user", "user_id", "created_at"),
+    Index("ix_requests_thread", "channel_id", "root_ts"),  # mentions in a thread (v2)
 )
 
 approvals = Table(
@@ -171,7 +172,14 @@ def add_column_if_missing(conn: Connection, table: str, column: Column[object]) 
 # Append-only: each entry runs once, in order, inside one transaction.
 # v1 creates the initial tables; later entries must use add_column_if_missing or explicit DDL
 # so that a database created by any earlier version upgrades without losing rows.
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1)]
+def _v2(conn: Connection) -> None:
+    # A mention in a thread looks its request up by (channel, thread root).
+    conn.execute(
+        text("CREATE INDEX IF NOT EXISTS ix_requests_thread ON requests (channel_id, root_ts)")
+    )
+
+
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2)]
 
 _MIGRATION_LOCK = 0x43484154  # "CHAT": PostgreSQL advisory lock key for migrations
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bot import messages
+from bot import logs, messages
 from bot.config import Access, ApprovalPolicy
 from bot.deps import Deps
 from bot.github import GitHubError, NotFound, Retryable
@@ -31,12 +31,14 @@ from bot.slack import SlackFailure
 from bot.store import APPROVED, EXPIRED, PENDING_APPROVAL, REJECTED, TRIGGERED, NewRequest, Request
 from handlers.common import (
     access_refusal,
+    count_command,
     github_permission_refusal,
     rate_refusal,
     resolve_repo,
 )
+from handlers.help import help_text
 from handlers.thread import ensure_root, fail, refresh_root, retry_or_give_up
-from handlers.workflow_run import request_id_in_title
+from handlers.workflow_run import request_id_in_title, settle
 
 log = logging.getLogger(__name__)
 
@@ -98,30 +100,35 @@ def handle_command(deps: Deps, command: dict[str, Any], ack: Ack) -> Request | N
     cmd = deps.config.commands.deploy
     word = text.split(maxsplit=1)[0].lower() if text else ""
     if word in ("", "help"):
-        ack(text=usage(deps, channel_id), response_type="ephemeral")
+        count_command(deps, "deploy", "help")
+        ack(text=help_text(deps, user_id, channel_id, "deploy"), response_type="ephemeral")
         return None
     if word == "status":
         from handlers import status
 
+        count_command(deps, "deploy", "status")
         ack(
             text=status.deploy_status(deps, text[len(word) :].strip(), channel_id),
             response_type="ephemeral",
         )
         return None
-    refusal = access_refusal(deps, "deploy", cmd, user_id, channel_id) or rate_refusal(
-        deps, user_id
-    )
+    refusal, outcome = access_refusal(deps, "deploy", cmd, user_id, channel_id), "refused"
+    if refusal is None:
+        refusal, outcome = rate_refusal(deps, user_id), "rate_limited"
     if refusal:
+        count_command(deps, "deploy", outcome)
         ack(text=refusal, response_type="ephemeral")
         return None
     try:
         args = parse_deploy_args(text)
         repo = resolve_repo(deps, args.repo, channel_id)
     except UsageError as exc:
+        count_command(deps, "deploy", "usage_error")
         ack(text=f":warning: {exc}\n{usage(deps, channel_id)}", response_type="ephemeral")
         return None
     environment = _environment(deps, args.environment)
     if environment is None:
+        count_command(deps, "deploy", "usage_error")
         known = ", ".join(f"`{e}`" for e in cmd.environments)
         ack(
             text=f":warning: `{args.environment}` is not an environment I deploy to. "
@@ -149,6 +156,8 @@ def handle_command(deps: Deps, command: dict[str, Any], ack: Ack) -> Request | N
         audit_action="deploy.requested",
         audit_detail=f"{repo} run {args.run_id} to {environment}",
     )
+    logs.bind(request_id=req.id)
+    count_command(deps, "deploy", "accepted" if created else "duplicate")
     what = f"deploy of run `{req.run_ref}` to *{req.environment}* in `{req.repo}`"
     if req.status == PENDING_APPROVAL and policy is not None:
         said = (
@@ -283,7 +292,7 @@ def _dispatch(deps: Deps, req: Request) -> None:
             request_id=req.id,
             detail=f"{event_type} to {req.repo}, run {req.run_ref}, {req.environment}",
         )
-    refresh_root(deps, req)
+    settle(deps, req)
 
 
 def _dispatched_before(deps: Deps, req: Request) -> bool:
@@ -743,7 +752,7 @@ def _decision_blocks(
     req: Request, policy: ApprovalPolicy | None, approvals: list[str]
 ) -> list[dict[str, Any]]:
     if req.status == PENDING_APPROVAL:
-        return [_buttons(req)]
+        return [approval_buttons(req)]
     if req.status == REJECTED:
         who = f"<@{req.decided_by}>" if req.decided_by else "someone"
         why = f": {escape_mrkdwn(req.reason)[:500]}" if req.reason else " (no reason given)"
@@ -762,7 +771,7 @@ def _decision_blocks(
     return []
 
 
-def _buttons(req: Request) -> dict[str, Any]:
+def approval_buttons(req: Request) -> dict[str, Any]:
     confirm_text = (
         f"Deploy run `{_short(req.run_ref)}` to *{req.environment}* in `{req.repo}`, "
         f"requested by <@{req.user_id}>?"

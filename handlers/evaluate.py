@@ -27,8 +27,8 @@ from handlers.common import (
     resolve_repo,
 )
 from handlers.help import help_text
-from handlers.thread import ensure_root, fail, refresh_root, retry_or_give_up
-from handlers.workflow_run import dispatch_once
+from handlers.thread import ensure_root, fail, retry_or_give_up
+from handlers.workflow_run import dispatch_once, settle
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def carry_out(deps: Deps, req: Request) -> None:
             request_id=req.id,
             detail=cmd.trigger,
         )
-    refresh_root(deps, req)
+    settle(deps, req)
 
 
 def _apply_label(deps: Deps, req: Request, label: str) -> None:

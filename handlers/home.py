@@ -125,7 +125,7 @@ def pending_for(deps: Deps, user_id: str) -> list[tuple[Request, Block]]:
         if deploy.approval_refusal(deps, req, policy, user_id) is not None:
             continue
         # The channel card's own actions block (deploy.py builds it; same action ids).
-        out.append((req, deploy._buttons(req)))
+        out.append((req, deploy.approval_buttons(req)))
         if len(out) >= MAX_APPROVALS:
             break
     return out

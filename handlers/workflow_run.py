@@ -10,7 +10,17 @@ from typing import Any
 from bot import logs, messages
 from bot.deps import Deps
 from bot.github import GitHubError, Retryable, RunInfo, run_from_payload
-from bot.store import ERROR, FAILED, QUEUED, RUNNING, SUCCEEDED, WAITING_FOR_RUNS, Request
+from bot.store import (
+    ACCEPTED,
+    ERROR,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    WAITING_FOR_RUNS,
+    Request,
+    RunRecord,
+)
 from handlers.thread import refresh_root, reply_once, tell
 
 log = logging.getLogger(__name__)
@@ -19,6 +29,8 @@ log = logging.getLogger(__name__)
 # GitHub reports as display_title: "chatops 1a2b3c4d5e6f: deploy ..."
 TITLE_RE = re.compile(r"^chatops ([0-9a-f]{12})\b")
 CLOCK_SKEW = 30.0
+# A labelled run can be reported before the request is marked triggered (see settle()).
+MATCHABLE = (ACCEPTED, *WAITING_FOR_RUNS)
 
 
 def request_id_in_title(title: str) -> str | None:
@@ -46,19 +58,21 @@ def request_for_run(deps: Deps, run: RunInfo) -> Request | None:
     if run.pull_numbers:
         for number in run.pull_numbers:
             candidates += deps.store.find(
-                repo=run.repo, pr_number=number, kind="evaluate", statuses=WAITING_FOR_RUNS, limit=5
+                repo=run.repo, pr_number=number, kind="evaluate", statuses=MATCHABLE, limit=5
             )
     else:
         candidates = deps.store.find(
             repo=run.repo,
             head_sha=run.head_sha,
             kind="evaluate",
-            statuses=WAITING_FOR_RUNS,
+            statuses=MATCHABLE,
             limit=5,
         )
     for req in sorted(candidates, key=lambda r: r.created_at, reverse=True):
         if req.trigger != "label" or req.head_sha != run.head_sha:
             continue
+        if req.status == ACCEPTED and req.action_started_at is None:
+            continue  # the label is not on yet: this run is someone else's
         started = req.action_started_at or req.created_at
         if run.created_at is None or run.created_at >= started - CLOCK_SKEW:
             return req
@@ -80,8 +94,7 @@ def on_workflow_run(deps: Deps, payload: dict[str, Any]) -> None:
         relay_run(deps, req, run)
 
 
-def _aggregate(deps: Deps, req: Request) -> tuple[str, str]:
-    runs = deps.store.runs_of(req.id)
+def _aggregate(runs: list[RunRecord]) -> tuple[str, str]:
     lines = []
     for r in runs:
         state = r.conclusion if r.status == "completed" else r.status
@@ -154,7 +167,21 @@ def relay_run(deps: Deps, req: Request, run: RunInfo) -> None:
                     msg,
                     broadcast=failed and prefs.broadcast_failures,
                 )
-    status, summary = _aggregate(deps, req)
+    settle(deps, req)
+
+
+def settle(deps: Deps, req: Request) -> None:
+    """Derive the request's status from its recorded runs and show it on the root message.
+
+    Also called right after a request becomes `triggered`: a run that GitHub reported before
+    that transition (the webhook can beat the bridge's own database write) is recorded by
+    relay_run but could not move the status yet.
+    """
+    runs = deps.store.runs_of(req.id)
+    if not runs:
+        refresh_root(deps, req)
+        return
+    status, summary = _aggregate(runs)
     finished_at = deps.clock() if status in (SUCCEEDED, FAILED) else None
     changed = deps.store.update(
         req.id,
@@ -169,7 +196,7 @@ def relay_run(deps: Deps, req: Request, run: RunInfo) -> None:
             action=f"{req.kind}.finished",
             outcome=status,
             request_id=req.id,
-            detail=run.html_url,
+            detail=" ".join(r.html_url for r in runs if r.html_url),
         )
     refresh_root(deps, req)
 

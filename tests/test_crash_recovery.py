@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-import httpx
+import httpx2 as httpx
 import pytest
 import yaml
 from slack_sdk.signature import SignatureVerifier

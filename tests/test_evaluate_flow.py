@@ -7,6 +7,7 @@ from typing import Any
 
 from webhook_examples import fixture
 
+from handlers.workflow_run import on_workflow_run
 from tests.conftest import CHANNEL, HEAD_SHA, REPO, USER, Harness
 
 
@@ -149,6 +150,35 @@ def test_repeat_delivery_changes_nothing(harness: Harness, github, slack) -> Non
     harness.settle()
     assert len(slack.calls) == before
     assert harness.store.get(req.id).status == "failed"
+
+
+def test_run_reported_before_the_request_is_marked_triggered_is_not_lost(
+    harness: Harness, github, slack, monkeypatch
+) -> None:
+    """GitHub's workflow_run webhook can beat the bridge's own accepted→triggered write."""
+    store = harness.bridge.deps.store
+    real_update = store.update
+    early: list[str] = []
+
+    def update(request_id: str, *, only_if_status: Any = None, **values: Any) -> bool:
+        if values.get("status") == "triggered" and not early:
+            early.append(store.get(request_id).status)
+            done = _run_payload("completed", status="completed", conclusion="success")
+            on_workflow_run(harness.bridge.deps, done)
+        return real_update(request_id, only_if_status=only_if_status, **values)
+
+    monkeypatch.setattr(store, "update", update)
+    harness.slash("/evaluate", "42")
+    slack.wait_for("chat.update", 1)
+    harness.settle()
+    req = harness.store.find(repo=REPO, pr_number=42)[0]
+    assert early == ["accepted"]
+    assert req.status == "succeeded"
+    replies = [
+        c for c in slack.calls_to("chat.postMessage") if c.params.get("thread_ts") == req.root_ts
+    ]
+    assert len(replies) == 1 and "success" in str(replies[0].params["blocks"])
+    assert "succeeded" in str(slack.calls_to("chat.update")[-1].params["blocks"])
 
 
 def test_fork_run_without_pull_requests_matches_by_head_sha(

@@ -40,6 +40,8 @@ def test_metrics_count_commands_deliveries_and_calls_after_a_flow(
     by operation and outcome (with latency), queue depth and pending approvals."""
     harness.slash("/evaluate", "help")
     harness.slash("/evaluate", "not-a-pr")
+    harness.slash("/deploy", "help")
+    harness.slash("/deploy", "9001 nowhere")  # no such environment
     req = start_evaluate(harness)
     harness.slash("/evaluate", "999")  # no such PR: GitHub answers 404
     harness.settle()
@@ -81,6 +83,9 @@ def test_metrics_count_commands_deliveries_and_calls_after_a_flow(
     assert value(m, counter, command="evaluate", outcome="usage_error") == 1
     assert value(m, counter, command="evaluate", outcome="accepted") == 3
     assert value(m, counter, command="mention status", outcome="ok") == 1
+    assert value(m, counter, command="deploy", outcome="help") == 1
+    assert value(m, counter, command="deploy", outcome="usage_error") == 1
+    assert value(m, counter, command="deploy", outcome="accepted") == 1
     deliveries = "chatops_webhook_deliveries_total"
     assert value(m, deliveries, event="workflow_run", outcome="accepted") == 1
     assert value(m, deliveries, event="workflow_run", outcome="duplicate") == 1

@@ -192,6 +192,12 @@ def test_help_shows_only_the_commands_this_user_may_run(make_harness, guarded) -
     assert "_Not available to you here:_\n• `/deploy`: You are not allowed to run `/deploy`" in text
     assert f"Ask <@{DEPLOYER}>" in text  # ... but who can
 
+    text = h.slash("/deploy", "help", user=USER).json()["text"]
+    assert "You are not allowed to run `/deploy`" in text and "`/evaluate 42`" in text
+
+    text = h.slash("/deploy", "help", user=DEPLOYER).json()["text"]
+    assert text.index("`/deploy 9876543210 staging`") < text.index("`/evaluate 42`")
+
     text = h.slash("/evaluate", "", user=DEPLOYER).json()["text"]
     assert "`/deploy 9876543210 staging`" in text and "`/evaluate 42`" in text
     assert "Approvals: `production`: 1 approval from <@U0APPROVER1>" in text

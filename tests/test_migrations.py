@@ -1,0 +1,55 @@
+"""Schema migrations: a database made by an older release upgrades in place and keeps its rows."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import inspect, select, text
+
+from bot import db
+from bot.db import make_engine, migrate
+
+
+def test_a_version_1_database_upgrades_and_keeps_its_rows(database_url: str) -> None:
+    engine = make_engine(database_url)
+    try:
+        # What release 1 left behind: its tables without the thread index, and one request.
+        with engine.begin() as conn:
+            db.schema_migrations.create(conn, checkfirst=True)
+            db._v1(conn)
+            conn.execute(text("DROP INDEX IF EXISTS ix_requests_thread"))
+            conn.execute(db.schema_migrations.insert().values(version=1, applied_at=time.time()))
+            conn.execute(
+                db.requests.insert().values(
+                    id="0123456789ab",
+                    idempotency_key="slack:1.a",
+                    kind="evaluate",
+                    repo="acme/ml-models",
+                    pr_number=42,
+                    trigger="label",
+                    channel_id="C0ML",
+                    user_id="U0ALICE",
+                    root_ts="1700000000.000100",
+                    status="triggered",
+                    details="{}",
+                    created_at=1.0,
+                    updated_at=1.0,
+                )
+            )
+        assert "ix_requests_thread" not in _indexes(engine)
+
+        assert migrate(engine) == 2
+        assert migrate(engine) == 2  # a second replica starting later changes nothing
+
+        assert "ix_requests_thread" in _indexes(engine)
+        with engine.connect() as conn:
+            versions = sorted(r[0] for r in conn.execute(select(db.schema_migrations.c.version)))
+            ids = [r[0] for r in conn.execute(select(db.requests.c.id))]
+        assert versions == [1, 2]
+        assert ids == ["0123456789ab"]
+    finally:
+        engine.dispose()
+
+
+def _indexes(engine: object) -> set[str]:
+    return {ix["name"] or "" for ix in inspect(engine).get_indexes("requests")}
