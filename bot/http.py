@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bot import logs
+from bot.db import ack_path
 from bot.signing import verify_github
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ def make_slack_endpoint(bolt: App) -> Callable[[Request], Any]:
         # Exceptions inside dispatch become answers in bolt_error_response (registered in wiring).
         # A fresh logging scope: handlers bind the request id once they create it.
         try:
-            resp = await run_in_threadpool(logs.scoped(bolt.dispatch), bolt_req)
+            resp = await run_in_threadpool(ack_path(logs.scoped(bolt.dispatch)), bolt_req)
         except Exception as exc:
             # Bolt's own error path can raise again on a body it cannot take apart (it builds
             # listener arguments from the payload): answer the same way as its error handler.
@@ -252,7 +253,7 @@ def make_github_endpoint(bridge: Bridge) -> Callable[[Request], Any]:
         raw = body.decode("utf-8") if clean else json.dumps(payload, separators=(",", ":"))
         try:
             new = await run_in_threadpool(
-                bridge.store.record_delivery, delivery, event, action, raw
+                ack_path(bridge.store.record_delivery), delivery, event, action, raw
             )
         except SQLAlchemyError:
             log.exception(
