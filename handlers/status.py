@@ -119,9 +119,12 @@ def evaluate_status(deps: Deps, text: str, channel_id: str) -> str:
         repo = resolve_repo(deps, ref.repo, channel_id)
     except UsageError as exc:
         return f":warning: {exc}\n*Usage:* `/evaluate status` or `/evaluate status <pr>`."
-    reqs = deps.store.find(kind="evaluate", repo=repo, pr_number=ref.number, limit=LIMIT)
+    # Only this channel's requests: a listing must not show what was asked in a private channel.
+    reqs = deps.store.find(
+        kind="evaluate", repo=repo, pr_number=ref.number, channel_id=channel_id, limit=LIMIT
+    )
     return status_list(
-        f"Latest evaluations of {repo}#{ref.number}",
+        f"Latest evaluations of {repo}#{ref.number} in this channel",
         reqs,
         empty=f"None yet: start one with `/evaluate {repo}#{ref.number}`.",
         web_base=deps.web_base,
@@ -129,8 +132,8 @@ def evaluate_status(deps: Deps, text: str, channel_id: str) -> str:
 
 
 def deploy_status(deps: Deps, text: str, channel_id: str) -> str:
-    """No argument: the newest deploys started in this channel. An environment: the newest
-    deploys to it of this channel's repository, wherever they were asked for."""
+    """The newest deploys started in this channel, all or to one environment (only this
+    channel's: a listing must not show what was asked in a private channel)."""
     text = text.strip()
     if not text:
         reqs = deps.store.find(kind="deploy", channel_id=channel_id, limit=LIMIT)
@@ -148,15 +151,9 @@ def deploy_status(deps: Deps, text: str, channel_id: str) -> str:
             f":warning: `{escape_mrkdwn(text[:60])}` is not an environment I deploy to. "
             f"Known environments: {known}.\n*Usage:* `/deploy status [environment]`."
         )
-    repo = deps.config.repository_for(channel_id)
-    if repo:
-        reqs = deps.store.find(kind="deploy", environment=env, repo=repo, limit=LIMIT)
-        title = f"Latest deploys of {repo} to {env}"
-    else:
-        reqs = deps.store.find(kind="deploy", environment=env, channel_id=channel_id, limit=LIMIT)
-        title = f"Latest deploys to {env} from this channel"
+    reqs = deps.store.find(kind="deploy", environment=env, channel_id=channel_id, limit=LIMIT)
     return status_list(
-        title,
+        f"Latest deploys to {env} from this channel",
         reqs,
         empty=f"None yet: start one with `/deploy <run-id> {env}`.",
         web_base=deps.web_base,

@@ -49,6 +49,14 @@ def test_check_good_configuration_passes_and_lists_permissions(
     assert "issues: write" in out
     assert out.rstrip().endswith("All checks passed.")
     assert [c.method for c in slack.calls] == ["auth.test"]
+    # Progress: each network step is announced before it runs, so a hang shows where it is.
+    for step, result in (
+        ("...  database ", "ok   database: reachable"),
+        ("...  Slack auth.test at ", "ok   Slack: bot"),
+        ("...  GitHub App installations", "ok   GitHub: 1 installation(s)"),
+        (f"...  {REPO} (repositories.default)", f"ok   {REPO}: reachable"),
+    ):
+        assert out.index(step) < out.index(result), step
 
 
 def test_check_broken_configuration_explains_every_problem(

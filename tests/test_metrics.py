@@ -175,3 +175,30 @@ def test_request_job_log_lines_carry_the_request_id(
     probe, outside = _lines(json_log)[-2:]
     assert probe["event"] == "probing" and probe["request_id"] == req.id and probe["step"] == 1
     assert "request_id" not in outside
+
+
+# -- health -----------------------------------------------------------------------------------
+
+
+def test_healthz_reports_database_scheduler_and_last_webhook(make_harness, clock) -> None:
+    """GET /healthz: the database answers, this process leads the scheduler, and how long ago
+    the last GitHub delivery arrived (null before the first one)."""
+    h = make_harness(start_scheduler=True, use_clock=True)
+    health = h.wait_until(
+        lambda: (r := h.client.get("/healthz").json())["scheduler"] == "leader" and r,
+        what="the scheduler to lead",
+    )
+    assert health["ok"] is True and health["database"] == "ok"
+    assert health["github_mode"] == "webhook" and health["slack_mode"] == "http"
+    assert health["last_webhook_age_seconds"] is None
+    assert health["queue_depth"] == 0
+
+    payload = run_event(status="completed", conclusion="success", run_id=777)
+    assert h.webhook("workflow_run", payload, delivery="d-health-1").status_code == 202
+    h.settle()
+    clock.advance(90)
+    resp = h.client.get("/healthz")
+    print("\n--- GET /healthz ---\n" + resp.text)
+    assert resp.status_code == 200
+    assert resp.json()["last_webhook_age_seconds"] == 90.0
+    assert resp.json()["scheduler"] == "leader"

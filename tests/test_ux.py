@@ -14,6 +14,7 @@ from slack_sdk.models.views import View
 from webhook_examples import fixture
 
 from handlers.help import SHORT_HELP
+from handlers.thread import refresh_root
 from tests.conftest import CHANNEL, HEAD_SHA, REPO, USER, Harness
 
 APPROVER = "U0APPROVER1"
@@ -209,6 +210,26 @@ def test_help_shows_only_the_commands_this_user_may_run(make_harness, guarded) -
     assert "`/evaluate` is not enabled in this channel (rule " in text
 
 
+def test_wrong_argument_answers_with_usage_and_the_channel_repository(
+    make_harness, guarded
+) -> None:
+    """A wrong argument is explained with the command's usage, its examples and the repository
+    a bare number would mean in this channel; in another channel, that channel's repository."""
+    h = make_harness(guarded)
+    body = h.slash("/evaluate", "forty-two").json()
+    assert body["response_type"] == "ephemeral"
+    text = body["text"]
+    assert text.startswith(":warning: `forty-two` is not a pull request reference.")
+    assert "*Usage:* `/evaluate <pr>`" in text and "`/evaluate acme/ml-models#42`" in text
+    assert "a bare number means a pull request of `acme/ml-models`" in text
+
+    text = h.slash("/deploy", "9001 production extra", user=DEPLOYER).json()["text"]
+    assert "Too many words" in text and "`/deploy 9876543210 staging`" in text
+    assert "a bare run id means a run of `acme/ml-models`" in text
+    text = h.slash("/deploy", "9001 production extra", user=DEPLOYER, channel="C0FORECAST")
+    assert "a bare run id means a run of `acme/forecasting`" in text.json()["text"]
+
+
 def test_help_in_a_thread_by_mention(harness: Harness, slack) -> None:
     req = start_evaluate(harness)
     mention(harness, "help", thread_ts=req.root_ts)
@@ -349,6 +370,59 @@ def test_cancel_of_a_pending_deploy_withdraws_the_approval(harness: Harness, git
     assert github.dispatches == []
 
 
+# -- status and history -----------------------------------------------------------------------
+
+
+def test_status_lists_the_latest_requests_with_state_and_links(harness: Harness, slack) -> None:
+    """`/evaluate status [pr]` and `/deploy status [env]`: newest first, each with a link to
+    its thread, what it is, its state and who asked; filters by PR and by environment."""
+    first = start_evaluate(harness)
+    deliver(harness, run_event(status="in_progress"))
+    second = start_evaluate(harness, user=STRANGER)
+    deploy = start_deploy(harness)
+
+    def link(req: Any) -> str:
+        return f"<https://slack.com/archives/{CHANNEL}/p{req.root_ts.replace('.', '')}|{req.id}>"
+
+    body = harness.slash("/evaluate", "status").json()
+    print("\n--- /evaluate status ---\n" + body["text"])
+    assert body["response_type"] == "ephemeral"
+    text = body["text"]
+    assert text.startswith("*Latest evaluations in this channel*\n")
+    lines = text.splitlines()[1:]
+    assert [line.split("|")[1].split(">")[0] for line in lines] == [second.id, first.id]
+    assert link(first) in lines[1] and link(second) in lines[0]
+    assert f"|{REPO}#42>" in lines[0]  # the pull request, linked
+    assert "running" in lines[1] and "queued" in lines[0]
+    assert f"<@{STRANGER}>" in lines[0] and f"<@{USER}>" in lines[1]
+    assert deploy.id not in text
+
+    text = harness.slash("/evaluate", "status #42").json()["text"]
+    assert text.startswith(f"*Latest evaluations of {REPO}#42 in this channel*")
+    assert first.id in text and second.id in text
+    # Another channel (say a private one) does not see this channel's requests.
+    text = harness.slash("/evaluate", "status #42", channel="C0OTHER001").json()["text"]
+    assert first.id not in text and "None yet" in text
+    text = harness.slash("/evaluate", "status 7").json()["text"]
+    assert f"None yet: start one with `/evaluate {REPO}#7`." in text
+    text = harness.slash("/evaluate", "status nonsense").json()["text"]
+    assert "is not a pull request reference" in text and "`/evaluate status <pr>`" in text
+
+    text = harness.slash("/deploy", "status").json()["text"]
+    assert text.startswith("*Latest deploys in this channel*") and link(deploy) in text
+    assert "waiting for approval" in text and first.id not in text
+    text = harness.slash("/deploy", "status Production").json()["text"]
+    assert text.startswith("*Latest deploys to production from this channel*")
+    assert deploy.id in text and "run `mlflow-run-7`" in text
+    text = harness.slash("/deploy", "status production", channel="C0OTHER001").json()["text"]
+    assert deploy.id not in text and "None yet" in text
+    text = harness.slash("/deploy", "status staging").json()["text"]
+    assert "None yet: start one with `/deploy <run-id> staging`." in text
+    text = harness.slash("/deploy", "status moon").json()["text"]
+    assert "`moon` is not an environment I deploy to" in text
+    assert "`production`, `staging`" in text
+
+
 # -- App Home ---------------------------------------------------------------------------------
 
 
@@ -383,6 +457,7 @@ def test_app_home_shows_approvals_requests_and_health(harness: Harness, github, 
     assert "1 installation reachable" in text
     assert "Last GitHub webhook: none received yet" in text
 
+    deliver(harness, run_event(status="in_progress"))  # the health section now has a webhook
     harness.event(
         {
             "type": "app_home_opened",
@@ -397,9 +472,11 @@ def test_app_home_shows_approvals_requests_and_health(harness: Harness, github, 
     View(**view).validate_json()
     text = json.dumps(view)
     assert "Nothing is waiting for your approval." in text  # no self-approval
-    for req in (evaluation, deploy):
+    for req, state in ((evaluation, "running"), (deploy, "waiting for approval")):
         link = f"https://slack.com/archives/{CHANNEL}/p{req.root_ts.replace('.', '')}"
-        assert f"<{link}|{req.id}>" in text
+        line = next(ln for ln in text.split("\\n") if f"<{link}|{req.id}>" in ln)
+        assert state in line
+    assert "Last GitHub webhook: " in text and " ago" in text
 
     # Approve from the Home tab: the same handler decides, and the tab is published again.
     click(harness, "deploy_approve", deploy, APPROVER, from_home=True)
@@ -516,5 +593,7 @@ def test_root_edits_are_coalesced_and_the_final_edit_is_immediate(
     assert "succeeded" in json.dumps(final.params["blocks"])  # at once, not after the slot
     n = len(updates())
     assert n <= 4
-    time.sleep(2.3)  # a trailing edit that fires now finds nothing new to show
+    # A trailing edit still pending from the last slot finds nothing new to show. Run it here
+    # rather than sleeping until its timer fires: no test waits on the wall clock.
+    refresh_root(h.bridge.deps, req, trailing=True)
     assert len(updates()) == n
