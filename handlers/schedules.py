@@ -22,15 +22,13 @@ import datetime as dt
 import functools
 import logging
 from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo
-
-from apscheduler.triggers.cron import CronTrigger
 
 from bot import messages
 from bot.config import Schedule
 from bot.deps import Deps
 from bot.github import GitHubError, Retryable
 from bot.markdown import escape_mrkdwn
+from bot.scheduler import cron_trigger
 from bot.slack import SlackFailure
 from bot.store import ACCEPTED, TRIGGERED, NewRequest, Request
 from handlers.thread import ensure_root, fail, refresh_root, retry_or_give_up
@@ -50,7 +48,7 @@ USER_ID = "schedule"  # the requests.user_id of scheduled requests: no person as
 # -- when ---------------------------------------------------------------------------------
 def due_time(schedule: Schedule, now: float) -> float | None:
     """The latest cron time of `schedule` at or before `now`, if at most CATCH_UP_SECONDS old."""
-    trigger = CronTrigger.from_crontab(schedule.cron, timezone=ZoneInfo(schedule.timezone))
+    trigger = cron_trigger(schedule.cron, schedule.timezone)
     end = dt.datetime.fromtimestamp(now, dt.UTC)
     fire = trigger.get_next_fire_time(None, end - dt.timedelta(seconds=CATCH_UP_SECONDS))
     latest = None

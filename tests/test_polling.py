@@ -107,17 +107,24 @@ def test_poll_relays_runs_like_webhooks_and_304s_cost_no_rate_limit(
 
     # Nothing new: GitHub answers 304 to every conditional GET, which costs no rate limit.
     calls, remaining, not_modified = len(slack.calls), github.rate_remaining, github.not_modified
+    stats = dict(poller.stats)
     assert poller.poll() == "done"
     # runs of the head SHA, comments of #7, and comments of #42 (its evaluation just finished)
     assert github.not_modified == not_modified + 3
     assert github.rate_remaining == remaining
     assert len(slack.calls) == calls
-    assert poller.stats["not_modified"] >= 2
+    # The poller counts them apart too: 3 requests, all 3 answered 304 (free).
+    assert poller.stats["requests"] == stats["requests"] + 3
+    assert poller.stats["not_modified"] == stats["not_modified"] + 3
 
     run.update(status="completed", conclusion="success", updated_at=UPDATED)
+    paid = github.rate_remaining
     assert poller.poll() == "done"
+    assert github.rate_remaining < paid  # a changed list is a 200, which does cost
     assert h.store.get(req.id).status == "succeeded"
+    runs_listed = len(github.requests_to("GET", r"/actions/runs$"))
     assert poller.poll() == "done"  # finished: no longer polled for runs; no repeats
+    assert len(github.requests_to("GET", r"/actions/runs$")) == runs_listed
     got = [(m["text"], m["blocks"]) for m in _replies(slack, req)]
     want = [(m["text"], m["blocks"]) for m in _replies(slack, req_hook)]
     assert got == want and len(got) == 2
@@ -186,25 +193,56 @@ def test_poll_backs_off_when_the_rate_limit_runs_low(make_harness, github, slack
 
 
 def test_requests_older_than_the_max_age_stop_being_polled(make_harness, github, slack, clock):
-    h = make_harness(_config(), use_clock=True)
+    cfg = _config()
+    cfg["github"]["poll_max_age_hours"] = 2  # configured, not the default 24
+    h = make_harness(cfg, use_clock=True)
     req = _start(h, github)
-    clock.advance(25 * 3600)  # github.poll_max_age_hours defaults to 24
+    clock.advance(3600 + 1800)  # younger than the max age: still polled
+    n = len(github.requests_to("GET", r"/actions/runs$"))
+    assert h.bridge.poller.poll() == "done"
+    assert len(github.requests_to("GET", r"/actions/runs$")) == n + 1
+    assert h.store.get(req.id).status == "triggered"
+    clock.advance(3600)  # now 2.5 hours after the label was sent
     n = len(github.requests_to("GET", r"/actions/runs$"))
     assert h.bridge.poller.poll() == "done"
     after = h.store.get(req.id)
     assert after.status == "error"
-    assert "No workflow run was seen within 24 hours" in after.error
+    assert "No workflow run was seen within 2 hours" in after.error
     note = _replies(slack, req)[-1]
-    assert "No workflow run was seen within 24 hours" in note["text"]
+    assert "No workflow run was seen within 2 hours" in note["text"]
     assert len(github.requests_to("GET", r"/actions/runs$")) == n
     h.bridge.poller.poll()
     assert len(_replies(slack, req)) == 1
+
+
+def test_only_repositories_with_open_requests_are_polled(make_harness, github, slack, clock):
+    h = make_harness(_config(), use_clock=True)
+    poller = h.bridge.poller
+    assert poller.poll() == "done"
+    assert github.requests == []  # nothing open: a cycle asks GitHub nothing at all
+    other = "acme/other-repo"
+    github.add_repo(other, installation_id=101)
+    github.add_pull(other, 5, head_sha="5" * 40)
+    req = _start(h, github, f"{other}#5")
+    assert req.repo == other
+    n = len(github.requests)
+    assert poller.poll() == "done"
+    asked = github.requests[n:]
+    assert asked and all(f"/repos/{other}/" in r.path for r in asked)
+    # Once it finished and its PR's metric comments had their grace period, nothing is polled.
+    h.store.update(req.id, status="succeeded", finished_at=clock())
+    clock.advance(poller.COMMENT_GRACE + 1)
+    n = len(github.requests)
+    assert poller.poll() == "done"
+    assert github.requests[n:] == []
 
 
 def test_poll_job_is_installed_only_in_poll_mode(make_harness, github, slack) -> None:
     h = make_harness(_config(), start_scheduler=True)
     job = h.bridge.housekeeping.scheduler.get_job("poll-github")
     assert job is not None and job.trigger.interval.total_seconds() == 30
+    # Set on purpose (bot/scheduler.py): never two cycles at once, missed ones folded into one.
+    assert (job.max_instances, job.coalesce, job.misfire_grace_time) == (1, True, 300)
     webhook = make_harness(start_scheduler=True)
     assert webhook.bridge.housekeeping.github_mode == "webhook"
     assert webhook.bridge.housekeeping.scheduler.get_job("poll-github") is None

@@ -6,12 +6,17 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 from webhook_examples import fixture
 
 from bot.config import ConfigError, parse_config
+from bot.scheduler import cron_trigger
 from handlers import schedules
 from tests.conftest import DEFAULT_CONFIG, REPO
 
@@ -30,7 +35,7 @@ def _ts(text: str) -> float:
     return dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC).timestamp()
 
 
-DUE = _ts("2026-11-23T16:00:00")
+DUE = _ts("2026-11-23T16:00:00")  # a Monday
 
 
 def _config(*items: dict[str, Any]) -> dict[str, Any]:
@@ -54,6 +59,54 @@ def test_due_time_is_the_latest_cron_time_within_the_catch_up_window() -> None:
     every5 = _schedule(_config({**NIGHTLY, "cron": "*/5 * * * *"}))
     assert schedules.due_time(every5, DUE + 299) == DUE
     assert schedules.due_time(every5, DUE + 300) == DUE + 300
+
+
+def _fires(crontab: str, start: str, count: int = 4, tz: str = "UTC") -> list[str]:
+    trigger = cron_trigger(crontab, tz)
+    when = dt.datetime.fromisoformat(start).replace(tzinfo=dt.UTC)
+    got: list[str] = []
+    fire = trigger.get_next_fire_time(None, when)
+    while fire is not None and len(got) < count:
+        got.append(fire.astimezone(dt.UTC).strftime("%a %Y-%m-%d %H:%M"))
+        fire = trigger.get_next_fire_time(fire, fire)
+    return got
+
+
+def test_cron_expressions_mean_what_they_mean_in_crontab() -> None:
+    # Day of week as in crontab(5): 0 and 7 are Sunday, 1 is Monday (APScheduler's own
+    # from_crontab counts from Monday = 0 and would fire `* * 1` on Tuesdays).
+    assert _fires("0 16 * * 1", "2026-11-22", 2) == ["Mon 2026-11-23 16:00", "Mon 2026-11-30 16:00"]
+    assert _fires("0 16 * * 0", "2026-11-23", 1) == ["Sun 2026-11-29 16:00"]
+    assert _fires("0 16 * * 7", "2026-11-23", 1) == ["Sun 2026-11-29 16:00"]
+    assert _fires("0 16 * * sun", "2026-11-23", 1) == ["Sun 2026-11-29 16:00"]
+    assert _fires("30 8 * * 1-5", "2026-11-27T09:00", 2) == [
+        "Mon 2026-11-30 08:30",
+        "Tue 2026-12-01 08:30",
+    ]
+    assert _fires("0 0 * * 5-7", "2026-11-23", 3) == [
+        "Fri 2026-11-27 00:00",
+        "Sat 2026-11-28 00:00",
+        "Sun 2026-11-29 00:00",
+    ]
+    assert _fires("0 0 * * */2", "2026-11-23", 2) == [
+        "Tue 2026-11-24 00:00",
+        "Thu 2026-11-26 00:00",
+    ]
+    # Both day fields restricted: either one matching fires (the 1st, and every Monday).
+    assert _fires("0 9 1 * 1", "2026-11-24", 2) == ["Mon 2026-11-30 09:00", "Tue 2026-12-01 09:00"]
+    # One of them `*`: both must match (here simply every Monday).
+    assert _fires("0 9 * * 1", "2026-11-24", 1) == ["Mon 2026-11-30 09:00"]
+    # In a configured timezone: 16:00 in Berlin is 15:00 UTC in winter, 14:00 UTC in summer.
+    assert _fires("0 16 * * 1", "2026-11-22", 1, "Europe/Berlin") == ["Mon 2026-11-23 15:00"]
+    assert _fires("0 16 * * 1", "2026-06-21", 1, "Europe/Berlin") == ["Mon 2026-06-22 14:00"]
+    # A schedule's due time follows the same reading.
+    monday = _schedule(_config({**NIGHTLY, "cron": "0 16 * * 1"}))
+    tuesday = _schedule(_config({**NIGHTLY, "cron": "0 16 * * 2"}))
+    assert schedules.due_time(monday, DUE) == DUE
+    assert schedules.due_time(tuesday, DUE) is None
+    for bad in ("0 16 * * 8", "0 16 * * 5-1", "0 16 * * funday", "0 16 * * */0", "0 16 * *"):
+        with pytest.raises(ValueError):
+            cron_trigger(bad)
 
 
 def test_bad_schedules_are_refused_with_their_path() -> None:
@@ -181,3 +234,62 @@ def test_installer_adds_one_cron_job_per_schedule(make_harness, github, slack) -
     # APScheduler's next fire time is a due time of the same cron expression.
     when = nightly.next_run_time.timestamp()
     assert schedules.due_time(h.bridge.config.schedules[0], when) == when
+
+
+def test_the_installed_job_fires_at_its_time_by_a_controllable_clock(
+    make_harness, github, slack, clock
+) -> None:
+    clock.now = DUE - 3600
+    h = make_harness(_config(), use_clock=True)
+    hk = h.bridge.housekeeping
+    schedules.install(hk, h.bridge.deps)  # what start() does on every process
+    job = hk.scheduler.get_job("schedule:nightly-retrain")
+    assert job is not None
+    hk.is_leader = True
+    # APScheduler, asked from the controllable clock's time, calls the job at 16:00 UTC.
+    at = job.trigger.get_next_fire_time(None, dt.datetime.fromtimestamp(clock(), dt.UTC))
+    assert at.timestamp() == DUE
+    clock.now = DUE - 5
+    job.func()  # even if called: before its time by the clock, nothing fires
+    h.settle()
+    assert github.dispatches == [] and h.store.find() == []
+    clock.now = DUE + 0.3
+    job.func()
+    github.wait_for("POST", r"/dispatches$")
+    h.settle()
+    [req] = h.store.find()
+    assert req.details["due"] == DUE and req.kind == "schedule"
+    assert len(github.dispatches) == 1
+    # A standby replica's job does nothing; the leader's second call of the same time neither.
+    hk.is_leader = False
+    clock.now = DUE + 86400
+    job.func()
+    hk.is_leader = True
+    clock.now = DUE + 1
+    job.func()
+    h.settle()
+    assert len(github.dispatches) == 1 and len(h.store.find()) == 1
+
+
+def test_serve_refuses_an_invalid_cron_at_start_with_its_path(tmp_path: Path) -> None:
+    from tests.test_settings_config import GOOD
+
+    cfg = tmp_path / "chatops.yml"
+    bad = {**NIGHTLY, "cron": "0 25 * * *"}
+    cfg.write_text(json.dumps({"repositories": {"default": REPO}, "schedules": [bad]}))
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "GITHUB_"))},
+        **GOOD,
+        "CHATOPS_CONFIG": str(cfg),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "bot", "serve"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "schedules[0].cron" in proc.stderr
+    assert "Traceback" not in proc.stderr
