@@ -160,9 +160,10 @@ def handle_command(deps: Deps, command: dict[str, Any], ack: Ack) -> Request | N
     count_command(deps, "deploy", "accepted" if created else "duplicate")
     what = f"deploy of run `{req.run_ref}` to *{req.environment}* in `{req.repo}`"
     if req.status == PENDING_APPROVAL and policy is not None:
+        who = who_can_approve(policy, exclude=_self(policy, user_id))
         said = (
             f":raised_hand: Asked for approval: {what} (request `{req.id}`). The approval card "
-            f"will appear in this channel; {who_can_approve(policy, exclude=user_id)} can "
+            f"will appear in this channel; {who} can "
             f"approve it within {policy.expires_after_minutes} minutes."
         )
     else:
@@ -357,6 +358,11 @@ def who_can_approve(policy: ApprovalPolicy, *, exclude: str | None = None) -> st
     return ", ".join(names[:-1]) + " or " + names[-1]
 
 
+def _self(policy: ApprovalPolicy, requester: str) -> str | None:
+    """The requester, when the policy does not let them approve their own deploy."""
+    return None if policy.allow_self_approval else requester
+
+
 def _is_listed(deps: Deps, policy: ApprovalPolicy, user_id: str) -> bool:
     if user_id in policy.approvers:
         return True
@@ -379,7 +385,7 @@ def approval_refusal(
     if not _is_listed(deps, policy, user_id):
         return (
             f"You cannot approve deploys to *{env}* (rule `approvers` / `approver_usergroups`). "
-            f"{_capital(who_can_approve(policy, exclude=req.user_id))} can."
+            f"{_capital(who_can_approve(policy, exclude=_self(policy, req.user_id)))} can."
         )
     if user_id == req.user_id and not policy.allow_self_approval:
         return (
@@ -520,11 +526,25 @@ def on_approve(deps: Deps, body: dict[str, Any]) -> None:
         _whisper(deps, req, click, f":no_entry: {refusal}")
         return
     if not deps.store.add_approval(req.id, click.user_id):
+        # A double click: the first click of the pair may already have completed the approval.
+        current = deps.store.get(req.id) or req
         left = policy.required - len(deps.store.approvers_of(req.id))
-        _whisper(deps, req, click, f"You approved this deploy already; waiting for {left} more.")
+        if current.status != PENDING_APPROVAL:
+            said = f"You approved this deploy already; it is {state_words(current)}."
+        elif left <= 0:
+            said = "You approved this deploy already."
+        else:
+            said = f"You approved this deploy already; waiting for {left} more."
+        _whisper(deps, current, click, said)
         return
     count = len(deps.store.approvers_of(req.id))
     if count < policy.required:
+        current = deps.store.get(req.id) or req
+        if current.status != PENDING_APPROVAL:
+            # Rejected or expired between the check above and this approval: not counted.
+            deps.store.remove_approval(req.id, click.user_id)
+            _whisper(deps, current, click, f"This deploy request is {state_words(current)}.")
+            return
         deps.store.audit(
             actor=click.user_id,
             action="deploy.approval",
@@ -852,10 +872,9 @@ def render_card(
     blocks += _decision_blocks(req, policy, approvals)
     if d.get("runs_summary"):
         blocks.append(messages.context(str(d["runs_summary"])))
-    exclude = None if policy is None or policy.allow_self_approval else req.user_id
     rule = (
         f"needs {policy.required} approval{'s' if policy.required > 1 else ''} from "
-        f"{who_can_approve(policy, exclude=exclude)}"
+        f"{who_can_approve(policy, exclude=_self(policy, req.user_id))}"
         if policy
         else "no approval required"
     )

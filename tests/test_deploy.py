@@ -6,16 +6,22 @@ from __future__ import annotations
 import copy
 import json
 import re
+import subprocess
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
 import webhook_examples as wx
+import yaml
 from webhook_examples import fixture
 
+from bot.config import parse_config
 from bot.store import NewRequest
+from handlers.deploy import warnings_for
 from tests.conftest import CHANNEL, HEAD_SHA, REPO, USER, Harness
 
 APPROVER = "U0APPROVER1"
@@ -208,6 +214,7 @@ def test_deploy_posts_approval_card_with_run_facts(harness: Harness, github, sla
         "success",
         f"actions/runs/{RUN_ID}",
         "waiting for approval",
+        f"<!date^{int(req.created_at)}^",  # when it was asked, in each reader's time zone
     ):
         assert expected in card, expected
     assert buttons(slack, req) == ["deploy_approve", "deploy_reject"]
@@ -339,7 +346,7 @@ def test_stranger_is_told_who_can_approve_in_the_thread(harness: Harness, github
 
 @pytest.mark.parametrize("distinct", [True, False], ids=["20-approvers", "double-clicks"])
 def test_twenty_concurrent_clicks_dispatch_exactly_once(
-    make_harness, github, slack, config_data, distinct: bool
+    make_harness, github, slack, config_data, monkeypatch, distinct: bool
 ) -> None:
     """20 clicks at once: by 20 different approvers (all race to the status change), or
     double clicks of two approvers (the approvals table absorbs the repeats)."""
@@ -347,6 +354,19 @@ def test_twenty_concurrent_clicks_dispatch_exactly_once(
     h = make_harness(_config(config_data, approvers=[*crowd, APPROVER, APPROVER2]))
     req = request_deploy(h, slack)
     users = crowd if distinct else [APPROVER, APPROVER2] * 10
+    # Without a gate the clicks mostly run one after the other (each takes milliseconds) and
+    # the later ones stop at "already approved" before racing. The barrier holds every click
+    # after its approval row is written, so all 20 then race on the status change itself.
+    # (The timeout only breaks a deadlock if the app ever stopped handling clicks in parallel.)
+    gate = threading.Barrier(len(users), timeout=30)
+    record = h.store.add_approval
+
+    def all_at_once(request_id: str, user_id: str) -> bool:
+        recorded = record(request_id, user_id)
+        gate.wait()
+        return recorded
+
+    monkeypatch.setattr(h.store, "add_approval", all_at_once)
     with ThreadPoolExecutor(max_workers=20) as pool:
         codes = list(
             pool.map(
@@ -355,15 +375,57 @@ def test_twenty_concurrent_clicks_dispatch_exactly_once(
             )
         )
     assert codes == [200] * 20
+    # Each click is handled before its HTTP answer (process_before_response), so once all 20
+    # answers are in, every job they submitted is known to the pool: settle() waits for them.
     github.wait_for("POST", r"/dispatches$")
-    h.settle()
-    time.sleep(0.2)
     h.settle()
     assert len(github.requests_to("POST", r"/dispatches$")) == 1
     assert h.store.get(req.id).status == "triggered"
     assert [a for a in audit_actions(h, req) if a == "deploy.approved"] == ["deploy.approved"]
     winner = h.store.get(req.id).decided_by
     assert github.dispatches[0]["client_payload"]["approved_by"] == winner
+    # Every other click was told why it changed nothing.
+    told = slack.calls_to("chat.postEphemeral")
+    assert len(told) == 19
+    if distinct:
+        assert sorted(c.params["user"] for c in told) == sorted(u for u in users if u != winner)
+    for said in told:
+        assert "already" in said.params["text"], said.params["text"]
+        assert not re.search(r"waiting for (0|-\d)", said.params["text"])
+
+
+def test_double_click_that_lost_the_race_is_not_told_to_wait(
+    harness: Harness, github, slack
+) -> None:
+    """The first click of a double click recorded the approval but has not decided yet."""
+    req = request_deploy(harness, slack)
+    assert harness.store.add_approval(req.id, APPROVER)  # the first click, still in flight
+    click(harness, "deploy_approve", req, APPROVER)
+    harness.settle()
+    said = ephemerals(slack, APPROVER)[-1].params["text"]
+    assert said == "You approved this deploy already.", said
+    assert github.dispatches == []
+
+
+def test_approval_racing_a_rejection_is_not_counted(
+    make_harness, github, slack, config_data, monkeypatch
+) -> None:
+    """required: 2 — the request is rejected between the click's check and its approval row."""
+    h = make_harness(_config(config_data, required=2))
+    req = request_deploy(h, slack)
+    record = h.store.add_approval
+
+    def rejected_meanwhile(request_id: str, user_id: str) -> bool:
+        h.store.update(request_id, status="rejected", decided_by=APPROVER2)
+        return record(request_id, user_id)
+
+    monkeypatch.setattr(h.store, "add_approval", rejected_meanwhile)
+    click(h, "deploy_approve", req, APPROVER)
+    h.settle()
+    assert "already rejected" in ephemerals(slack, APPROVER)[-1].params["text"]
+    assert h.store.approvers_of(req.id) == []
+    assert "deploy.approval" not in audit_actions(h, req)
+    assert github.dispatches == []
 
 
 def test_two_required_approvals(make_harness, github, slack, config_data) -> None:
@@ -434,6 +496,64 @@ def test_approver_needs_github_permission_when_required(
     github.wait_for("POST", r"/dispatches$")
     h.settle()
     assert len(github.dispatches) == 1
+
+
+def test_policy_defaults_and_per_environment_override(
+    make_harness, github, slack, config_data
+) -> None:
+    """Only `approvers` given: required 1, no self-approval, 30 minutes. The first environment
+    is the default, and its own `approval` replaces the command's for its requests."""
+    deploy = config_data["commands"]["deploy"]
+    deploy["approval"] = {"approvers": [APPROVER, APPROVER2, USER]}
+    # The harness writes chatops.yml with sorted keys: "canary" is first in the file too.
+    deploy["environments"] = {
+        "canary": {
+            "approval": {
+                "approvers": [USER],
+                "allow_self_approval": True,
+                "expires_after_minutes": 120,
+            }
+        },
+        "production": {},
+    }
+    h = make_harness(config_data)
+
+    prod = request_deploy(h, slack, f"{RUN_ID} production")
+    assert prod.expires_at == pytest.approx(prod.created_at + 30 * 60)
+    click(h, "deploy_approve", prod, USER)
+    h.settle()
+    assert "someone else must approve" in ephemerals(slack, USER)[-1].params["text"]
+    assert h.store.get(prod.id).status == "pending_approval"
+
+    resp = h.slash("/deploy", str(RUN_ID))
+    assert f"<@{USER}> can approve it within 120 minutes" in resp.json()["text"]
+    rid = re.search(r"request `([0-9a-f]{12})`", resp.json()["text"])[1]
+    h.wait_until(lambda: h.store.get(rid).root_ts, what="card")
+    h.settle()
+    canary = h.store.get(rid)
+    assert canary.environment == "canary"  # the first configured environment
+    assert canary.expires_at == pytest.approx(canary.created_at + 120 * 60)
+    click(h, "deploy_approve", canary, APPROVER)  # an approver of production only
+    h.settle()
+    said = ephemerals(slack, APPROVER)[-1].params["text"]
+    assert "cannot approve deploys to *canary*" in said and f"<@{USER}> can" in said
+    click(h, "deploy_approve", canary, USER)  # self-approval is allowed in canary
+    github.wait_for("POST", r"/dispatches$")
+    h.settle()
+    assert len(github.dispatches) == 1
+    sent = github.dispatches[0]["client_payload"]
+    assert sent["request_id"] == canary.id and sent["approved_by"] == USER
+    assert h.store.get(prod.id).status == "pending_approval"
+
+
+def test_default_environment_is_the_first_in_the_file() -> None:
+    cfg = parse_config(
+        {
+            "repositories": {"default": REPO},
+            "commands": {"deploy": {"environments": {"staging": {}, "production": {}}}},
+        }
+    )
+    assert cfg.commands.deploy.default_environment == "staging"
 
 
 # -- rejection and expiry ---------------------------------------------------------------------
@@ -531,6 +651,12 @@ def test_expiry_job_marks_expired_and_edits_card(make_harness, github, slack, cl
     assert github.dispatches == []
 
 
+def test_card_warns_when_the_run_failed() -> None:
+    run = {"status": "completed", "conclusion": "failure", "sha": HEAD_SHA}
+    assert warnings_for({"run": run}) == ["The run did not succeed (conclusion: *failure*)."]
+    assert warnings_for({"run": {**run, "conclusion": "success"}}) == []
+
+
 # -- restarts and crashes -------------------------------------------------------------------
 
 
@@ -545,6 +671,37 @@ def test_buttons_work_after_a_restart(make_harness, github, slack) -> None:
     second.settle()
     assert len(github.dispatches) == 1
     assert github.dispatches[0]["client_payload"]["request_id"] == req.id
+
+
+def test_expiry_catches_up_after_a_restart_and_buttons_still_work(
+    make_harness, github, slack, clock
+) -> None:
+    """Two cards; the process is down past the first one's deadline; a new instance on the same
+    database expires that one at its first run, and the other card's buttons still work."""
+    first = make_harness(use_clock=True)
+    early = request_deploy(first, slack)
+    clock.advance(10 * 60)
+    late = request_deploy(first, slack, f"{RUN_ID} staging")
+    clock.advance(21 * 60)  # down: early's deadline passes, late's does not
+    second = make_harness(use_clock=True)
+    assert second.bridge is not first.bridge
+    hk = second.bridge.housekeeping
+    for installer in hk._extra:
+        installer(hk)
+    hk.is_leader = True
+    hk.scheduler.get_job("deploy-expiry").func()
+    assert second.store.get(early.id).status == "expired"
+    assert "Expired at" in card_of(slack, early) and buttons(slack, early) == []
+    assert buttons(slack, late) == ["deploy_approve", "deploy_reject"]
+    click(second, "deploy_approve", early, APPROVER)
+    second.settle()
+    assert "already expired" in ephemerals(slack, APPROVER)[-1].params["text"]
+    click(second, "deploy_approve", late, APPROVER)
+    github.wait_for("POST", r"/dispatches$")
+    second.settle()
+    assert len(github.dispatches) == 1
+    assert github.dispatches[0]["client_payload"]["request_id"] == late.id
+    assert second.store.get(late.id).status == "triggered"
 
 
 def test_sweep_posts_a_card_lost_in_a_crash_once(make_harness, github, slack, clock) -> None:
@@ -757,3 +914,57 @@ def test_status_subcommand_is_delegated(harness: Harness, github, slack) -> None
     resp = harness.slash("/deploy", "status")
     assert resp.status_code == 200 and resp.json()["response_type"] == "ephemeral"
     assert req.id in resp.json()["text"] or str(RUN_ID) in resp.json()["text"]
+
+
+# -- the example deploy workflow ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("run_id", "conclusion", "rc", "github_run"),
+    [
+        ("9001", "success", 0, "true"),
+        ("9001", "failure", 1, None),
+        ("mlflow-7f3a9c", "", 0, "false"),  # opaque: passed on, GitHub is not asked
+        ("$(touch pwned)", "", 1, None),
+    ],
+)
+def test_example_workflow_check_accepts_opaque_run_ids(
+    tmp_path: Any, run_id: str, conclusion: str, rc: int, github_run: str | None
+) -> None:
+    """The `check` step of examples/workflows/deploy.yml, run by bash with a stub `gh`."""
+    doc = yaml.safe_load(
+        (Path(__file__).parent.parent / "examples/workflows/deploy.yml").read_text()
+    )
+    step = next(s for s in doc["jobs"]["check"]["steps"] if s.get("id") == "request")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    gh = bin_dir / "gh"
+    gh.write_text(
+        '#!/bin/sh\necho "$@" >> "$GH_CALLS"\n'
+        f'case "$1" in api) echo "{conclusion}";; run) echo 0;; esac\n'
+    )
+    gh.chmod(0o755)
+    out = tmp_path / "output"
+    out.write_text("")
+    calls = tmp_path / "calls"
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "GH_CALLS": str(calls),
+        "GITHUB_OUTPUT": str(out),
+        "GITHUB_REPOSITORY": REPO,
+        "GITHUB_RUN_ID": "123",
+        "GITHUB_WORKFLOW_REF": f"{REPO}/.github/workflows/deploy.yml@refs/heads/main",
+        "REQUEST_ID": "0a1b2c3d4e5f",
+        "RUN_ID": run_id,
+        "ENVIRONMENT": "production",
+    }
+    done = subprocess.run(
+        ["bash", "-c", step["run"]], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == rc, done.stdout + done.stderr
+    assert not (tmp_path / "pwned").exists()
+    asked = calls.read_text() if calls.exists() else ""
+    assert ("actions/runs/" in asked) == run_id.isdigit()
+    if github_run is not None:
+        assert f"github_run={github_run}" in out.read_text()
+        assert "repeat=false" in out.read_text()
