@@ -294,7 +294,9 @@ def make_harness(
         **env_extra: str,
     ) -> Harness:
         cfg_path = tmp_path / f"chatops-{len(opened)}.yml"
-        cfg_path.write_text(yaml.safe_dump(config if config is not None else DEFAULT_CONFIG))
+        cfg_path.write_text(
+            yaml.safe_dump(config if config is not None else DEFAULT_CONFIG, sort_keys=False)
+        )
         settings = load_settings(make_env(slack, github, database_url, cfg_path, **env_extra))
         cfg: Config = parse_config(yaml.safe_load(cfg_path.read_text()))
         gh = GitHubApp(
