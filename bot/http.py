@@ -164,16 +164,21 @@ BUG_APOLOGY = (
 )
 
 
-# The frames that call into Bolt (this module, the logging scope) are not listener code.
+# The frames that call into Bolt (this module, the logging scope, the SQLite ack-path marker
+# of bot/db.py) are not listener code. ack_path lives in a module that is otherwise ours, so
+# its wrapper is told apart by its code object, not its file: without that, every payload
+# Bolt itself chokes on looked like a bug of ours (500 and an error log; tests/test_fuzz.py).
 _WRAPPERS = (str(Path(__file__).resolve()), str(Path(logs.__file__).resolve()))
+_WRAPPER_CODE = frozenset({ack_path(lambda: None).__code__, logs.scoped(lambda: None).__code__})
 
 
 def _raised_in(exc: BaseException, prefixes: tuple[str, ...]) -> bool:
     """Whether the exception passed through our listener code on its way up (not only Bolt)."""
     tb = exc.__traceback__
     while tb is not None:
-        path = tb.tb_frame.f_code.co_filename
-        if path.startswith(prefixes) and path not in _WRAPPERS:
+        code = tb.tb_frame.f_code
+        path = code.co_filename
+        if path.startswith(prefixes) and path not in _WRAPPERS and code not in _WRAPPER_CODE:
             return True
         tb = tb.tb_next
     return False

@@ -101,8 +101,13 @@ def _read_private_key(env: Mapping[str, str], problems: list[str]) -> str:
             problems.append(f"GITHUB_APP_PRIVATE_KEY_PATH: cannot read {path} ({exc.strerror})")
             return ""
         if mode & stat.S_IROTH:
+            # Settings are read before logging is set up (bot/__main__.py), when Python's
+            # last-resort handler prints the message alone: the path and the fix must be in it.
             log.warning(
-                "private key file is world-readable; restrict it",
+                "private key file %s is world-readable (mode %03o); restrict it: chmod 600 %s",
+                path,
+                stat.S_IMODE(mode),
+                path,
                 extra={"path": path, "fix": f"chmod 600 {path}"},
             )
     if not pem:

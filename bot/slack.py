@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackRequestError
-from slack_sdk.http_retry.builtin_handlers import (
-    ConnectionErrorRetryHandler,
-    RateLimitErrorRetryHandler,
-)
+from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler
+from slack_sdk.http_retry.handler import RetryHandler
+from slack_sdk.http_retry.request import HttpRequest
+from slack_sdk.http_retry.response import HttpResponse
+from slack_sdk.http_retry.state import RetryState
 from slack_sdk.webhook import WebhookClient
 
 from bot.metrics import Metrics
@@ -40,12 +43,78 @@ class SlackFailure(Exception):
         return f"Slack refused the message ({self.error})."
 
 
+MAX_RETRY_AFTER = 30.0  # seconds a call may wait for Slack's Retry-After before giving up
+
+
+def retry_after_seconds(headers: dict[str, Any]) -> float:
+    """Slack's Retry-After (seconds) from response headers; 1 when absent or unreadable."""
+    for key, value in headers.items():
+        if key.lower() == "retry-after":
+            raw = value[0] if isinstance(value, list | tuple) and value else value
+            try:
+                seconds = float(str(raw).strip())
+            except ValueError:
+                return 1.0
+            return seconds if seconds >= 0 else 1.0
+    return 1.0
+
+
+class BoundedRateLimitRetryHandler(RetryHandler):
+    """Retries a 429 after Slack's Retry-After, but only when that wait is at most `max_wait`.
+
+    slack_sdk's own RateLimitErrorRetryHandler sleeps for whatever Retry-After says (and fails
+    on a non-integer value), so one answer could hold a worker — or a request thread inside
+    Slack's 3 s ack window — for an hour. Beyond `max_wait` the call fails with `ratelimited`
+    (SlackFailure) and the job layer retries the work later instead.
+    """
+
+    def __init__(
+        self,
+        max_retry_count: int = 3,
+        *,
+        max_wait: float = MAX_RETRY_AFTER,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        super().__init__(max_retry_count=max_retry_count)
+        self.max_wait = max_wait
+        self._sleep = sleep
+
+    def _can_retry(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
+        return (
+            response is not None
+            and response.status_code == 429
+            and retry_after_seconds(response.headers) <= self.max_wait
+        )
+
+    def prepare_for_next_attempt(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> None:
+        if response is None:
+            raise error  # type: ignore[misc]
+        state.next_attempt_requested = True
+        self._sleep(min(self.max_wait, retry_after_seconds(response.headers) + random.random()))
+        state.increment_current_attempt()
+
+
 def make_client(token: str, base_url: str, *, timeout: int = 10) -> WebClient:
     client = WebClient(token=token, base_url=base_url, timeout=timeout)
-    # slack_sdk retries only connection errors by default; honour Retry-After on 429 too.
+    # slack_sdk retries only connection errors by default; honour Retry-After on 429 too,
+    # within a bound (no thread waits longer than MAX_RETRY_AFTER for one answer).
     client.retry_handlers = [
         ConnectionErrorRetryHandler(max_retry_count=2),
-        RateLimitErrorRetryHandler(max_retry_count=3),
+        BoundedRateLimitRetryHandler(max_retry_count=3),
     ]
     return client
 
@@ -137,7 +206,7 @@ class SlackOut:
         hook = WebhookClient(response_url, timeout=10)
         hook.retry_handlers = [
             ConnectionErrorRetryHandler(max_retry_count=2),
-            RateLimitErrorRetryHandler(max_retry_count=2),
+            BoundedRateLimitRetryHandler(max_retry_count=2),
         ]
         body: dict[str, Any] = {"text": text, "response_type": "ephemeral"}
         if blocks is not None:

@@ -79,7 +79,8 @@ def test_private_key_from_file_and_world_readable_warning(tmp_path: Path, caplog
     with caplog.at_level("WARNING"):
         s = load_settings(env)
     assert s.github_private_key.get() == PEM
-    assert any("world-readable" in r.message for r in caplog.records)
+    warned = [r.getMessage() for r in caplog.records if "world-readable" in r.getMessage()]
+    assert warned and str(key) in warned[0] and f"chmod 600 {key}" in warned[0]
     key.chmod(stat.S_IRUSR | stat.S_IWUSR)
     caplog.clear()
     load_settings(env)
@@ -176,3 +177,31 @@ def test_serve_with_bad_config_names_the_key(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "commands.evaluate.trigerr: unknown key" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_serve_warns_about_a_world_readable_key_before_logging_is_set_up(tmp_path: Path) -> None:
+    """Settings are read before logging is configured: the warning must still name the file
+    and the fix on stderr (and show no part of the key)."""
+    key = tmp_path / "app.pem"
+    key.write_text(PEM)
+    key.chmod(0o644)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "GITHUB_"))},
+        **{k: v for k, v in GOOD.items() if k != "GITHUB_APP_PRIVATE_KEY"},
+        "GITHUB_APP_PRIVATE_KEY_PATH": str(key),
+        # No database: the start stops right after the settings (exit 3), nothing is served.
+        "DATABASE_URL": f"sqlite:///{tmp_path}/no/such/dir/chatops.db",
+        "CHATOPS_CONFIG": str(tmp_path / "chatops.yml"),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "bot", "serve"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 3
+    warning = [ln for ln in proc.stderr.splitlines() if "world-readable" in ln]
+    assert len(warning) == 1 and str(key) in warning[0] and f"chmod 600 {key}" in warning[0]
+    assert "MIIB" not in proc.stderr and "Traceback" not in proc.stderr
