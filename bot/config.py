@@ -8,8 +8,9 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from apscheduler.triggers.cron import CronTrigger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bot.cron import cron_trigger
 
 REPO_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}$")
 SLACK_USER_RE = re.compile(r"^[UW][A-Z0-9]{2,}$")
@@ -134,10 +135,8 @@ class Schedule(Strict):
     @field_validator("cron")
     @classmethod
     def _cron(cls, v: str) -> str:
-        if len(v.split()) != 5:
-            raise ValueError("cron needs 5 fields: minute hour day-of-month month day-of-week")
         try:
-            CronTrigger.from_crontab(v)
+            cron_trigger(v)
         except ValueError as exc:
             raise ValueError(f"invalid cron expression: {exc}") from None
         return v

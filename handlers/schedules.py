@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 from bot import messages
 from bot.config import Schedule
+from bot.cron import cron_trigger
 from bot.deps import Deps
 from bot.github import GitHubError, Retryable
 from bot.markdown import escape_mrkdwn
-from bot.scheduler import cron_trigger
 from bot.slack import SlackFailure
 from bot.store import ACCEPTED, TRIGGERED, NewRequest, Request
 from handlers.thread import ensure_root, fail, refresh_root, retry_or_give_up

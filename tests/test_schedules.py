@@ -16,7 +16,7 @@ import pytest
 from webhook_examples import fixture
 
 from bot.config import ConfigError, parse_config
-from bot.scheduler import cron_trigger
+from bot.cron import cron_trigger
 from handlers import schedules
 from tests.conftest import DEFAULT_CONFIG, REPO
 
@@ -113,6 +113,8 @@ def test_bad_schedules_are_refused_with_their_path() -> None:
     for bad, words in (
         ({**NIGHTLY, "cron": "61 * * * *"}, "schedules[0].cron"),
         ({**NIGHTLY, "cron": "0 16 * *"}, "schedules[0].cron"),
+        ({**NIGHTLY, "cron": "0 16 * * mon#1"}, "schedules[0].cron"),  # not standard cron
+        ({**NIGHTLY, "cron": "0 16 * * 8"}, "schedules[0].cron"),
         ({**NIGHTLY, "timezone": "Mars/Olympus"}, "schedules[0].timezone"),
         ({**NIGHTLY, "every": "day"}, "schedules[0].every: unknown key"),
         ({k: v for k, v in NIGHTLY.items() if k != "event_type"}, "needs event_type"),
@@ -120,6 +122,9 @@ def test_bad_schedules_are_refused_with_their_path() -> None:
         with pytest.raises(ConfigError) as err:
             parse_config(_config(bad))
         assert any(words in p for p in err.value.problems), err.value.problems
+    # Sunday is 0 or 7 in cron: both are accepted at start.
+    for sunday in ("0 16 * * 0", "0 16 * * 7", "0 16 * * sun"):
+        assert parse_config(_config({**NIGHTLY, "cron": sunday})).schedules[0].cron == sunday
     no_repo = _config({k: v for k, v in NIGHTLY.items() if k != "repository"})
     no_repo["repositories"] = {}
     with pytest.raises(ConfigError) as err:
