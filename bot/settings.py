@@ -9,6 +9,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 log = logging.getLogger(__name__)
 
 
@@ -83,7 +86,16 @@ class Settings:
         for s in (self.slack_signing_secret, self.slack_app_token, self.github_webhook_secret):
             if s:
                 out.append(s.get())
+        out.append(database_password(self.database_url))
         return [v for v in out if v]
+
+
+def database_password(url: str) -> str:
+    """The password in a database URL, if any (pure): it must not reach logs either."""
+    try:
+        return make_url(url).password or ""
+    except ArgumentError:
+        return ""
 
 
 def _read_private_key(env: Mapping[str, str], problems: list[str]) -> str:

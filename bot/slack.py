@@ -119,6 +119,9 @@ def make_client(token: str, base_url: str, *, timeout: int = 10) -> WebClient:
     return client
 
 
+LOOKUP_TIMEOUT = 2  # seconds; see SlackOut.usergroup_members
+
+
 class SlackOut:
     """What the bridge says in Slack. Every method raises SlackFailure on a refusal."""
 
@@ -130,6 +133,12 @@ class SlackOut:
         metrics: Metrics | None = None,
     ) -> None:
         self.client = client
+        # Group lookups run before a command's ack (Slack's 3-second budget): a short timeout
+        # and no waiting out a 429; a failed lookup falls back to the last answer, if any.
+        self._lookup = WebClient(
+            token=client.token, base_url=client.base_url, timeout=LOOKUP_TIMEOUT
+        )
+        self._lookup.retry_handlers = []
         self.metrics = metrics
         self._groups: dict[str, tuple[float, frozenset[str]]] = {}
         self._groups_lock = threading.Lock()
@@ -139,10 +148,10 @@ class SlackOut:
         if self.metrics is not None:
             self.metrics.slack_calls.labels(method, outcome).observe(time.monotonic() - started)
 
-    def _call(self, method: str, **kwargs: Any) -> dict[str, Any]:
+    def _call(self, method: str, *, via: WebClient | None = None, **kwargs: Any) -> dict[str, Any]:
         started = time.monotonic()
         try:
-            resp = self.client.api_call(method, json=kwargs)
+            resp = (via or self.client).api_call(method, json=kwargs)
         except SlackApiError as exc:
             error = str(exc.response.get("error") or "unknown_error")
             self._observe(method, error, started)
@@ -234,7 +243,16 @@ class SlackOut:
             cached = self._groups.get(group_id)
         if cached and now - cached[0] < self.group_cache_seconds:
             return cached[1]
-        data = self._call("usergroups.users.list", usergroup=group_id)
+        try:
+            data = self._call("usergroups.users.list", via=self._lookup, usergroup=group_id)
+        except SlackFailure as exc:
+            if cached is None:
+                raise
+            log.warning(
+                "usergroup lookup failed; using the last answer",
+                extra={"group": group_id, "error": exc.error},
+            )
+            return cached[1]
         members = frozenset(str(u) for u in data.get("users") or [])
         with self._groups_lock:
             self._groups[group_id] = (now, members)

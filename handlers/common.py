@@ -57,6 +57,7 @@ def access_refusal(
     if user_id in access.allowed_users:
         return None
     unchecked = []
+    slow = False
     for group in access.allowed_usergroups:
         try:
             if user_id in deps.slack.usergroup_members(group):
@@ -64,6 +65,7 @@ def access_refusal(
         except SlackFailure as exc:
             log.warning("usergroup lookup failed", extra={"group": group, "error": exc.error})
             unchecked.append(f"<!subteam^{group}> (Slack answered `{exc.error}`)")
+            slow = slow or exc.error.startswith("connection") or exc.error == "ratelimited"
     text = (
         f"You are not allowed to run `/{command}` (rules `commands.{command}.allowed_users` / "
         f"`allowed_usergroups`). Ask {who_can(access)} to run it, or an admin of this bridge to "
@@ -71,10 +73,12 @@ def access_refusal(
     )
     if unchecked:
         # Not a silent no: the person and the admin learn the check itself failed.
-        text += (
-            f"\nI could not check your membership of {', '.join(unchecked)}; an admin must make "
-            "sure the app has the `usergroups:read` scope."
+        why = (
+            "Slack did not answer in time: please try again in a minute."
+            if slow
+            else "an admin must make sure the app has the `usergroups:read` scope."
         )
+        text += f"\nI could not check your membership of {', '.join(unchecked)}; {why}"
     return text
 
 

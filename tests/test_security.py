@@ -233,6 +233,28 @@ def test_usergroup_lookup_failure_is_explained(make_harness, config_data, github
     assert nothing_stored(h)
 
 
+def test_usergroup_lookup_on_the_ack_path_does_not_wait_out_a_rate_limit(
+    make_harness, config_data, github, slack
+) -> None:
+    """A 429 with Retry-After is not slept through before the ack: one call, a clear answer;
+    once a group's members are known, a failed refresh falls back to them."""
+    slack.usergroups["S0MLTEAM01"] = [OTHER]
+    config_data["commands"]["evaluate"]["allowed_usergroups"] = ["S0MLTEAM01"]
+    h = make_harness(config_data)
+    slack.fail_next("usergroups.users.list", "ratelimited", status=429, retry_after=20)
+    body = h.slash("/evaluate", "42", user=OTHER).json()
+    assert "Slack did not answer in time: please try again in a minute." in body["text"]
+    assert len(slack.calls_to("usergroups.users.list")) == 1  # no retry inside the 3 s budget
+    assert nothing_stored(h)
+
+    assert "On it" in h.slash("/evaluate", "42", user=OTHER).json()["text"]
+    h.bridge.slack.group_cache_seconds = 0  # every lookup refreshes from here on
+    slack.fail_next("usergroups.users.list", "ratelimited", status=429, retry_after=20)
+    assert "On it" in h.slash("/evaluate", "#42", user=OTHER).json()["text"]
+    assert len(slack.calls_to("usergroups.users.list")) == 3
+    h.settle()
+
+
 @pytest.mark.parametrize(
     ("linked", "role", "allowed"),
     [

@@ -70,6 +70,12 @@ def test_socket_mode_needs_no_signing_secret_and_postgres_urls_are_normalised() 
     assert s.database_url == "postgresql+psycopg://u@h/db"
 
 
+def test_the_database_password_is_a_secret_for_the_log_redactor() -> None:
+    s = load_settings({**GOOD, "DATABASE_URL": "postgres://chatops:s3cr%40t-pw@db:5432/chatops"})
+    assert "s3cr@t-pw" in s.secret_values()
+    assert "" not in load_settings({**GOOD, "DATABASE_URL": "sqlite:///x.db"}).secret_values()
+
+
 def test_private_key_from_file_and_world_readable_warning(tmp_path: Path, caplog) -> None:
     key = tmp_path / "app.pem"
     key.write_text(PEM)
