@@ -511,6 +511,20 @@ class GitHubApp:
             ok=(204,),
         )
 
+    def branch_head(self, repo: str, branch: str) -> str | None:
+        """The commit at the head of a branch, or None when the repository has no such branch
+        (deleted since, or a fork's branch)."""
+        try:
+            _, _, data = self._raw(
+                repo,
+                f"read branch {branch}",
+                "GET",
+                f"/repos/{repo}/branches/{quote(branch, safe='')}",
+            )
+        except NotFound:
+            return None
+        return str((data.get("commit") or {}).get("sha") or "") or None
+
     def get_run(self, repo: str, run_id: int) -> RunInfo:
         _, _, data = self._raw(
             repo, f"read workflow run {run_id}", "GET", f"/repos/{repo}/actions/runs/{int(run_id)}"

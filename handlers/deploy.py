@@ -242,10 +242,14 @@ def _gather_facts(deps: Deps, req: Request) -> None:
             "status": run.status,
             "conclusion": run.conclusion,
         }
-        # A run's commit can fall behind its PR; branch heads are not checked (yet).
+        # A run's commit can fall behind its PR, or (a run of a branch) behind its branch.
         for number in run.pull_numbers[:1]:
             pull = deps.github.get_pull(req.repo, number)
             facts["pr_head"] = {"number": number, "sha": pull.head_sha, "url": pull.html_url}
+        if not run.pull_numbers and run.head_branch:
+            head = deps.github.branch_head(req.repo, run.head_branch)
+            if head:
+                facts["branch_head"] = {"branch": run.head_branch, "sha": head}
         metrics = _relayed_metrics(deps, req.repo, run.head_sha)
         if metrics:
             facts["metrics"] = metrics
@@ -710,13 +714,20 @@ def warnings_for(details: dict[str, Any]) -> list[str]:
     elif run.get("conclusion") != "success":
         conclusion = escape_mrkdwn(str(run.get("conclusion") or "none"))
         out.append(f"The run did not succeed (conclusion: *{conclusion}*).")
-    head = details.get("pr_head")
     sha = str(run.get("sha") or "")
+    what = "The metrics are" if details.get("metrics") else "This run is"
+    head = details.get("pr_head")
     if isinstance(head, dict) and head.get("sha") and head.get("sha") != sha:
-        what = "The metrics are" if details.get("metrics") else "This run is"
         out.append(
             f"{what} for `{sha[:7]}`; the head of PR #{head.get('number')} is now "
             f"`{str(head.get('sha'))[:7]}`."
+        )
+    tip = details.get("branch_head")
+    if isinstance(tip, dict) and tip.get("sha") and tip.get("sha") != sha:
+        branch = escape_mrkdwn(str(tip.get("branch")))[:100]
+        out.append(
+            f"{what} for `{sha[:7]}`; the head of branch `{branch}` is now "
+            f"`{str(tip.get('sha'))[:7]}`."
         )
     return out
 

@@ -270,6 +270,46 @@ def test_card_warns_about_unfinished_run_and_moved_pr_head(harness: Harness, git
     assert [b for b in blocks if b["type"] == "table"], "relayed metrics are shown as a table"
 
 
+def test_card_warns_when_the_branch_moved_past_the_run(harness: Harness, github, slack) -> None:
+    """A run of a branch (no PR): the card compares its commit with the branch's head."""
+    github.set_branch(REPO, "release/2.1", "e" * 40)
+    github.add_run(
+        REPO,
+        {
+            "id": 9003,
+            "name": "train",
+            "status": "completed",
+            "conclusion": "success",
+            "head_sha": HEAD_SHA,
+            "head_branch": "release/2.1",
+            "pull_requests": [],
+        },
+    )
+    req = request_deploy(harness, slack, "9003 staging")
+    card = card_of(slack, req)
+    assert (
+        f"This run is for `{HEAD_SHA[:7]}`; the head of branch `release/2.1` is now `eeeeeee`"
+        in card
+    )
+    assert github.requests_to("GET", r"/branches/release%2F2\.1$")
+    # The branch at the run's commit, or gone: no warning, and the card is still posted.
+    github.set_branch(REPO, "release/2.1", HEAD_SHA)
+    assert "head of branch" not in card_of(slack, request_deploy(harness, slack, "9003 production"))
+    github.add_run(
+        REPO,
+        {
+            "id": 9004,
+            "name": "train",
+            "status": "completed",
+            "conclusion": "success",
+            "head_sha": HEAD_SHA,
+            "head_branch": "deleted-branch",
+            "pull_requests": [],
+        },
+    )
+    assert "head of branch" not in card_of(slack, request_deploy(harness, slack, "9004 staging"))
+
+
 def test_opaque_run_id_is_passed_through(harness: Harness, github, slack) -> None:
     req = request_deploy(harness, slack, "mlflow-7f3a9c staging")
     assert "Not a GitHub workflow run id" in card_of(slack, req)

@@ -50,6 +50,7 @@ OPERATIONS: list[tuple[str, str, str]] = [
     ),
     ("GET", "/repos/{owner}/{repo}", "GitHubApp.repository (operator check)"),
     ("GET", "/repos/{owner}/{repo}/pulls/{pull_number}", "GitHubApp.get_pull"),
+    ("GET", "/repos/{owner}/{repo}/branches/{branch}", "GitHubApp.branch_head (deploy card)"),
     ("GET", "/repos/{owner}/{repo}/issues/{issue_number}/labels", "GitHubApp.labels"),
     ("POST", "/repos/{owner}/{repo}/issues/{issue_number}/labels", "GitHubApp.add_label"),
     (

@@ -81,6 +81,14 @@ def _get_pull(app: GitHubApp, gh: GitHubContract) -> None:
     assert gh.requests_to("GET", rf"^/repos/{REPO}/pulls/42$")
 
 
+def _branch_head(app: GitHubApp, gh: GitHubContract) -> None:
+    sha = app.branch_head(REPO, "feature/eval")
+    # Prism answers GitHub's example branch whatever name is asked.
+    assert sha is not None and len(sha) == 40
+    # A slash in a branch name is escaped: the name is one path segment.
+    assert gh.requests_to("GET", rf"^/repos/{REPO}/branches/feature%2Feval$")
+
+
 def _get_run(app: GitHubApp, gh: GitHubContract) -> None:
     run = app.get_run(REPO, 30433642)
     assert run.id and run.status and run.head_sha and run.html_url
@@ -161,6 +169,7 @@ EXERCISES = [
     Exercise("GET", "/repos/{owner}/{repo}/installation", "installation_id", _installation),
     Exercise("GET", "/repos/{owner}/{repo}", "repository", _repository),
     Exercise("GET", "/repos/{owner}/{repo}/pulls/{pull_number}", "get_pull", _get_pull),
+    Exercise("GET", "/repos/{owner}/{repo}/branches/{branch}", "branch_head", _branch_head),
     Exercise("GET", "/repos/{owner}/{repo}/issues/{issue_number}/labels", "labels", _labels),
     Exercise("POST", "/repos/{owner}/{repo}/issues/{issue_number}/labels", "add_label", _add_label),
     Exercise(
@@ -370,14 +379,14 @@ def test_drift_check_catches_an_unlisted_operation() -> None:
         "class X:\n"
         "    def peek(self):\n"
         "        return self.client.requester.requestJson('GET', '/x')\n"
-        "    def branch(self, repo, name):\n"
-        "        return self._raw(repo, 'read', 'GET', f'/repos/{repo}/branches/{name}')\n"
+        "    def tags(self, repo, name):\n"
+        "        return self._raw(repo, 'read', 'GET', f'/repos/{repo}/tags/{name}')\n"
         "    def go(self, repo):\n"
         "        return self.client.get_repo(repo).create_deployment('main')\n"
     )
     _, problems = code_operations(source)
     text = "\n".join(problems)
-    assert "/repos/acme/ml-models/branches/x1 is not in cut_openapi.OPERATIONS" in text
+    assert "/repos/acme/ml-models/tags/x1 is not in cut_openapi.OPERATIONS" in text
     assert ".get_repo() is not mapped" in text and ".create_deployment() is not mapped" in text
     assert "raw requestJson() outside _raw()" in text
 
@@ -388,7 +397,7 @@ def test_double_refuses_operations_outside_the_description(
     """At run time too: a request outside the cut-down description is a recorded violation."""
     app = make_app()
     with gh.expect_violations() as seen, pytest.raises(Exception) as caught:
-        app._raw(REPO, "read a branch", "GET", f"/repos/{REPO}/branches/main")
+        app._raw(REPO, "read the tags", "GET", f"/repos/{REPO}/tags")
     assert "not an operation of the cut-down description" in " ".join(seen)
     assert getattr(caught.value, "status", None) == 404
 

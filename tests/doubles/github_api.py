@@ -221,6 +221,13 @@ _ROUTES: list[tuple[str, str, str, tuple[tuple[str, str], ...], str]] = [
     ),
     (
         "GET",
+        _REPO + r"/branches/(?P<branch>.+)",
+        "installation",
+        (("contents", "read"),),
+        "_get_branch",
+    ),
+    (
+        "GET",
         _REPO + r"/issues/(?P<number>\d+)",
         "installation",
         (("issues", "read"), ("pull_requests", "read")),
@@ -413,6 +420,7 @@ class GitHubDouble:
         self._repos: dict[str, _Repo] = {}
         self._pulls: dict[tuple[str, int], dict[str, Any]] = {}
         self._labels: dict[tuple[str, int], list[str]] = {}
+        self._branches: dict[tuple[str, str], str] = {}
         self._comments: dict[tuple[str, int], list[dict[str, Any]]] = {}
         self._runs: dict[str, dict[int, dict[str, Any]]] = {}
         self._permissions: dict[tuple[str, str], str] = {}
@@ -529,6 +537,12 @@ class GitHubDouble:
             }
             self._labels[(repo.full_name.lower(), number)] = list(labels or [])
             self._comments.setdefault((repo.full_name.lower(), number), [])
+
+    def set_branch(self, full_name: str, branch: str, sha: str) -> None:
+        """Make ``branch`` exist with ``sha`` at its head."""
+        repo = self._repo(full_name)
+        with self._cond:
+            self._branches[(repo.full_name.lower(), branch)] = sha
 
     def set_permission(self, full_name: str, login: str, permission: str) -> None:
         """Set ``login``'s role on the repo: admin|maintain|write|triage|read|none."""
@@ -1297,6 +1311,24 @@ class GitHubDouble:
     def _get_pull(self, ctx: _Ctx) -> tuple[int, Any]:
         assert ctx.repo is not None
         return 200, self._pull_json(ctx.repo, self._pull(ctx))
+
+    def _get_branch(self, ctx: _Ctx) -> tuple[int, Any]:
+        assert ctx.repo is not None
+        name = ctx.params["branch"]
+        sha = self._branches.get((ctx.repo.full_name.lower(), name))
+        if sha is None:
+            raise _Answer(404, "Branch not found")
+        api = f"{self.url}/repos/{ctx.repo.full_name}"
+        return 200, {
+            "name": name,
+            "commit": {"sha": sha, "url": f"{api}/commits/{sha}"},
+            "protected": False,
+            "protection_url": f"{api}/branches/{name}/protection",
+            "_links": {
+                "self": f"{api}/branches/{name}",
+                "html": f"https://github.com/{ctx.repo.full_name}/tree/{name}",
+            },
+        }
 
     def _get_issue(self, ctx: _Ctx) -> tuple[int, Any]:
         assert ctx.repo is not None

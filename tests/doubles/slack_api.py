@@ -207,6 +207,7 @@ class SlackDouble:
         self.messages: dict[tuple[str, str], dict[str, Any]] = {}
         self.response_url_uses: dict[str, int] = {}
         self._failures: dict[str, list[tuple[str, int, int | None]]] = {}
+        self._delays: dict[str, list[float]] = {}
         self._cond = threading.Condition(threading.RLock())
         self._ts = itertools.count(1)
         self._view_ids = itertools.count(1)
@@ -301,6 +302,7 @@ class SlackDouble:
             self.violations.clear()
             self.server_errors.clear()
             self._failures.clear()
+            self._delays.clear()
 
     def fail_next(
         self,
@@ -318,6 +320,17 @@ class SlackDouble:
         with self._cond:
             queue = self._failures.setdefault(method, [])
             queue.extend([(error, status, retry_after)] * times)
+
+    def delay_next(self, method: str, seconds: float, *, times: int = 1) -> None:
+        """Hold the next ``times`` calls to ``method`` for ``seconds``, then carry them out and
+        answer as usual (a slow Slack: a client killed meanwhile never reads the answer)."""
+        with self._cond:
+            self._delays.setdefault(method, []).extend([seconds] * times)
+
+    def delays_pending(self) -> int:
+        """How many delays given to `delay_next` no call has taken yet."""
+        with self._cond:
+            return sum(len(queue) for queue in self._delays.values())
 
     # ------------------------------------------------------------------ request handling
     def _next_ts(self) -> str:
@@ -373,6 +386,11 @@ class SlackDouble:
             params = self._decode(headers, raw, split.query)
         except ValueError:
             params = {"_raw": raw.decode("utf-8", "replace")}
+        with self._cond:
+            queue = self._delays.get(method)
+            delay = queue.pop(0) if queue else 0.0
+        if delay > 0:
+            time.sleep(delay)
         with self._cond:
             try:
                 if method == "response_url":
