@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from bot.config import Access
 from bot.deps import Deps
@@ -117,3 +119,22 @@ def github_permission_refusal(deps: Deps, access: Access, repo: str, user_id: st
             f"`{needed}` (rule `require_github_permission`). A repository admin can grant it."
         )
     return None
+
+
+def refused(
+    deps: Deps,
+    command: str,
+    access: Access,
+    user_id: str,
+    channel_id: str,
+    ack: Callable[..., Any],
+) -> bool:
+    """Answer a person who may not run `command` here, or has run too many: whether they were."""
+    refusal, outcome = access_refusal(deps, command, access, user_id, channel_id), "refused"
+    if refusal is None:
+        refusal, outcome = rate_refusal(deps, user_id), "rate_limited"
+    if refusal is None:
+        return False
+    count_command(deps, command, outcome)
+    ack(text=refusal, response_type="ephemeral")
+    return True

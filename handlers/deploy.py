@@ -30,13 +30,12 @@ from bot.refs import UsageError, parse_deploy_args
 from bot.slack import SlackFailure
 from bot.store import APPROVED, EXPIRED, PENDING_APPROVAL, REJECTED, TRIGGERED, NewRequest, Request
 from handlers.common import (
-    access_refusal,
     count_command,
     github_permission_refusal,
-    rate_refusal,
+    refused,
     resolve_repo,
 )
-from handlers.help import help_text
+from handlers.help import answer_help_or_status
 from handlers.thread import ensure_root, fail, refresh_root, retry_or_give_up
 from handlers.workflow_run import request_id_in_title, settle
 
@@ -98,26 +97,9 @@ def handle_command(deps: Deps, command: dict[str, Any], ack: Ack) -> Request | N
     user_id = str(command.get("user_id") or "")
     channel_id = str(command.get("channel_id") or "")
     cmd = deps.config.commands.deploy
-    word = text.split(maxsplit=1)[0].lower() if text else ""
-    if word in ("", "help"):
-        count_command(deps, "deploy", "help")
-        ack(text=help_text(deps, user_id, channel_id, "deploy"), response_type="ephemeral")
+    if answer_help_or_status(deps, "deploy", text, user_id, channel_id, ack):
         return None
-    if word == "status":
-        from handlers import status
-
-        count_command(deps, "deploy", "status")
-        ack(
-            text=status.deploy_status(deps, text[len(word) :].strip(), channel_id),
-            response_type="ephemeral",
-        )
-        return None
-    refusal, outcome = access_refusal(deps, "deploy", cmd, user_id, channel_id), "refused"
-    if refusal is None:
-        refusal, outcome = rate_refusal(deps, user_id), "rate_limited"
-    if refusal:
-        count_command(deps, "deploy", outcome)
-        ack(text=refusal, response_type="ephemeral")
+    if refused(deps, "deploy", cmd, user_id, channel_id, ack):
         return None
     try:
         args = parse_deploy_args(text)

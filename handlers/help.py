@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from bot.config import Access
 from bot.deps import Deps
-from handlers.common import access_refusal
+from handlers.common import access_refusal, count_command
 
 COMMANDS = ("evaluate", "deploy")
 
@@ -73,3 +76,23 @@ def help_text(deps: Deps, user_id: str, channel_id: str, command: str | None = N
     if refused:
         parts.append("_Not available to you here:_\n" + "\n".join(refused))
     return "\n\n".join(parts)
+
+
+def answer_help_or_status(
+    deps: Deps, command: str, text: str, user_id: str, channel_id: str, ack: Callable[..., Any]
+) -> bool:
+    """`/<command>`, `/<command> help` and `/<command> status …` are answered at once (before
+    the access checks: they start nothing). Returns whether the text was one of them."""
+    word = text.split(maxsplit=1)[0].lower() if text else ""
+    if word in ("", "help"):
+        count_command(deps, command, "help")
+        ack(text=help_text(deps, user_id, channel_id, command), response_type="ephemeral")
+        return True
+    if word != "status":
+        return False
+    from handlers import status
+
+    listing = status.evaluate_status if command == "evaluate" else status.deploy_status
+    count_command(deps, command, "status")
+    ack(text=listing(deps, text[len(word) :].strip(), channel_id), response_type="ephemeral")
+    return True
