@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +36,7 @@ from handlers.common import (
 )
 from handlers.help import answer_help_or_status
 from handlers.thread import ensure_root, fail, refresh_root, retry_or_give_up
-from handlers.workflow_run import request_id_in_title, settle
+from handlers.workflow_run import dispatch_once, settle
 
 log = logging.getLogger(__name__)
 
@@ -259,12 +258,7 @@ def _dispatch(deps: Deps, req: Request) -> None:
     """
     event_type = req.event_type or deps.config.commands.deploy.event_type
     try:
-        if req.action_started_at is not None and _dispatched_before(deps, req):
-            log.info("dispatch already arrived at GitHub", extra={"request_id": req.id})
-        else:
-            if req.action_started_at is None:
-                deps.store.update(req.id, action_started_at=deps.clock())
-            deps.github.dispatch(req.repo, event_type, dispatch_payload(deps, req))
+        dispatch_once(deps, req, event_type, dispatch_payload(deps, req))
     except Retryable as exc:
         retry_or_give_up(deps, req, exc)
         return
@@ -280,24 +274,6 @@ def _dispatch(deps: Deps, req: Request) -> None:
             detail=f"{event_type} to {req.repo}, run {req.run_ref}, {req.environment}",
         )
     settle(deps, req)
-
-
-def _dispatched_before(deps: Deps, req: Request) -> bool:
-    """Whether GitHub already has a run of this request (an earlier POST went through)."""
-    since = (req.action_started_at or req.created_at) - 120
-    params = {
-        "event": "repository_dispatch",
-        "created": ">=" + time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since)),
-        "per_page": 100,
-    }
-    try:
-        answer = deps.github.list_runs(req.repo, params=params)
-    except Retryable:
-        raise
-    except GitHubError:
-        return False  # cannot tell: a repeat carries the same request_id
-    runs = (answer.data or {}).get("workflow_runs") or []
-    return any(request_id_in_title(str(r.get("display_title") or "")) == req.id for r in runs)
 
 
 def approved_by(req: Request, required: int, approvals: list[str]) -> list[str]:

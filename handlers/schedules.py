@@ -31,8 +31,8 @@ from bot.github import GitHubError, Retryable
 from bot.markdown import escape_mrkdwn
 from bot.slack import SlackFailure
 from bot.store import ACCEPTED, TRIGGERED, NewRequest, Request
-from handlers.thread import ensure_root, fail, refresh_root, retry_or_give_up
-from handlers.workflow_run import dispatch_once
+from handlers.thread import ensure_root, fail, retry_or_give_up
+from handlers.workflow_run import dispatch_once, settle
 
 if TYPE_CHECKING:
     from bot.scheduler import Housekeeping
@@ -187,7 +187,7 @@ def carry_out(deps: Deps, req: Request) -> None:
             request_id=req.id,
             detail=req.event_type,
         )
-    refresh_root(deps, req)
+    settle(deps, req)
 
 
 def root(deps: Deps, req: Request) -> messages.Message:
