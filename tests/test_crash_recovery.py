@@ -7,6 +7,7 @@ Timing is shortened through the environment (bot/settings.py): the recovery swee
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -40,6 +41,8 @@ from tests.conftest import (
     WEBHOOK_SECRET,
     make_env,
 )
+from tests.doubles.slack_api import SlackDouble
+from tests.test_deploy import APPROVER, APPROVER2, RUN_ID, click_payload
 
 pytestmark = pytest.mark.slow
 
@@ -114,19 +117,26 @@ class Server:
         data: dict[str, Any] = self.http.get("/healthz", timeout=2).json()
         return data
 
-    def slash(self, text: str) -> httpx.Response:
+    def slash(self, text: str, command: str = "/evaluate") -> httpx.Response:
         body = urlencode(
             {
                 "team_id": "T0001",
                 "channel_id": CHANNEL,
                 "user_id": USER,
-                "command": "/evaluate",
+                "command": command,
                 "text": text,
                 "api_app_id": "A0001",
                 "response_url": "",
                 "trigger_id": f"{uuid.uuid4().int % 10**12}.{uuid.uuid4().hex[:16]}",
             }
         )
+        return self._slack_post(body)
+
+    def interact(self, payload: dict[str, Any]) -> httpx.Response:
+        """A button click or modal submission, signed as Slack sends it."""
+        return self._slack_post(urlencode({"payload": json.dumps(payload)}))
+
+    def _slack_post(self, body: str) -> httpx.Response:
         ts = str(int(time.time()))
         headers = {
             "content-type": "application/x-www-form-urlencoded",
@@ -184,10 +194,12 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = 
     raise AssertionError(f"timed out waiting for {what or predicate}")
 
 
-def held(github: Any) -> bool:
-    """The server's request is inside the double's delay (the fault was taken)."""
-    with github._cond:
-        return all(f.times == 0 for f in github._faults)
+def held(double: Any) -> bool:
+    """The server's request is inside the double's delay (the fault or delay was taken)."""
+    if isinstance(double, SlackDouble):
+        return double.delays_pending() == 0
+    with double._cond:
+        return all(f.times == 0 for f in double._faults)
 
 
 def only_request(store: Store) -> Request:
@@ -218,14 +230,23 @@ def run_payload(req: Request, status: str, conclusion: str | None) -> dict[str, 
         created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         pull_requests=[{"number": 42, "id": 1, "url": "x"}],
     )
+    if req.kind == "deploy":  # the run the dispatch started, titled with the request id
+        payload["workflow_run"].update(
+            id=5151,
+            name="deploy",
+            display_title=f"chatops {req.id}: deploy {req.run_ref} to {req.environment}",
+            event="repository_dispatch",
+            pull_requests=[],
+        )
     return payload
 
 
-def recovered(store: Store, status: str = "triggered") -> Request:
+def recovered(store: Store, status: str = "triggered", *, card: bool = False) -> Request:
+    """The only request, once it is in `status` (and, with `card`, its thread root is saved)."""
     return wait_until(
-        lambda: (r := only_request(store)).status == status and r,
+        lambda: (r := only_request(store)).status == status and (r.root_ts or not card) and r,
         timeout=LEASE + 8,
-        what=f"the request to be {status}",
+        what=f"the request to be {status}" + (" with its card" if card else ""),
     )
 
 
@@ -317,6 +338,220 @@ def test_kill_during_a_dispatch(spawn, store, github, slack, run_appeared) -> No
     # No run yet: the dispatch cannot be ruled out, so it is repeated with the same request id.
     assert ids == ([req.id] if run_appeared else [req.id, req.id])
     assert len(roots(slack)) == 1
+
+
+# -- crash at each step of /deploy ------------------------------------------------------------
+@pytest.fixture
+def deploy_run(github: Any) -> None:
+    """Run RUN_ID of REPO, the training run whose model is deployed (the card reads it)."""
+    github.add_run(
+        REPO,
+        {
+            "id": RUN_ID,
+            "name": "train",
+            "status": "completed",
+            "conclusion": "success",
+            "head_sha": HEAD_SHA,
+            "event": "pull_request",
+        },
+    )
+
+
+def ask_deploy(server: Server) -> None:
+    resp = server.slash(str(RUN_ID), command="/deploy")
+    assert resp.status_code == 200 and "Asked for approval" in resp.json()["text"], resp.text
+
+
+def approve(server: Server, req: Request, user: str = APPROVER) -> httpx.Response:
+    resp = server.interact(click_payload("deploy_approve", req, user))
+    assert resp.status_code == 200
+    return resp
+
+
+def card_text(slack: Any, req: Request) -> str:
+    """The card as Slack shows it now (its latest post or edit)."""
+    return json.dumps(slack.messages[(req.channel_id, req.root_ts)]["blocks"])
+
+
+def has_buttons(slack: Any, req: Request) -> bool:
+    blocks = slack.messages[(req.channel_id, req.root_ts)]["blocks"]
+    return any(b["type"] == "actions" for b in blocks)
+
+
+def sweeps_ran(server: Server, n: int = 3) -> None:
+    """The restarted server's leader jobs (recovery sweep, expiry) ran `n` times."""
+    wait_until(lambda: server.health()["leader_jobs_run"] >= n, what=f"{n} leader job runs")
+
+
+def dispatched_ids(github: Any) -> list[str]:
+    return [d["client_payload"]["request_id"] for d in github.dispatches]
+
+
+def finish_deploy(
+    server: Server, store: Store, github: Any, slack: Any, *, kill_in_webhook: bool = False
+) -> Request:
+    """The deploy's workflow run completes: the card ends `succeeded`, with one reply, one card,
+    every dispatch of this request and its thread, and one `deploy.dispatched` audit row."""
+    req = recovered(store, "triggered", card=True)
+    assert {d["client_payload"]["request_id"] for d in github.dispatches} == {req.id}
+    assert {d["client_payload"]["slack_thread_ts"] for d in github.dispatches} == {req.root_ts}
+    done = run_payload(req, "completed", "success")
+    assert server.webhook("workflow_run", done).status_code == 202
+    if kill_in_webhook:  # killed right after the 202 (handled or not yet): handled once
+        server.kill()
+        server.start()
+    wait_until(lambda: only_request(store).status == "succeeded", LEASE + 8, "succeeded")
+    wait_until(lambda: "succeeded" in card_text(slack, req), what="the card to say succeeded")
+    assert server.webhook("workflow_run", done).status_code == 202  # a redelivery
+    time.sleep(0.5)
+    assert len(slack.thread_replies(CHANNEL, req.root_ts)) == 1
+    assert len(roots(slack)) == 1
+    assert not has_buttons(slack, req)
+    assert f"<@{APPROVER}>" in card_text(slack, req)  # "Approved by …" stays on the card
+    actions = [row["action"] for row in store.audit_rows(request_id=req.id)]
+    assert actions.count("deploy.dispatched") == 1, actions
+    assert actions.count("deploy.finished") == 1, actions
+    return req
+
+
+@pytest.mark.parametrize("hold", [False, True], ids=["at-once", "reading-the-run"])
+def test_deploy_killed_after_the_ack_posts_one_card(
+    spawn, store, github, slack, deploy_run, hold
+) -> None:
+    server = spawn().start()
+    if hold:  # inside the job's first step: reading the run for the card (no card yet)
+        github.fail("GET", rf"/actions/runs/{RUN_ID}$", 0, delay=1.0)
+    ask_deploy(server)
+    if hold:
+        wait_until(lambda: held(github), what="reading the run")
+        time.sleep(0.1)
+        assert only_request(store).root_ts is None and roots(slack) == []
+    server.kill()
+    server.start()
+    req = recovered(store, "pending_approval", card=True)
+    sweeps_ran(server)
+    assert len(roots(slack)) == 1 and has_buttons(slack, req)
+    assert github.dispatches == []  # nothing is dispatched before an approval
+    approve(server, req)
+    finish_deploy(server, store, github, slack)
+    assert dispatched_ids(github) == [req.id]
+
+
+def test_deploy_killed_after_the_card_waits_for_a_click(
+    spawn, store, github, slack, deploy_run
+) -> None:
+    server = spawn().start()
+    ask_deploy(server)
+    req = recovered(store, "pending_approval", card=True)
+    server.kill()
+    server.start()
+    sweeps_ran(server)  # a pending request with its card is never taken up again
+    assert len(roots(slack)) == 1 and has_buttons(slack, req)
+    assert only_request(store).status == "pending_approval" and github.dispatches == []
+    approve(server, req)  # the buttons carry only the request id: they work after a restart
+    finish_deploy(server, store, github, slack)
+    assert dispatched_ids(github) == [req.id]
+
+
+def test_deploy_killed_between_two_approvals_counts_each_once(
+    spawn, store, github, slack, deploy_run
+) -> None:
+    cfg = json.loads(json.dumps(DEFAULT_CONFIG))
+    cfg["commands"]["deploy"]["approval"]["required"] = 2
+    server = spawn(cfg).start()
+    ask_deploy(server)
+    req = recovered(store, "pending_approval", card=True)
+    approve(server, req)  # answered once the approval is recorded and shown on the card
+    assert "1 of 2" in card_text(slack, req)
+    server.kill()
+    server.start()
+    approve(server, req)  # the same approver again, after the restart: still one approval
+    sweeps_ran(server)
+    assert only_request(store).status == "pending_approval" and github.dispatches == []
+    assert "1 of 2" in card_text(slack, req) and has_buttons(slack, req)
+    approve(server, req, APPROVER2)
+    finish_deploy(server, store, github, slack)
+    assert dispatched_ids(github) == [req.id]
+    assert github.dispatches[0]["client_payload"]["approved_by"] == f"{APPROVER},{APPROVER2}"
+
+
+def test_deploy_killed_after_the_approval_won_dispatches_once(
+    spawn, store, github, slack, deploy_run
+) -> None:
+    server = spawn().start()
+    ask_deploy(server)
+    req = recovered(store, "pending_approval", card=True)
+    edits = len(slack.calls_to("chat.update"))
+    # Hold the click's card edit ("Approved by …"): the approval is committed, the dispatch
+    # job not yet submitted. Slack still makes the edit; the dead server never reads the answer.
+    slack.delay_next("chat.update", 1.0)
+
+    def send_click() -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            server.interact(click_payload("deploy_approve", req, APPROVER))
+
+    click = threading.Thread(target=send_click, daemon=True)
+    click.start()
+    wait_until(lambda: held(slack), what="the approval's card edit")
+    time.sleep(0.1)
+    server.kill()
+    click.join(10)
+    wait_until(lambda: len(slack.calls_to("chat.update")) > edits, what="the held edit")
+    stored = only_request(store)
+    assert (stored.status, stored.decided_by, stored.action_started_at) == (
+        "approved",
+        APPROVER,
+        None,
+    )
+    assert github.requests_to("POST", r"/dispatches$") == []
+    server.start()
+    finish_deploy(server, store, github, slack)
+    assert dispatched_ids(github) == [req.id]
+    assert github.dispatches[0]["client_payload"]["approved_by"] == APPROVER
+
+
+@pytest.mark.parametrize("outcome", ["run-appeared", "no-run-yet", "never-arrived"])
+def test_deploy_killed_during_the_dispatch(
+    spawn, store, github, slack, deploy_run, outcome
+) -> None:
+    server = spawn().start()
+    ask_deploy(server)
+    req = recovered(store, "pending_approval", card=True)
+    # Killed inside POST /dispatches: GitHub accepts it afterwards (the answer is lost), or
+    # it never arrives (a 502 nobody reads, nothing dispatched).
+    github.fail("POST", r"/dispatches$", 502 if outcome == "never-arrived" else 0, delay=1.0)
+    approve(server, req)
+    wait_until(lambda: held(github), what="dispatching")
+    time.sleep(0.1)
+    server.kill()
+    github.wait_for("POST", r"/dispatches$")
+    stored = only_request(store)
+    assert stored.status == "approved" and stored.action_started_at is not None
+    assert dispatched_ids(github) == ([] if outcome == "never-arrived" else [req.id])
+    if outcome == "run-appeared":  # GitHub made the run before the restart: nothing is resent
+        github.add_run(REPO, {"display_title": f"chatops {req.id}: deploy {RUN_ID}"})
+    server.start()
+    finish_deploy(server, store, github, slack)
+    # No run yet: the dispatch cannot be ruled out, so it is repeated with the same request id
+    # (the deploy workflow's check job deploys nothing the second time).
+    assert dispatched_ids(github) == [req.id] * (2 if outcome == "no-run-yet" else 1)
+
+
+def test_deploy_killed_after_the_dispatch_then_during_its_webhook(
+    spawn, store, github, slack, deploy_run
+) -> None:
+    server = spawn().start()
+    ask_deploy(server)
+    req = recovered(store, "pending_approval", card=True)
+    approve(server, req)
+    recovered(store, "triggered")
+    server.kill()
+    server.start()
+    sweeps_ran(server)  # a triggered request has no step left: nothing is sent again
+    assert dispatched_ids(github) == [req.id]
+    assert len(github.requests_to("GET", r"/actions/runs$")) == 0  # no repeat check either
+    finish_deploy(server, store, github, slack, kill_in_webhook=True)
+    assert dispatched_ids(github) == [req.id]
 
 
 # -- leases between processes -----------------------------------------------------------------
