@@ -6,7 +6,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
 
 from sqlalchemy import (
     Column,
@@ -26,7 +25,6 @@ from sqlalchemy import (
 )
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 metadata = MetaData()
 
 # Times are UNIX seconds (float): the same on SQLite and PostgreSQL, no timezone surprises.
@@ -186,26 +184,6 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2)
 _MIGRATION_LOCK = 0x43484154  # "CHAT": PostgreSQL advisory lock key for migrations
 
 
-_ACK_PATH = threading.local()
-
-
-def ack_path(fn: Callable[..., T]) -> Callable[..., T]:
-    """Mark fn's SQLite writes as on the answer path of a Slack or GitHub request.
-
-    Such writes go ahead of queued background writes (jobs, scheduler): someone is waiting for
-    the answer, and Slack gives up after 3 seconds.
-    """
-
-    def run(*args: Any, **kwargs: Any) -> T:
-        _ACK_PATH.on = True
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            _ACK_PATH.on = False
-
-    return run
-
-
 class _WriterQueue:
     """One SQLite write transaction at a time in this process, queued on a lock.
 
@@ -214,54 +192,30 @@ class _WriterQueue:
     sleeping (p99 over 1 s at 64 concurrent commands, measured with bench/run.py). Waiting on a
     lock instead wakes the next writer the moment the previous one commits. The lock is taken at
     a transaction's first write statement (where pysqlite begins the SQLite transaction) and
-    given back at commit, rollback or check-in. Writers on the answer path of a request
-    (`ack_path`) are let in before background writers: with 8 job workers writing, an ack
-    otherwise queued behind their transactions. Other processes on the same file still meet
+    given back at commit, rollback or check-in. Other processes on the same file still meet
     busy_timeout.
     """
 
     KEY = "chatops_sqlite_writer"
-    WAIT = 30.0
 
     def __init__(self) -> None:
-        lock = threading.Lock()
-        self._urgent = threading.Condition(lock)
-        self._normal = threading.Condition(lock)
-        self._busy = False
+        self._lock = threading.Lock()
         self._owner: int | None = None
-        self._urgent_waiting = 0
 
     def enter(self, info: dict[str, object], statement: str) -> None:
         if info.get(self.KEY) or statement.lstrip()[:6].upper() in ("SELECT", "PRAGMA"):
             return
         me = threading.get_ident()
-        urgent = getattr(_ACK_PATH, "on", False)
-        deadline = time.monotonic() + self.WAIT
-        with self._urgent:  # the shared lock
-            if self._owner == me:
-                return  # a second connection in the same thread: leave it to busy_timeout
-            cond = self._urgent if urgent else self._normal
-            self._urgent_waiting += urgent
-            try:
-                while self._busy or (not urgent and self._urgent_waiting):
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return  # leave it to SQLite's busy_timeout
-                    cond.wait(left)
-            finally:
-                self._urgent_waiting -= urgent
-            self._busy, self._owner = True, me
+        if self._owner == me:
+            return  # a second connection in the same thread: leave it to busy_timeout
+        if self._lock.acquire(timeout=30):
+            self._owner = me
             info[self.KEY] = True
 
     def leave(self, info: dict[str, object]) -> None:
-        if not info.pop(self.KEY, False):
-            return
-        with self._urgent:
-            self._busy, self._owner = False, None
-            if self._urgent_waiting:
-                self._urgent.notify()
-            else:
-                self._normal.notify()
+        if info.pop(self.KEY, False):
+            self._owner = None
+            self._lock.release()
 
 
 def _queue_sqlite_writers(engine: Engine) -> None:

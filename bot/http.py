@@ -20,7 +20,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bot import logs
-from bot.db import ack_path
 from bot.signing import verify_github
 
 if TYPE_CHECKING:
@@ -89,7 +88,7 @@ def make_slack_endpoint(bolt: App) -> Callable[[Request], Any]:
         # Exceptions inside dispatch become answers in bolt_error_response (registered in wiring).
         # A fresh logging scope: handlers bind the request id once they create it.
         try:
-            resp = await run_in_threadpool(ack_path(logs.scoped(bolt.dispatch)), bolt_req)
+            resp = await run_in_threadpool(logs.scoped(bolt.dispatch), bolt_req)
         except Exception as exc:
             # Bolt's own error path can raise again on a body it cannot take apart (it builds
             # listener arguments from the payload): answer the same way as its error handler.
@@ -164,21 +163,16 @@ BUG_APOLOGY = (
 )
 
 
-# The frames that call into Bolt (this module, the logging scope, the SQLite ack-path marker
-# of bot/db.py) are not listener code. ack_path lives in a module that is otherwise ours, so
-# its wrapper is told apart by its code object, not its file: without that, every payload
-# Bolt itself chokes on looked like a bug of ours (500 and an error log; tests/test_fuzz.py).
+# The frames that call into Bolt (this module, the logging scope) are not listener code.
 _WRAPPERS = (str(Path(__file__).resolve()), str(Path(logs.__file__).resolve()))
-_WRAPPER_CODE = frozenset({ack_path(lambda: None).__code__, logs.scoped(lambda: None).__code__})
 
 
 def _raised_in(exc: BaseException, prefixes: tuple[str, ...]) -> bool:
     """Whether the exception passed through our listener code on its way up (not only Bolt)."""
     tb = exc.__traceback__
     while tb is not None:
-        code = tb.tb_frame.f_code
-        path = code.co_filename
-        if path.startswith(prefixes) and path not in _WRAPPERS and code not in _WRAPPER_CODE:
+        path = tb.tb_frame.f_code.co_filename
+        if path.startswith(prefixes) and path not in _WRAPPERS:
             return True
         tb = tb.tb_next
     return False
@@ -258,7 +252,7 @@ def make_github_endpoint(bridge: Bridge) -> Callable[[Request], Any]:
         raw = body.decode("utf-8") if clean else json.dumps(payload, separators=(",", ":"))
         try:
             new = await run_in_threadpool(
-                ack_path(bridge.store.record_delivery), delivery, event, action, raw
+                bridge.store.record_delivery, delivery, event, action, raw
             )
         except SQLAlchemyError:
             log.exception(
