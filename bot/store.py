@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, func, insert, or_, select, text, update
+from sqlalchemy import Engine, and_, bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from bot import db
@@ -159,6 +159,32 @@ def _request_from(m: Any) -> Request:
 _EMPTY_ROW: dict[str, Any] = {c.name: None for c in db.requests.columns}
 
 
+# The statements on the path before a command's ack, built once: building a statement with
+# .values(...) per call cost more Python than the SQLite write itself (py-spy, bench/run.py).
+_INSERT_REQUEST = insert(db.requests)
+_INSERT_AUDIT = insert(db.audit)
+_COUNT_RECENT = select(func.count()).where(
+    db.requests.c.user_id == bindparam("user_id"), db.requests.c.created_at >= bindparam("since")
+)
+# The same for the statements every job and webhook delivery runs.
+_GET_REQUEST = select(db.requests).where(db.requests.c.id == bindparam("request_id"))
+_INSERT_DELIVERY = insert(db.deliveries)
+_INSERT_SENT = insert(db.sent)
+_CLAIM = (
+    update(db.requests)
+    .where(
+        db.requests.c.id == bindparam("request_id"),
+        db.requests.c.lease_until <= bindparam("now"),
+        _needs_work(),
+    )
+    .values(
+        lease_until=bindparam("until"),
+        attempts=db.requests.c.attempts + 1,
+        updated_at=bindparam("now"),
+    )
+)
+
+
 class Store:
     def __init__(self, engine: Engine, clock: Clock = time.time) -> None:
         self.engine = engine
@@ -205,17 +231,18 @@ class Store:
         }
         try:
             with self.engine.begin() as conn:
-                conn.execute(insert(db.requests).values(**values))
+                conn.execute(_INSERT_REQUEST, values)
                 if audit_action:
                     conn.execute(
-                        insert(db.audit).values(
-                            at=now,
-                            request_id=request_id,
-                            actor=new.user_id,
-                            action=audit_action,
-                            outcome=new.status,
-                            detail=audit_detail,
-                        )
+                        _INSERT_AUDIT,
+                        {
+                            "at": now,
+                            "request_id": request_id,
+                            "actor": new.user_id,
+                            "action": audit_action,
+                            "outcome": new.status,
+                            "detail": audit_detail,
+                        },
                     )
         except IntegrityError:
             existing = self.request_by_key(new.idempotency_key)
@@ -228,7 +255,7 @@ class Store:
 
     def get(self, request_id: str) -> Request | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(db.requests).where(db.requests.c.id == request_id)).first()
+            row = conn.execute(_GET_REQUEST, {"request_id": request_id}).first()
         return _row_to_request(row) if row else None
 
     def request_by_key(self, key: str) -> Request | None:
@@ -289,20 +316,9 @@ class Store:
     def claim(self, request_id: str, lease_seconds: float = 120.0) -> bool:
         """Take the work lease of a request; False when another worker holds it."""
         now = self.clock()
+        params = {"request_id": request_id, "now": now, "until": now + lease_seconds}
         with self.engine.begin() as conn:
-            result = conn.execute(
-                update(db.requests)
-                .where(
-                    db.requests.c.id == request_id,
-                    db.requests.c.lease_until <= now,
-                    _needs_work(),
-                )
-                .values(
-                    lease_until=now + lease_seconds,
-                    attempts=db.requests.c.attempts + 1,
-                    updated_at=now,
-                )
-            )
+            result = conn.execute(_CLAIM, params)
         return bool(result.rowcount)
 
     def release(self, request_id: str, *, retry_in: float = 0.0) -> None:
@@ -379,11 +395,8 @@ class Store:
         return [_row_to_request(r) for r in rows]
 
     def count_recent(self, user_id: str, since: float) -> int:
-        c = db.requests.c
         with self.engine.connect() as conn:
-            n = conn.execute(
-                select(func.count()).where(c.user_id == user_id, c.created_at >= since)
-            ).scalar_one()
+            n = conn.execute(_COUNT_RECENT, {"user_id": user_id, "since": since}).scalar_one()
         return int(n)
 
     def count_by_status(self) -> dict[str, int]:
@@ -431,15 +444,16 @@ class Store:
         try:
             with self.engine.begin() as conn:
                 conn.execute(
-                    insert(db.deliveries).values(
-                        id=delivery_id,
-                        event=event,
-                        action=action,
-                        received_at=self.clock(),
-                        payload=payload,
-                        lease_until=0.0,
-                        attempts=0,
-                    )
+                    _INSERT_DELIVERY,
+                    {
+                        "id": delivery_id,
+                        "event": event,
+                        "action": action,
+                        "received_at": self.clock(),
+                        "payload": payload,
+                        "lease_until": 0.0,
+                        "attempts": 0,
+                    },
                 )
         except IntegrityError:
             return False
@@ -595,7 +609,7 @@ class Store:
         """Claim an idempotency key for a side effect; True only for the first claimer."""
         try:
             with self.engine.begin() as conn:
-                conn.execute(insert(db.sent).values(key=key[:255], at=self.clock()))
+                conn.execute(_INSERT_SENT, {"key": key[:255], "at": self.clock()})
         except IntegrityError:
             return False
         return True
@@ -617,14 +631,15 @@ class Store:
     ) -> None:
         with self.engine.begin() as conn:
             conn.execute(
-                insert(db.audit).values(
-                    at=self.clock(),
-                    request_id=request_id,
-                    actor=actor,
-                    action=action,
-                    outcome=outcome,
-                    detail=detail,
-                )
+                _INSERT_AUDIT,
+                {
+                    "at": self.clock(),
+                    "request_id": request_id,
+                    "actor": actor,
+                    "action": action,
+                    "outcome": outcome,
+                    "detail": detail,
+                },
             )
 
     def audit_rows(
