@@ -75,6 +75,11 @@ class Settings:
     stale_after_seconds: float = 30.0  # CHATOPS_STALE_AFTER_SECONDS: untouched work this old
     lease_seconds: float = 120.0  # CHATOPS_LEASE_SECONDS: a worker's hold on a unit of work
     leader_check_seconds: float = 5.0  # CHATOPS_LEADER_CHECK_SECONDS: leader lock (re)tries
+    # CHATOPS_JOB_WORKERS: threads carrying out requests and webhook deliveries. Their work
+    # waits on Slack and GitHub, so more of them follow more events a second; but they share
+    # the interpreter with the threads that answer Slack, whose 3 seconds matter more
+    # (docs/benchmarks.md measures 8, 16 and 32 on 2 CPUs).
+    job_workers: int = 16
 
     @property
     def socket_mode(self) -> bool:
@@ -223,6 +228,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     stale_after = _seconds(env, "CHATOPS_STALE_AFTER_SECONDS", 30.0, 0.0, problems)
     lease_seconds = _seconds(env, "CHATOPS_LEASE_SECONDS", 120.0, 1.0, problems)
     leader_check = _seconds(env, "CHATOPS_LEADER_CHECK_SECONDS", 5.0, 0.1, problems)
+    workers_raw = env.get("CHATOPS_JOB_WORKERS", "").strip() or "16"
+    job_workers = 16
+    if not workers_raw.isdigit() or not 1 <= int(workers_raw) <= 256:
+        problems.append(
+            f"CHATOPS_JOB_WORKERS must be a whole number from 1 to 256, got {workers_raw!r}"
+        )
+    else:
+        job_workers = int(workers_raw)
 
     if problems:
         raise SettingsError(problems)
@@ -244,4 +257,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         stale_after_seconds=stale_after,
         lease_seconds=lease_seconds,
         leader_check_seconds=leader_check,
+        job_workers=job_workers,
     )

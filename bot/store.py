@@ -169,6 +169,26 @@ _COUNT_RECENT = select(func.count()).where(
 # The same for the statements every job and webhook delivery runs.
 _GET_REQUEST = select(db.requests).where(db.requests.c.id == bindparam("request_id"))
 _INSERT_DELIVERY = insert(db.deliveries)
+_UPDATE_REQUEST = update(db.requests).where(db.requests.c.id == bindparam("b_id"))
+_UPDATE_REQUEST_IF = _UPDATE_REQUEST.where(
+    db.requests.c.status.in_(bindparam("b_statuses", expanding=True))
+)
+_GET_DETAILS = select(db.requests.c.details).where(db.requests.c.id == bindparam("b_id"))
+_SET_DETAILS_IF = _UPDATE_REQUEST.where(db.requests.c.details == bindparam("b_old"))
+_CLAIM_DELIVERY = (
+    update(db.deliveries)
+    .where(
+        db.deliveries.c.id == bindparam("b_id"),
+        db.deliveries.c.processed_at.is_(None),
+        db.deliveries.c.lease_until <= bindparam("b_now"),
+    )
+    .values(lease_until=bindparam("b_until"), attempts=db.deliveries.c.attempts + 1)
+    .returning(db.deliveries.c.payload)
+)
+_UPDATE_DELIVERY = update(db.deliveries).where(db.deliveries.c.id == bindparam("b_id"))
+_GET_RUN = select(db.runs).where(db.runs.c.run_id == bindparam("b_id"))
+_INSERT_RUN = insert(db.runs)
+_UPDATE_RUN = update(db.runs).where(db.runs.c.run_id == bindparam("b_id"))
 _INSERT_SENT = insert(db.sent)
 _CLAIM = (
     update(db.requests)
@@ -276,26 +296,33 @@ class Store:
         if "details" in values and not isinstance(values["details"], str):
             values["details"] = json.dumps(values["details"])
         values["updated_at"] = self.clock()
-        cond = db.requests.c.id == request_id
+        values["b_id"] = request_id
+        statement = _UPDATE_REQUEST
         if only_if_status is not None:
-            cond = and_(cond, db.requests.c.status.in_(list(only_if_status)))
+            statuses = list(only_if_status)
+            if not statuses:
+                return False
+            statement, values["b_statuses"] = _UPDATE_REQUEST_IF, statuses
         with self.engine.begin() as conn:
-            result = conn.execute(update(db.requests).where(cond).values(**values))
+            result = conn.execute(statement, values)
         return bool(result.rowcount)
 
     def merge_details(self, request_id: str, extra: dict[str, Any]) -> None:
         """Merge keys into details; compare-and-set, so concurrent merges never lose a key."""
-        c = db.requests.c
         for _ in range(20):
             with self.engine.begin() as conn:
-                row = conn.execute(select(c.details).where(c.id == request_id)).first()
+                row = conn.execute(_GET_DETAILS, {"b_id": request_id}).first()
                 if row is None:
                     return
                 merged = {**json.loads(row[0] or "{}"), **extra}
                 changed = conn.execute(
-                    update(db.requests)
-                    .where(c.id == request_id, c.details == row[0])
-                    .values(details=json.dumps(merged), updated_at=self.clock())
+                    _SET_DETAILS_IF,
+                    {
+                        "b_id": request_id,
+                        "b_old": row[0],
+                        "details": json.dumps(merged),
+                        "updated_at": self.clock(),
+                    },
                 ).rowcount
             if changed:
                 return
@@ -462,23 +489,17 @@ class Store:
     def claim_delivery(self, delivery_id: str, lease_seconds: float = 120.0) -> str | None:
         """Take a pending delivery's lease; returns its payload, or None if taken/done."""
         now = self.clock()
-        d = db.deliveries.c
+        params = {"b_id": delivery_id, "b_now": now, "b_until": now + lease_seconds}
         with self.engine.begin() as conn:
             # One statement (RETURNING: SQLite 3.35+, PostgreSQL): claim and read together.
-            row = conn.execute(
-                update(db.deliveries)
-                .where(d.id == delivery_id, d.processed_at.is_(None), d.lease_until <= now)
-                .values(lease_until=now + lease_seconds, attempts=d.attempts + 1)
-                .returning(d.payload)
-            ).first()
+            row = conn.execute(_CLAIM_DELIVERY, params).first()
         return row[0] if row else None
 
     def finish_delivery(self, delivery_id: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(
-                update(db.deliveries)
-                .where(db.deliveries.c.id == delivery_id)
-                .values(processed_at=self.clock(), payload=None)
+                _UPDATE_DELIVERY,
+                {"b_id": delivery_id, "processed_at": self.clock(), "payload": None},
             )
 
     def release_delivery(self, delivery_id: str, retry_in: float) -> None:
@@ -540,7 +561,6 @@ class Store:
         started_at: float | None,
     ) -> RunRecord | None:
         """Store the newest view of a run; returns the previous record (None when new)."""
-        r = db.runs.c
         now = self.clock()
         values = {
             "request_id": request_id,
@@ -555,16 +575,16 @@ class Store:
             "updated_at": now,
         }
         with self.engine.begin() as conn:
-            row = conn.execute(select(db.runs).where(r.run_id == run_id)).first()
+            row = conn.execute(_GET_RUN, {"b_id": run_id}).first()
             if row is None:
                 try:
                     with conn.begin_nested():
-                        conn.execute(insert(db.runs).values(run_id=run_id, **values))
+                        conn.execute(_INSERT_RUN, {"run_id": run_id, **values})
                     return None
                 except IntegrityError:
-                    row = conn.execute(select(db.runs).where(r.run_id == run_id)).first()
+                    row = conn.execute(_GET_RUN, {"b_id": run_id}).first()
             assert row is not None
-            conn.execute(update(db.runs).where(r.run_id == run_id).values(**values))
+            conn.execute(_UPDATE_RUN, {"b_id": run_id, **values})
         m = row._mapping
         return RunRecord(
             run_id=m["run_id"],

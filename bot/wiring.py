@@ -53,7 +53,7 @@ class Bridge:
         clock: Callable[[], float] = time.time,
         github: GitHubApp | None = None,
         slack_client: WebClient | None = None,
-        workers: int = 8,
+        workers: int | None = None,
         start_scheduler: bool = True,
     ) -> None:
         self.settings = settings
@@ -73,7 +73,11 @@ class Bridge:
             self.github.metrics = self.metrics
         client = slack_client or make_client(settings.slack_bot_token.get(), settings.slack_api_url)
         self.slack = SlackOut(client, metrics=self.metrics)
-        self.jobs = Jobs(self.store, workers=workers, lease_seconds=settings.lease_seconds)
+        self.jobs = Jobs(
+            self.store,
+            workers=workers or settings.job_workers,
+            lease_seconds=settings.lease_seconds,
+        )
         web_base, web_hosts = web_base_for(settings.github_api_url)
         self.deps = Deps(
             config=config,

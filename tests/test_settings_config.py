@@ -54,12 +54,16 @@ def test_bad_values_are_named() -> None:
         "PORT": "99999",
         "DATABASE_URL": "mysql://x",
         "SLACK_APP_TOKEN": "nope",
+        "CHATOPS_JOB_WORKERS": "0",
     }
     with pytest.raises(SettingsError) as err:
         load_settings(env)
     problems = " ".join(err.value.problems)
-    for name in ("SLACK_BOT_TOKEN", "GITHUB_APP_ID", "PORT", "DATABASE_URL", "SLACK_APP_TOKEN"):
+    names = ("SLACK_BOT_TOKEN", "GITHUB_APP_ID", "PORT", "DATABASE_URL", "SLACK_APP_TOKEN")
+    for name in (*names, "CHATOPS_JOB_WORKERS"):
         assert name in problems
+    assert load_settings(GOOD).job_workers == 16
+    assert load_settings({**GOOD, "CHATOPS_JOB_WORKERS": "4"}).job_workers == 4
 
 
 def test_socket_mode_needs_no_signing_secret_and_postgres_urls_are_normalised() -> None:
