@@ -6,9 +6,6 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -277,24 +274,12 @@ def test_the_installed_job_fires_at_its_time_by_a_controllable_clock(
 
 
 def test_serve_refuses_an_invalid_cron_at_start_with_its_path(tmp_path: Path) -> None:
-    from tests.test_settings_config import GOOD
+    from tests.test_settings_config import GOOD, run_serve
 
     cfg = tmp_path / "chatops.yml"
     bad = {**NIGHTLY, "cron": "0 25 * * *"}
     cfg.write_text(json.dumps({"repositories": {"default": REPO}, "schedules": [bad]}))
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "GITHUB_"))},
-        **GOOD,
-        "CHATOPS_CONFIG": str(cfg),
-    }
-    proc = subprocess.run(
-        [sys.executable, "-m", "bot", "serve"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_serve({**GOOD, "CHATOPS_CONFIG": str(cfg)}, cwd=tmp_path)
     assert proc.returncode == 2
     assert "schedules[0].cron" in proc.stderr
     assert "Traceback" not in proc.stderr

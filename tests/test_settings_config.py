@@ -166,24 +166,25 @@ def test_serve_without_settings_lists_them_and_exits_non_zero(tmp_path: Path) ->
         assert name in proc.stderr
 
 
+def run_serve(settings: dict[str, str], *, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m bot serve` with these settings (and none from the caller's environment)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "GITHUB_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "bot", "serve"],
+        env={**env, **settings},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_serve_with_bad_config_names_the_key(tmp_path: Path) -> None:
     cfg = tmp_path / "chatops.yml"
     cfg.write_text(
         "repositories:\n  default: acme/ml\ncommands:\n  evaluate:\n    trigerr: label\n"
     )
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "GITHUB_"))},
-        **GOOD,
-        "CHATOPS_CONFIG": str(cfg),
-    }
-    proc = subprocess.run(
-        [sys.executable, "-m", "bot", "serve"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_serve({**GOOD, "CHATOPS_CONFIG": str(cfg)}, cwd=tmp_path)
     assert proc.returncode == 2
     assert "commands.evaluate.trigerr: unknown key" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -196,21 +197,13 @@ def test_serve_warns_about_a_world_readable_key_before_logging_is_set_up(tmp_pat
     key.write_text(PEM)
     key.chmod(0o644)
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "GITHUB_"))},
         **{k: v for k, v in GOOD.items() if k != "GITHUB_APP_PRIVATE_KEY"},
         "GITHUB_APP_PRIVATE_KEY_PATH": str(key),
         # No database: the start stops right after the settings (exit 3), nothing is served.
         "DATABASE_URL": f"sqlite:///{tmp_path}/no/such/dir/chatops.db",
         "CHATOPS_CONFIG": str(tmp_path / "chatops.yml"),
     }
-    proc = subprocess.run(
-        [sys.executable, "-m", "bot", "serve"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_serve(env, cwd=ROOT)
     assert proc.returncode == 3
     warning = [ln for ln in proc.stderr.splitlines() if "world-readable" in ln]
     assert len(warning) == 1 and str(key) in warning[0] and f"chmod 600 {key}" in warning[0]
