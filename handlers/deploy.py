@@ -485,6 +485,14 @@ def on_approve(deps: Deps, body: dict[str, Any]) -> None:
     policy = _policy(deps, req)
     refusal = approval_refusal(deps, req, policy, click.user_id)
     if refusal or policy is None:
+        # Who tried to approve a production deploy and was refused is part of the trail.
+        deps.store.audit(
+            actor=click.user_id,
+            action="deploy.approval",
+            outcome="refused",
+            request_id=req.id,
+            detail=str(refusal or "no approval policy")[:500],
+        )
         _whisper(deps, req, click, f":no_entry: {refusal}")
         return
     if not deps.store.add_approval(req.id, click.user_id):

@@ -371,6 +371,9 @@ def test_requester_may_not_approve_own_deploy(harness: Harness, github, slack) -
     assert github.dispatches == []
     assert harness.store.get(req.id).status == "pending_approval"
     assert len(slack.calls_to("chat.update")) == updates  # the card does not change
+    refused = [r for r in harness.store.audit_rows(request_id=req.id) if r["outcome"] == "refused"]
+    assert [(r["actor"], r["action"]) for r in refused] == [(USER, "deploy.approval")]
+    assert "someone else must approve" in refused[0]["detail"]
 
 
 def test_stranger_is_told_who_can_approve_in_the_thread(harness: Harness, github, slack) -> None:
