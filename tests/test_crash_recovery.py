@@ -301,6 +301,27 @@ def test_kill_inside_a_step_completes_once(spawn, store, github, slack, method, 
     assert req.root_ts
 
 
+def test_sigterm_lets_work_in_flight_finish_and_exits_cleanly(spawn, store, github, slack) -> None:
+    """A deploy of the bridge itself (SIGTERM from the platform) while a command's job is
+    inside a GitHub call: the process stops taking work, finishes that job, then exits."""
+    server = spawn().start()
+    github.fail("GET", r"/pulls/42$", 0, delay=1.0)
+    assert server.slash("42").status_code == 200
+    wait_until(lambda: held(github), what="the job inside GET /pulls/42")
+    assert server.proc is not None
+    server.proc.terminate()
+    # uvicorn shuts down gracefully, then re-raises the signal so the exit status tells it.
+    assert server.proc.wait(30) in (0, -signal.SIGTERM)
+    req = only_request(store)
+    assert req.status == "triggered" and req.root_ts  # finished before the exit, not after
+    assert len(github.requests_to("POST", r"/issues/42/labels$")) == 1
+    assert len(roots(slack)) == 1
+    server.start()  # and nothing is done again on the next start
+    sweeps_ran(server)
+    assert len(github.requests_to("POST", r"/issues/42/labels$")) == 1
+    assert len(roots(slack)) == 1
+
+
 def test_kill_while_relabelling_removes_and_adds_once(spawn, store, github, slack) -> None:
     github.add_pull(REPO, 42, head_sha=HEAD_SHA, labels=["evaluate"])  # evaluated before
     server = spawn().start()
