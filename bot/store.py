@@ -188,7 +188,18 @@ _CLAIM_DELIVERY = (
 _UPDATE_DELIVERY = update(db.deliveries).where(db.deliveries.c.id == bindparam("b_id"))
 _GET_RUN = select(db.runs).where(db.runs.c.run_id == bindparam("b_id"))
 _INSERT_RUN = insert(db.runs)
-_UPDATE_RUN = update(db.runs).where(db.runs.c.run_id == bindparam("b_id"))
+# A run's record only moves forward: a later attempt, or the same attempt unless it would take
+# a completed run back to queued/in progress (a redelivery or a poll after the webhook).
+_UPDATE_RUN_IF_NEWER = update(db.runs).where(
+    db.runs.c.run_id == bindparam("b_id"),
+    or_(
+        db.runs.c.attempt < bindparam("b_attempt"),
+        and_(
+            db.runs.c.attempt == bindparam("b_attempt"),
+            or_(db.runs.c.status != "completed", bindparam("b_completed")),
+        ),
+    ),
+)
 _INSERT_SENT = insert(db.sent)
 _CLAIM = (
     update(db.requests)
@@ -559,8 +570,12 @@ class Store:
         html_url: str | None,
         head_sha: str | None,
         started_at: float | None,
-    ) -> RunRecord | None:
-        """Store the newest view of a run; returns the previous record (None when new)."""
+    ) -> tuple[RunRecord | None, bool]:
+        """Store a view of a run unless the stored one is newer (see _UPDATE_RUN_IF_NEWER).
+
+        Returns the previous record (None when new) and whether this view was stored; the one
+        conditional UPDATE keeps concurrent deliveries of one run from stepping back.
+        """
         now = self.clock()
         values = {
             "request_id": request_id,
@@ -580,13 +595,14 @@ class Store:
                 try:
                     with conn.begin_nested():
                         conn.execute(_INSERT_RUN, {"run_id": run_id, **values})
-                    return None
+                    return None, True
                 except IntegrityError:
                     row = conn.execute(_GET_RUN, {"b_id": run_id}).first()
             assert row is not None
-            conn.execute(_UPDATE_RUN, {"b_id": run_id, **values})
+            newer = {"b_attempt": attempt, "b_completed": status == "completed"}
+            stored = conn.execute(_UPDATE_RUN_IF_NEWER, {"b_id": run_id, **newer, **values})
         m = row._mapping
-        return RunRecord(
+        prev = RunRecord(
             run_id=m["run_id"],
             request_id=m["request_id"],
             status=m["status"],
@@ -596,6 +612,7 @@ class Store:
             html_url=m["html_url"],
             started_at=m["started_at"],
         )
+        return prev, bool(stored.rowcount)
 
     def run_owner(self, run_id: str) -> str | None:
         """The request a run was linked to before, if any."""

@@ -112,7 +112,7 @@ def relay_run(deps: Deps, req: Request, run: RunInfo) -> None:
     """Record the run's newest state; reply in the thread once per start and once per finish."""
     logs.bind(request_id=req.id)  # the delivery's log lines name the request from here on
     run_id = str(run.id)
-    prev = deps.store.upsert_run(
+    _, stored = deps.store.upsert_run(
         run_id=run_id,
         request_id=req.id,
         repo=run.repo,
@@ -124,28 +124,8 @@ def relay_run(deps: Deps, req: Request, run: RunInfo) -> None:
         head_sha=run.head_sha,
         started_at=run.run_started_at or run.created_at,
     )
-    if prev is not None and (
-        prev.attempt > run.run_attempt
-        or (
-            prev.attempt == run.run_attempt
-            and prev.status == "completed"
-            and run.status != "completed"
-        )
-    ):
-        # An older event arrived late (redelivery, poll after webhook): keep the newer state.
-        deps.store.upsert_run(
-            run_id=run_id,
-            request_id=req.id,
-            repo=run.repo,
-            name=prev.name,
-            status=prev.status,
-            conclusion=prev.conclusion,
-            attempt=prev.attempt,
-            html_url=prev.html_url,
-            head_sha=run.head_sha,
-            started_at=prev.started_at,
-        )
-        return
+    if not stored:
+        return  # an older event arrived late (redelivery, poll after webhook): nothing new
     prefs = deps.config.channel_settings(req.channel_id)
     if req.root_ts:
         if run.status != "completed":

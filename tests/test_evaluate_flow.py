@@ -181,6 +181,37 @@ def test_run_reported_before_the_request_is_marked_triggered_is_not_lost(
     assert "succeeded" in str(slack.calls_to("chat.update")[-1].params["blocks"])
 
 
+def test_events_arriving_late_never_take_a_run_back(harness: Harness, github, slack) -> None:
+    """An in_progress event delivered after the completed one (new delivery id), or an event
+    of an earlier attempt after a re-run's, changes nothing: no reply, no status going back."""
+    req = _start(harness, github, slack)
+    done = _run_payload("completed", status="completed", conclusion="success")
+    assert harness.webhook("workflow_run", done, delivery="late-1").status_code == 202
+    slack.wait_for("chat.update", 2)
+    harness.settle()
+    calls = len(slack.calls)
+    late = _run_payload("in_progress", status="in_progress", conclusion=None)
+    assert harness.webhook("workflow_run", late, delivery="late-2").status_code == 202
+    harness.settle()
+    assert len(slack.calls) == calls
+    assert harness.store.get(req.id).status == "succeeded"
+    (run,) = harness.store.runs_of(req.id)
+    assert (run.status, run.conclusion) == ("completed", "success")
+
+    rerun = _run_payload("completed", status="completed", conclusion="failure", attempt=2)
+    assert harness.webhook("workflow_run", rerun, delivery="late-3").status_code == 202
+    slack.wait_for("chat.update", 3)
+    harness.settle()
+    assert harness.store.get(req.id).status == "failed"
+    calls = len(slack.calls)
+    first = _run_payload("completed", status="completed", conclusion="success", attempt=1)
+    assert harness.webhook("workflow_run", first, delivery="late-4").status_code == 202
+    harness.settle()
+    assert len(slack.calls) == calls
+    assert harness.store.get(req.id).status == "failed"
+    assert harness.store.runs_of(req.id)[0].attempt == 2
+
+
 def test_fork_run_without_pull_requests_matches_by_head_sha(
     harness: Harness, github, slack
 ) -> None:
