@@ -173,22 +173,26 @@ def cancel(deps: Deps, req: Request, user_id: str) -> None:
 
 def _cancel_runs(deps: Deps, req: Request) -> list[str]:
     """Stop the request's workflow runs that are still going (needs `actions: write`)."""
-    notes: list[str] = []
-    for run in deps.store.runs_of(req.id):
-        if run.status == "completed":
-            continue
-        name = run.name or f"run {run.run_id}"
-        try:
-            deps.github.cancel_run(req.repo, int(run.run_id))
-            notes.append(f"Asked GitHub to cancel the workflow run {name}.")
-        except PermissionDenied:
-            notes.append(
-                f":warning: I could not cancel the workflow run {name}: the GitHub App needs "
-                "the `actions: write` permission. Cancel it on GitHub, or ask an owner to "
-                "grant the permission."
-            )
-        except GitHubError as exc:
-            if exc.status == 409:  # GitHub: the run finished meanwhile
-                continue
-            notes.append(f":warning: I could not cancel the workflow run {name}: {exc.message}")
-    return notes
+    notes = [
+        stop_run(deps, req, int(run.run_id), run.name or f"run {run.run_id}")
+        for run in deps.store.runs_of(req.id)
+        if run.status != "completed"
+    ]
+    return [n for n in notes if n]
+
+
+def stop_run(deps: Deps, req: Request, run_id: int, name: str) -> str | None:
+    """Ask GitHub to cancel one run; what to say in the thread (None: it had finished)."""
+    try:
+        deps.github.cancel_run(req.repo, run_id)
+    except PermissionDenied:
+        return (
+            f":warning: I could not cancel the workflow run {name}: the GitHub App needs "
+            "the `actions: write` permission. Cancel it on GitHub, or ask an owner to "
+            "grant the permission."
+        )
+    except GitHubError as exc:
+        if exc.status == 409:  # GitHub: the run finished meanwhile
+            return None
+        return f":warning: I could not cancel the workflow run {name}: {exc.message}"
+    return f"Asked GitHub to cancel the workflow run {name}."

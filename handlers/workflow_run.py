@@ -12,6 +12,7 @@ from bot.deps import Deps
 from bot.github import GitHubError, Retryable, RunInfo, run_from_payload
 from bot.store import (
     ACCEPTED,
+    CANCELLED,
     ERROR,
     FAILED,
     QUEUED,
@@ -126,6 +127,17 @@ def relay_run(deps: Deps, req: Request, run: RunInfo) -> None:
     )
     if not stored:
         return  # an older event arrived late (redelivery, poll after webhook): nothing new
+    if req.status == CANCELLED:
+        # The run started although the request was cancelled (the dispatch or label was
+        # already on its way): stop it too, once, instead of following it.
+        if run.status != "completed" and deps.store.first_time(f"cancel-late-run:{run_id}"):
+            from handlers.mentions import stop_run
+
+            note = stop_run(deps, req, run.id, run.name or f"run {run_id}")
+            if note and req.root_ts:
+                said = f"A workflow run started after this request was cancelled. {note}"
+                deps.slack.post(req.channel_id, said, thread_ts=req.root_ts)
+        return
     prefs = deps.config.channel_settings(req.channel_id)
     if req.root_ts:
         if run.status != "completed":

@@ -370,6 +370,37 @@ def test_cancel_of_a_pending_deploy_withdraws_the_approval(harness: Harness, git
     assert github.dispatches == []
 
 
+def test_a_run_that_starts_after_its_deploy_was_cancelled_is_stopped_too(
+    harness: Harness, github, slack
+) -> None:
+    """Approved and dispatched, then cancelled before GitHub created the run: when the run
+    shows up, the bridge cancels it (once) instead of following it."""
+    req = start_deploy(harness)
+    click(harness, "deploy_approve", req, APPROVER)
+    harness.wait_until(lambda: harness.store.get(req.id).status == "triggered", what="dispatch")
+    mention(harness, "cancel", thread_ts=req.root_ts)
+    assert harness.store.get(req.id).status == "cancelled"
+    assert github.requests_to("POST", r"/actions/runs/\d+/cancel$") == []  # no run yet
+
+    github.add_run(REPO, {"id": 7001, "status": "in_progress", "event": "repository_dispatch"})
+    late = run_event(status="in_progress", run_id=7001, name="Deploy")
+    late["workflow_run"].update(
+        {"display_title": f"chatops {req.id}: deploy", "event": "repository_dispatch"}
+    )
+    late["workflow_run"]["pull_requests"] = []
+    deliver(harness, late)
+    assert len(github.requests_to("POST", r"/actions/runs/7001/cancel$")) == 1
+    note = replies(slack, req)[-1].params["text"]
+    assert "started after this request was cancelled" in note
+    assert "Asked GitHub to cancel the workflow run Deploy." in note
+    assert harness.store.get(req.id).status == "cancelled"
+
+    again = copy.deepcopy(late)
+    again["workflow_run"]["updated_at"] = "2099-01-01T00:03:00Z"
+    deliver(harness, again)  # another event of the same run: not cancelled twice
+    assert len(github.requests_to("POST", r"/actions/runs/7001/cancel$")) == 1
+
+
 # -- status and history -----------------------------------------------------------------------
 
 
