@@ -42,7 +42,7 @@ from tests.conftest import (
     make_env,
 )
 from tests.doubles.slack_api import SlackDouble
-from tests.test_deploy import APPROVER, APPROVER2, RUN_ID, click_payload
+from tests.test_deploy import APPROVER, APPROVER2, RUN_ID, add_training_run, click_payload
 
 pytestmark = pytest.mark.slow
 
@@ -365,17 +365,7 @@ def test_kill_during_a_dispatch(spawn, store, github, slack, run_appeared) -> No
 @pytest.fixture
 def deploy_run(github: Any) -> None:
     """Run RUN_ID of REPO, the training run whose model is deployed (the card reads it)."""
-    github.add_run(
-        REPO,
-        {
-            "id": RUN_ID,
-            "name": "train",
-            "status": "completed",
-            "conclusion": "success",
-            "head_sha": HEAD_SHA,
-            "event": "pull_request",
-        },
-    )
+    add_training_run(github)
 
 
 def ask_deploy(server: Server) -> None:

@@ -42,8 +42,7 @@ PAYLOAD_KEYS = {
 # -- helpers --------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def _run(github: Any) -> None:
+def add_training_run(github: Any) -> None:
     """Run 9001 of acme/ml-models: a successful training run of PR #42's head."""
     github.add_run(
         REPO,
@@ -58,6 +57,11 @@ def _run(github: Any) -> None:
             "pull_requests": [_pr_ref(42, HEAD_SHA)],
         },
     )
+
+
+@pytest.fixture(autouse=True)
+def _run(github: Any) -> None:
+    add_training_run(github)
 
 
 def _pr_ref(number: int, sha: str) -> dict[str, Any]:
