@@ -19,6 +19,7 @@ def serve(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from bot import logs
+    from bot.serving import uvicorn_options
     from bot.wiring import Bridge
 
     try:
@@ -58,9 +59,10 @@ def serve(args: argparse.Namespace) -> int:
             log_config=None,
             access_log=False,
             lifespan="on",
-            timeout_keep_alive=30,
             timeout_graceful_shutdown=20,
             backlog=2048,
+            # Header limits and timeout, idle timeout, connection cap (CHATOPS_* settings).
+            **uvicorn_options(settings),
         )
     )
     log.info(

@@ -15,11 +15,14 @@ from slack_bolt import App, BoltRequest, BoltResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bot import logs
+from bot.intake import MAX_JSON_DEPTH, json_too_deep, webhook_shape_problem
+from bot.serving import HeaderGuard
 from bot.signing import verify_github
 
 if TYPE_CHECKING:
@@ -53,6 +56,19 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"ok": False, "error": message}, status_code=status)
 
 
+def headers_for_bolt(raw: Sequence[tuple[bytes, bytes]]) -> dict[str, str | Sequence[str]]:
+    """Request headers as Bolt takes them: name -> every value (pure, linear).
+
+    Appending to one list per name: copying the list on each repeat (as before) was quadratic,
+    and 100,000 repeats of one header held the event loop for seconds before the signature
+    check (HeaderGuard now refuses that many anyway; this stays linear below the cap).
+    """
+    out: dict[str, list[str]] = {}
+    for name, value in raw:
+        out.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
+    return dict(out)
+
+
 def make_slack_endpoint(bolt: App) -> Callable[[Request], Any]:
     async def slack_events(request: Request) -> Response:
         try:
@@ -68,9 +84,7 @@ def make_slack_endpoint(bolt: App) -> Callable[[Request], Any]:
             return _error(400, "malformed body: NUL character")
         try:
             text = body.decode("utf-8")
-            headers: dict[str, str | Sequence[str]] = {}
-            for key, value in request.headers.items():
-                headers[key] = [*headers.get(key, []), value]
+            headers = headers_for_bolt(request.headers.raw)
             query: dict[str, Sequence[str]] = dict(parse_qs(request.url.query))
             bolt_req = BoltRequest(
                 body=text,
@@ -81,6 +95,8 @@ def make_slack_endpoint(bolt: App) -> Callable[[Request], Any]:
             # Bolt's parser assumes shapes (a JSON object, dicts where it expects them) and
             # raises AttributeError/TypeError/... otherwise: the body is malformed.
             return _error(400, "malformed body")
+        if json_too_deep(bolt_req.body, MAX_JSON_DEPTH):
+            return _error(400, f"malformed payload: nested deeper than {MAX_JSON_DEPTH} levels")
         problem = slack_shape_problem(bolt_req.body)
         if problem:
             return _error(400, problem)
@@ -236,6 +252,10 @@ def make_github_endpoint(bridge: Bridge) -> Callable[[Request], Any]:
         except ValueError as exc:
             bridge.metrics.webhooks.labels(event, "malformed").inc()
             return _error(400, str(exc))
+        problem = webhook_shape_problem(event, payload)
+        if problem is not None:
+            bridge.metrics.webhooks.labels(event, "malformed").inc()
+            return _error(400, problem)
         action = payload.get("action") if isinstance(payload.get("action"), str) else None
         if action is not None and len(action) > 64:
             return _error(400, "action is not one of GitHub's")  # they are short words
@@ -281,8 +301,12 @@ def parse_webhook_body(body: bytes, content_type: str) -> dict[str, Any]:
         payload = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ValueError("body is not valid JSON") from None
+    except RecursionError:  # the C decoder gives up near the interpreter's recursion limit
+        raise ValueError(f"body is nested deeper than {MAX_JSON_DEPTH} levels") from None
     if not isinstance(payload, dict):
         raise ValueError("body must be a JSON object")
+    if json_too_deep(payload, MAX_JSON_DEPTH):
+        raise ValueError(f"body is nested deeper than {MAX_JSON_DEPTH} levels")
     if "\\u0000" in text:
         payload = _without_nul(payload)  # PostgreSQL text cannot hold NUL characters
     for key in _GITHUB_OBJECTS:
@@ -347,5 +371,11 @@ def make_asgi(bridge: Bridge) -> Starlette:
         Route("/metrics", metrics, methods=["GET"]),
     ]
     if not bridge.settings.socket_mode:
-        routes.insert(0, Route("/slack/events", make_slack_endpoint(bridge.bolt), methods=["POST"]))
-    return Starlette(routes=routes, lifespan=bridge.lifespan)
+        endpoint = make_slack_endpoint(bridge.bolt)
+        routes.insert(0, Route("/slack/events", endpoint, methods=["POST"]))
+    settings = bridge.settings
+    # Header limits first: before routing, body reading or signature checks.
+    guard = Middleware(
+        HeaderGuard, max_count=settings.max_headers, max_bytes=settings.max_header_bytes
+    )
+    return Starlette(routes=routes, lifespan=bridge.lifespan, middleware=[guard])

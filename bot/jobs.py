@@ -9,8 +9,11 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+
 from bot import logs
 from bot.github import Retryable
+from bot.slack import SlackFailure
 from bot.store import Request, Store
 
 log = logging.getLogger(__name__)
@@ -25,6 +28,27 @@ class RetryLater(Exception):
     def __init__(self, seconds: float) -> None:
         super().__init__(f"retry in {seconds:.0f}s")
         self.seconds = seconds
+
+
+# Slack error codes of an outage or a limit, not of a refusal (docs.slack.dev/apis/web-api).
+_SLACK_TRANSIENT = ("ratelimited", "internal_error", "fatal_error", "service_unavailable")
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether a failure may pass by itself (retry later), not one the payload causes (pure).
+
+    GitHub's Retryable (rate limits, 5xx, timeouts), the database being unreachable, and Slack
+    connection failures, 5xx answers and rate limits are outages; anything else (a payload a
+    handler cannot use, a refusal such as not_in_channel, a bug) would fail again the same way.
+    """
+    if isinstance(exc, Retryable | RetryLater | OperationalError | DisconnectionError | OSError):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, SlackFailure):
+        error = exc.error
+        return error.startswith(("connection:", "http_5")) or error in _SLACK_TRANSIENT
+    return False
 
 
 class Jobs:
@@ -136,11 +160,20 @@ class Jobs:
             )
             self.store.release_delivery(delivery_id, retry_in=30.0)
             return
-        except Exception:
+        except Exception as exc:
+            if is_outage(exc):
+                log.warning(
+                    "delivery will be retried",
+                    extra={"delivery_id": delivery_id, "error": type(exc).__name__},
+                )
+                self.store.release_delivery(delivery_id, retry_in=60.0)
+                return
+            # The same payload would fail the same way on every retry: mark it failed once
+            # (kept for an operator to look at until pruned) instead of five failing tries.
             log.exception(
-                "delivery handling failed; will retry", extra={"delivery_id": delivery_id}
+                "delivery handling failed; not retried", extra={"delivery_id": delivery_id}
             )
-            self.store.release_delivery(delivery_id, retry_in=60.0)
+            self.store.fail_delivery(delivery_id)
             return
         self.store.finish_delivery(delivery_id)
 

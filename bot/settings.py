@@ -80,6 +80,14 @@ class Settings:
     # the interpreter with the threads that answer Slack, whose 3 seconds matter more
     # (docs/benchmarks.md measures 8, 16 and 32 on 2 CPUs).
     job_workers: int = 16
+    # Server limits (bot/serving.py): one client must not stall or starve the process.
+    max_headers: int = 100  # CHATOPS_MAX_HEADERS: header lines per request; more gets 431
+    max_header_bytes: int = 32768  # CHATOPS_MAX_HEADER_BYTES: names + values; more gets 431
+    header_timeout_seconds: float = 10.0  # CHATOPS_HEADER_TIMEOUT_SECONDS: connect to last header
+    keepalive_seconds: float = 30.0  # CHATOPS_KEEPALIVE_SECONDS: idle time between requests
+    # CHATOPS_MAX_CONNECTIONS: open connections (each one file descriptor); 0 = derived from
+    # the process's file limit at start (bot/serving.py:connection_cap).
+    max_connections: int = 0
 
     @property
     def socket_mode(self) -> bool:
@@ -162,6 +170,18 @@ def _seconds(
     return value
 
 
+def _whole(
+    env: Mapping[str, str], name: str, default: int, low: int, high: int, problems: list[str]
+) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        problems.append(f"{name} must be a whole number from {low} to {high}, got {raw!r}")
+        return default
+    return int(raw)
+
+
 def database_url_from(env: Mapping[str, str]) -> str:
     """DATABASE_URL as SQLAlchemy wants it (operator commands that need only the database)."""
     database_url = env.get("DATABASE_URL", "").strip() or "sqlite:///chatops.db"
@@ -237,6 +257,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     else:
         job_workers = int(workers_raw)
 
+    max_headers = _whole(env, "CHATOPS_MAX_HEADERS", 100, 16, 10000, problems)
+    max_header_bytes = _whole(env, "CHATOPS_MAX_HEADER_BYTES", 32768, 4096, 1048576, problems)
+    header_timeout = _seconds(env, "CHATOPS_HEADER_TIMEOUT_SECONDS", 10.0, 1.0, problems)
+    keepalive = _seconds(env, "CHATOPS_KEEPALIVE_SECONDS", 30.0, 1.0, problems)
+    max_connections = _whole(env, "CHATOPS_MAX_CONNECTIONS", 0, 0, 1000000, problems)
+
     if problems:
         raise SettingsError(problems)
     return Settings(
@@ -258,4 +284,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         lease_seconds=lease_seconds,
         leader_check_seconds=leader_check,
         job_workers=job_workers,
+        max_headers=max_headers,
+        max_header_bytes=max_header_bytes,
+        header_timeout_seconds=header_timeout,
+        keepalive_seconds=keepalive,
+        max_connections=max_connections,
     )

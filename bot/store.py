@@ -513,6 +513,20 @@ class Store:
                 {"b_id": delivery_id, "processed_at": self.clock(), "payload": None},
             )
 
+    def fail_delivery(self, delivery_id: str) -> None:
+        """Mark a delivery that cannot succeed as done without clearing its payload.
+
+        `processed_at` set keeps it out of pending_deliveries (no more retries) and lets pruning
+        remove it with the others; the payload left in place tells it apart from a delivery
+        that was handled, and lets an operator see what failed.
+        """
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(db.deliveries)
+                .where(db.deliveries.c.id == delivery_id)
+                .values(processed_at=self.clock())
+            )
+
     def release_delivery(self, delivery_id: str, retry_in: float) -> None:
         with self.engine.begin() as conn:
             conn.execute(

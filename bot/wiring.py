@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 
 import anyio.to_thread
 from slack_bolt import App
+from slack_bolt.middleware.authorization import SingleTeamAuthorization
 from slack_sdk import WebClient
 from starlette.applications import Starlette
 
@@ -28,6 +29,7 @@ from bot.scheduler import Housekeeping
 from bot.settings import Settings
 from bot.slack import SlackOut, make_client
 from bot.store import PENDING_APPROVAL, Store
+from bot.workspace import WorkspaceGuard
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,7 @@ class Bridge:
         handlers.register_github(self.router, self.deps)
         handlers.register_jobs(self.deps)
         self.jobs.on_delivery(self.router.dispatch)
+        self.workspace = WorkspaceGuard(client)
         self.bolt = self._make_bolt(client)
         handlers.register_slack(self.bolt, self.deps)
         self.housekeeping = Housekeeping(self, enabled=start_scheduler)
@@ -122,6 +125,13 @@ class Bridge:
         )
         # Listener failures (database down, a bug) become explained answers, not bare 500s.
         app.error(bolt_error_response)
+        # Requests from another workspace of the same app are refused before any listener;
+        # the guard reads the auth.test answer Bolt's authorization keeps (no second call).
+        bolt_auth = next(
+            (m for m in app._middleware_list if isinstance(m, SingleTeamAuthorization)), None
+        )
+        self.workspace.bolt_auth_test = lambda: getattr(bolt_auth, "auth_test_result", None)
+        app.use(self.workspace.middleware)
         return app
 
     # -- lifecycle ------------------------------------------------------------------------
