@@ -138,6 +138,9 @@ def guarded_httptools_protocol(
 
         def _close_quietly(self) -> None:
             waiting.pop(self, None)
+            # Counted out at once (connection_lost comes a loop turn later), so that uvicorn's
+            # limit_concurrency does not refuse the connection this one made room for.
+            self.connections.discard(self)
             self._stop_timer()
             if not self.transport.is_closing():
                 self.transport.close()
