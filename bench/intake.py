@@ -1,13 +1,14 @@
 """Header flood and slow clients against the real server on loopback; prints figures only.
 
-    .venv/bin/python bench/intake.py                 # both phases (about 40 s)
+    .venv/bin/python bench/intake.py                 # both phases (about 1 minute)
     .venv/bin/python bench/intake.py --phases flood  # or: stock, flood, halfopen
 
 - stock: what stock uvicorn (httptools, then h11) does with one 100,000-header request to a
   trivial app: status and time to answer (uvicorn has no header-count limit of its own).
 - flood: `python -m bot serve` gets `--flood` requests of 100,000 headers each (unsigned,
-  to POST /slack/events) from 2 connections one after another, while GET /healthz is probed
-  every 20 ms on fresh connections: status and time of each flood request, /healthz p50/p99.
+  to POST /slack/events; 2 senders, each request on a new connection), while GET /healthz is
+  probed every 20 ms on fresh connections: status and time to answer of the flood requests,
+  /healthz p50/p99 while the flood runs.
 - halfopen: 1,100 connections that send nothing (half of them half a request head) are
   held for `--hold` seconds while /healthz is probed: its p50/p99 and failures, and how many
   of the 1,100 the server had closed by the end.
@@ -108,10 +109,8 @@ def phase_stock() -> None:
         (Path(tmp) / "stockapp.py").write_text(app)
         for impl in ("httptools", "h11"):
             port = run.free_port()
-            proc = subprocess.Popen(
-                [run.PY, "-m", "uvicorn", "stockapp:app", "--port", str(port), "--http", impl,
-                 "--log-level", "critical", "--app-dir", tmp],  # fmt: skip
-            )
+            args = ["stockapp:app", "--app-dir", tmp, "--port", str(port), "--http", impl]
+            proc = subprocess.Popen([run.PY, "-m", "uvicorn", *args, "--log-level", "critical"])
             try:
                 deadline = time.monotonic() + 20
                 while time.monotonic() < deadline:
@@ -127,8 +126,6 @@ def phase_stock() -> None:
 
 def phase_flood(server: run.Server, count: int) -> None:
     prober = Prober(server.port)
-    prober.start()
-    time.sleep(1.0)  # a baseline before the flood
     results: list[tuple[int, float]] = []
 
     def sender() -> None:
@@ -137,6 +134,7 @@ def phase_flood(server: run.Server, count: int) -> None:
 
     senders = [threading.Thread(target=sender) for _ in range(2)]
     t0 = time.perf_counter()
+    prober.start()  # probes only while the flood runs
     for t in senders:
         t.start()
     for t in senders:
@@ -191,15 +189,20 @@ def phase_halfopen(server: run.Server, count: int, hold: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--phases", default="stock,flood,halfopen")
-    parser.add_argument("--flood", type=int, default=20, help="100,000-header requests")
+    parser.add_argument("--flood", type=int, default=2000, help="100,000-header requests")
     parser.add_argument("--connections", type=int, default=1100)
     parser.add_argument("--hold", type=float, default=15.0, help="seconds to hold them")
+    parser.add_argument(
+        "--server-root", default=None, help="serve from another checkout (a before/after)"
+    )
     args = parser.parse_args(argv)
     phases = args.phases.split(",")
     if "stock" in phases:
         phase_stock()
     if not {"flood", "halfopen"} & set(phases):
         return 0
+    if args.server_root:
+        run.ROOT = Path(args.server_root).resolve()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     tmp = Path(tempfile.mkdtemp(prefix="chatops-intake-bench-"))
     doubles = run.Doubles()
@@ -212,7 +215,10 @@ def main(argv: list[str] | None = None) -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(need, hard)), hard))
         if soft < need:
             print(f"bench: raised its own file limit from {soft} to {min(need, hard)}")
-        print(f"server: pid {server.proc.pid}, RLIMIT_NOFILE 1024, default CHATOPS_* settings")
+        print(
+            f"server: {run.ROOT}, pid {server.proc.pid}, RLIMIT_NOFILE 1024, "
+            "default CHATOPS_* settings"
+        )
         try:
             if "flood" in phases:
                 phase_flood(server, args.flood)
