@@ -785,7 +785,7 @@ def approval_buttons(req: Request) -> dict[str, Any]:
                 "value": req.id,
                 "confirm": {
                     "title": {"type": "plain_text", "text": f"Deploy to {req.environment}?"[:100]},
-                    "text": {"type": "mrkdwn", "text": confirm_text[:300]},
+                    "text": {"type": "mrkdwn", "text": confirm_text[:300], "verbatim": True},
                     "confirm": {"type": "plain_text", "text": "Approve"},
                     "deny": {"type": "plain_text", "text": "Cancel"},
                 },
