@@ -267,7 +267,8 @@ def test_card_warns_about_unfinished_run_and_moved_pr_head(harness: Harness, git
                     "trusted_as": "bot",
                     "created_at": "2099-01-01T00:05:00Z",
                     "comment_url": "https://github.com/acme/ml-models/pull/42#issuecomment-1",
-                    "body": "<!-- chatops:metrics -->\n| Source | Loss |\n|---|---:|\n| Head | 0.2 |\n",
+                    "body": "<!-- chatops:metrics -->\n| Source | Loss |\n|---|---:|\n"
+                    "| Head | 0.2 |\n",
                 }
             ]
         },
