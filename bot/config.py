@@ -171,6 +171,19 @@ class RateLimits(Strict):
     root_edit_seconds: float = Field(3.0, ge=0, le=60)
 
 
+class MetricsTrust(Strict):
+    """Who may supply the metrics relayed into threads and shown on deploy cards.
+
+    GitHub Apps (bots: github-actions[bot], this bridge's App) always may. Others only when
+    listed here, or when their author_association on the repository is at least the floor.
+    Anyone else's metrics comment is not relayed (bot/provenance.py, docs/security.md).
+    """
+
+    trusted_authors: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9-]{1,39}(\[bot\])?$")]] = []
+    # A floor: OWNER accepts OWNER; MEMBER accepts OWNER and MEMBER; COLLABORATOR all three.
+    author_association: Literal["OWNER", "MEMBER", "COLLABORATOR"] | None = None
+
+
 class Config(Strict):
     repositories: Repositories = Repositories()
     commands: Commands = Commands()
@@ -179,6 +192,7 @@ class Config(Strict):
     schedules: list[Schedule] = []
     channels: dict[ChannelId, ChannelSettings] = {}
     rate_limits: RateLimits = RateLimits()
+    metrics: MetricsTrust = MetricsTrust()
 
     @model_validator(mode="after")
     def _unique_schedules(self) -> Config:

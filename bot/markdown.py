@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
 import re
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
+from urllib.parse import urlsplit
 
 __all__ = [
     "METRICS_MARKER",
@@ -15,7 +18,9 @@ __all__ = [
     "cell_text",
     "escape_mrkdwn",
     "has_metrics",
+    "misleading_host",
     "render_comment",
+    "slack_link",
     "split_markdown",
     "to_mrkdwn",
 ]
@@ -36,6 +41,18 @@ MAX_CELL_CHARS = 1000
 # space away, so an empty cell is shown as an em dash, the usual "no value" mark.
 EMPTY_CELL = "—"
 MAX_AUTHOR_CHARS = 100
+# The rendering budget: a comment is converted up to this many characters and the rest is left
+# on GitHub behind a link. Everything below is linear in the input, so this bounds the time one
+# comment can hold the GIL (bench/markdown_adversarial.py prints the figures); 20,000 characters
+# is several screens of Slack and far more than a metrics comment needs.
+MAX_COMMENT_CHARS = 20_000
+
+# Characters that change how text is shown without being seen: bidi embeddings/overrides
+# (U+202A-U+202E), bidi isolates (U+2066-U+2069) and zero-width characters (U+200B-U+200D,
+# U+2060, U+FEFF). In user text they can reverse a file name or hide a difference between two
+# look-alike words on a card, so they are dropped from everything the bridge relays.
+INVISIBLE = "\u200b-\u200d\u2060\ufeff\u202a-\u202e\u2066-\u2069"
+_INVISIBLE_RE = re.compile(f"[{INVISIBLE}]")
 
 
 @dataclass(frozen=True)
@@ -56,7 +73,10 @@ Segment: TypeAlias = str | Table
 
 
 def escape_mrkdwn(text: str) -> str:
-    """Escape &, <, > so text can never form a mention, channel link or <url|label> in Slack."""
+    """The one escaping function for user text in mrkdwn: drop bidi controls and zero-width
+    characters, and escape &, <, > so text can never form a mention, channel link or
+    <url|label> in Slack."""
+    text = _INVISIBLE_RE.sub("", text)
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
@@ -66,13 +86,64 @@ def _slack_url(url: str) -> str:
 
 
 def _is_http_url(url: str) -> bool:
-    return re.match(r"https?://\S", url, re.IGNORECASE) is not None
+    # No whitespace or control characters anywhere: Slack would end the link there.
+    return re.match(r"https?://[^\s\x00-\x1f\x7f]+$", url, re.IGNORECASE) is not None
 
 
-def _link(url: str, label: str) -> str:
-    """A Slack link to an http(s) URL, or the escaped label alone for anything else."""
-    if not _is_http_url(url):
+# Dots that IDNA treats as dots (ideographic, fullwidth, halfwidth ideographic full stop).
+_DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
+_LABEL_TOKENS = re.compile(r"[^\s<>()\[\]{}\"'`,;!|*_~]+")
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+# A host name: labels of letters, digits and hyphens, and a top-level label of letters. No
+# nested quantifier can backtrack here ([\w-]* cannot cross a dot), so it is linear.
+_HOST_NAME = re.compile(r"(?:[^\W_][\w-]*\.)+[^\W\d_]{2,63}")
+
+
+def _hostname(host: str) -> str:
+    host = host.lower().rstrip(".")
+    # A host that is not IDNA-encodable is compared as it is.
+    with contextlib.suppress(UnicodeError, ValueError):
+        host = host.encode("idna").decode("ascii")
+    return host.removeprefix("www.")
+
+
+def _target_host(url: str) -> str:
+    try:
+        return _hostname(urlsplit(url.strip()).hostname or "")
+    except ValueError:
+        return ""
+
+
+def misleading_host(label: str, url: str) -> str | None:
+    """The host a link really goes to, when its visible label names another place.
+
+    A label "looks like a place" when one of its words is a URL or a host name
+    (`https://github.com/a/b`, `github.com`, `g\\u0456thub.com` with a Cyrillic i); each such word
+    must name the target's own host (www. and IDNA spelling aside). Labels that name no place
+    ("logs", "view on GitHub") may go anywhere: the reader was not told where.
+    """
+    target = _target_host(url)
+    for m in _LABEL_TOKENS.finditer(label.translate(_DOTS)):
+        word = _SCHEME.sub("", m.group(0))
+        # user@host, host:port and host/path all name "host".
+        word = word.rpartition("@")[2]
+        for stop in "/?#":
+            word = word.partition(stop)[0]
+        word = word.partition(":")[0].strip(".")
+        if _HOST_NAME.fullmatch(word) and _hostname(word) != target:
+            return target or "?"
+    return None
+
+
+def slack_link(url: str | None, label: str) -> str:
+    """The one builder of mrkdwn links to user-supplied URLs: <url|label> for an http(s) URL
+    whose label does not name another place; `label (<url|host>)` when it does (the text a
+    reader sees is then the place the link goes); the escaped label alone otherwise."""
+    if not url or not _is_http_url(url):
         return escape_mrkdwn(label)
+    host = misleading_host(label, url)
+    if host is not None:
+        return f"{escape_mrkdwn(label)} (<{_slack_url(url)}|{escape_mrkdwn(host)}>)"
     return f"<{_slack_url(url)}|{escape_mrkdwn(label)}>"
 
 
@@ -256,7 +327,8 @@ def _table_at(content: list[str], fenced: list[bool], i: int) -> tuple[Table | N
 
 # C0 controls except \t and \n. \x00-\x03 are used below as placeholder and sentinel marks, so
 # they must never come from the input (Slack shows no control characters anyway).
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# The invisible characters (see INVISIBLE) are dropped with them.
+_CONTROL = re.compile(f"[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f{INVISIBLE}]")
 _PLACEHOLDER = re.compile(r"\x00(\d+)\x00")
 _BOLD, _ITALIC, _STRIKE = "\x01", "\x02", "\x03"
 _SENTINELS = str.maketrans({_BOLD: "*", _ITALIC: "_", _STRIKE: "~"})
@@ -273,22 +345,31 @@ _MD_LINK = re.compile(
     r"\([ \t]*([^\s()\x00]+(?:\([^\s()\x00]*\)[^\s()\x00]*)*)"
     r"(?:[ \t]+(?:\"[^\"\n]*\"|'[^'\n]*'))?[ \t]*\)"
 )
-_SUMMARY = re.compile(r"&lt;summary(?:\s[^\n]*?)?&gt;(.*?)&lt;/summary&gt;", re.I | re.S)
+# <summary …>title</summary> is rewritten by _summaries (a scan with bisect, not one regex:
+# the regex `&lt;summary(?:\s[^\n]*?)?&gt;(.*?)&lt;/summary&gt;` rescanned the rest of the
+# text from every unclosed "<summary ", which took 3.5 s for 8,000 of them).
+_SUMMARY_OPEN = re.compile(r"&lt;summary(?=\s|&gt;)", re.IGNORECASE)
+_SUMMARY_CLOSE = re.compile(r"&lt;/summary&gt;", re.IGNORECASE)
+_GT = "&gt;"
 _BR = re.compile(r"&lt;br\s*/?&gt;", re.IGNORECASE)
 _TAG = re.compile(r"&lt;/?[A-Za-z][A-Za-z0-9-]*(?:\s(?:(?!&gt;|&lt;)[^\x00])*?)?/?&gt;")
 _BARE_URL = re.compile(r"(?<![\w/@.;])https?://(?:(?!&lt;|&gt;)[^\s\x00])+", re.IGNORECASE)
-_HEADING = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
+# Only the opening of a heading is a regex; its closing #s are cut off by _heading_title (the
+# one-regex form backtracked quadratically over a heading with a long run of spaces).
+_HEADING = re.compile(r"^ {0,3}(#{1,6})(?=[ \t]|$)")
 _RULE = re.compile(r"^ {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$")
 _BULLET = re.compile(r"^([ \t]*)[-*+][ \t]+(.*)$")
 _TASK = re.compile(r"^\[([ xX])\][ \t]+")
 _QUOTE = re.compile(r"^ {0,3}&gt;[ \t]?(.*)$")
-# Emphasis content is bounded so that a hostile line full of unmatched markers stays linear.
+# Emphasis content is bounded so that a hostile line full of unmatched markers stays linear:
+# each opener scans at most 200 characters for its closer (1,000 made 20,000 characters of
+# "**a " take 3 s; bench/markdown_adversarial.py).
 _EMPHASIS = re.compile(
-    r"\*\*(?=[^\s*])([^\n]{1,1000}?)(?<=[^\s])\*\*"
-    r"|(?<![\w])__(?=[^\s_])([^\n]{1,1000}?)(?<=[^\s])__(?![\w])"
-    r"|~~(?=[^\s~])([^\n]{1,1000}?)(?<=[^\s])~~"
-    r"|\*(?=[^\s*])([^\n]{1,1000}?)(?<=[^\s*])\*"
-    r"|(?<![\w])_(?=[^\s_])([^\n]{1,1000}?)(?<=[^\s_])_(?![\w])"
+    r"\*\*(?=[^\s*])([^\n]{1,200}?)(?<=[^\s])\*\*"
+    r"|(?<![\w])__(?=[^\s_])([^\n]{1,200}?)(?<=[^\s])__(?![\w])"
+    r"|~~(?=[^\s~])([^\n]{1,200}?)(?<=[^\s])~~"
+    r"|\*(?=[^\s*])([^\n]{1,200}?)(?<=[^\s*])\*"
+    r"|(?<![\w])_(?=[^\s_])([^\n]{1,200}?)(?<=[^\s_])_(?![\w])"
 )
 _MAX_EMPHASIS_DEPTH = 16
 
@@ -346,16 +427,61 @@ def _emphasis(text: str) -> str:
 
 
 def _trim_url(url: str) -> tuple[str, str]:
-    """Split trailing punctuation off a bare URL, as GitHub's autolinker does."""
-    tail = ""
-    while url:
-        if url.endswith("&amp;"):
-            url, tail = url[:-5], url[-5:] + tail
-        elif url[-1] in ".,:;!?'\"*_~" or (url[-1] == ")" and url.count("(") < url.count(")")):
-            url, tail = url[:-1], url[-1] + tail
+    """Split trailing punctuation off a bare URL, as GitHub's autolinker does.
+
+    Linear: one index walks back and the parentheses are counted once (the old loop sliced
+    and recounted the URL for every trailing character).
+    """
+    end = len(url)
+    opens, closes = url.count("("), url.count(")")
+    while end:
+        last = url[end - 1]
+        if url.endswith("&amp;", 0, end):
+            end -= 5
+        elif last in ".,:;!?'\"*_~":
+            end -= 1
+        elif last == ")" and opens < closes:
+            closes -= 1
+            end -= 1
         else:
             break
-    return url, tail
+    return url[:end], url[end:]
+
+
+def _summaries(text: str) -> str:
+    """<summary …>title</summary> → the title in bold on a line of its own (escaped text).
+
+    The tag ends at the first &gt; on its line; the title runs to the next </summary>. The
+    positions of every &gt;, newline and </summary> are listed once and looked up by bisection,
+    so the scan is O(n log n) however many tags never close.
+    """
+    closes = [m.start() for m in _SUMMARY_CLOSE.finditer(text)]
+    if not closes:
+        return text
+    gts = [m.start() for m in re.finditer(_GT, text)]
+    newlines = [m.start() for m in re.finditer("\n", text)]
+    out: list[str] = []
+    pos = 0
+    for m in _SUMMARY_OPEN.finditer(text):
+        if m.start() < pos:
+            continue  # inside a summary already rewritten
+        k = bisect_left(gts, m.end())
+        if k == len(gts):
+            break
+        gt = gts[k]
+        if gt > m.end():  # attributes: the first character is whitespace, then one line
+            n = bisect_left(newlines, m.end() + 1)
+            if n < len(newlines) and newlines[n] < gt:
+                continue
+        c = bisect_left(closes, gt + len(_GT))
+        if c == len(closes):
+            break  # no later tag can close either
+        title = text[gt + len(_GT) : closes[c]].strip()
+        out.append(text[pos : m.start()])
+        out.append(f"\n**{title}**\n" if title else "")
+        pos = closes[c] + len("&lt;/summary&gt;")
+    out.append(text[pos:])
+    return "".join(out)
 
 
 def _inline_protect(esc: str, store: _Store) -> str:
@@ -375,7 +501,16 @@ def _inline_protect(esc: str, store: _Store) -> str:
             return m.group(0)  # left as (escaped) text
         label = _emphasis(label.strip()) or ("image" if bang else "")
         url = url.replace("|", "%7C")
-        return store.put(f"<{url}|{label}>" if label else f"<{url}>")
+        if not label:
+            return store.put(f"<{url}>")
+        # What the reader will see of the label (marks restored, entities decoded) must not
+        # name another place than the link goes to (see slack_link).
+        shown = html.unescape(store.restore(label).translate(_SENTINELS))
+        host = misleading_host(shown, html.unescape(url))
+        if host is not None:
+            # The label stays plain text (kept from the bare-URL pass): only "(host)" links.
+            return store.put(f"{label} (<{url}|{escape_mrkdwn(host)}>)")
+        return store.put(f"<{url}|{label}>")
 
     def bare_url(m: re.Match[str]) -> str:
         url, tail = _trim_url(m.group(0))
@@ -385,7 +520,7 @@ def _inline_protect(esc: str, store: _Store) -> str:
     text = _remove_comments(text, "&lt;!--", "--&gt;")
     text = _AUTOLINK.sub(lambda m: store.put(f"<{m.group(1)}>"), text)
     text = _MD_LINK.sub(md_link, text)
-    text = _SUMMARY.sub(lambda m: f"\n**{t}**\n" if (t := m.group(1).strip()) else "", text)
+    text = _summaries(text)
     text = _BR.sub("\n", text)
     text = _TAG.sub("", text)
     return _BARE_URL.sub(bare_url, text)
@@ -396,7 +531,7 @@ def _convert_line(line: str, depth: int = 0) -> str:
         return ""
     m = _HEADING.match(line)
     if m is not None:
-        title = (m.group(2) or "").strip()
+        title = _heading_title(line[m.end() :])
         title = title.replace("**", "").replace("__", "")
         return f"{_BOLD}{_emphasis(title)}{_BOLD}" if title else ""
     if _RULE.match(line):
@@ -413,6 +548,15 @@ def _convert_line(line: str, depth: int = 0) -> str:
     if m is not None and depth < 8:
         return "> " + _convert_line(m.group(1), depth + 1).lstrip("> ")
     return _emphasis(line.rstrip())
+
+
+def _heading_title(rest: str) -> str:
+    """A heading's text without its optional closing sequence of #s (CommonMark)."""
+    title = rest.strip(" \t")
+    bare = title.rstrip("#")
+    if bare != title and (not bare or bare[-1] in " \t"):
+        title = bare.rstrip(" \t")
+    return title
 
 
 def _text_to_mrkdwn(text: str, store: _Store) -> str:
@@ -448,8 +592,9 @@ def to_mrkdwn(markdown: str) -> str:
             j += 1
         out.append(_text_to_mrkdwn("\n".join(lines[i:j]), store))
         i = j
-    text = "\n".join(out)
-    text = re.sub(r"[ \t]+\n", "\n", text)
+    # rstrip per line, not re.sub(r"[ \t]+\n"): that regex rescans a long run of spaces from
+    # each of its positions (quadratic).
+    text = "\n".join(line.rstrip(" \t") for line in "\n".join(out).split("\n"))
     text = re.sub(r"\n{3,}", "\n\n", text).strip()
     return store.restore(text).translate(_SENTINELS)
 
@@ -539,7 +684,7 @@ def _context(text: str) -> dict[str, Any]:
 
 
 def _see_link(link: str, label: str) -> str:
-    return _link(link, label) if _is_http_url(link) else escape_mrkdwn(label)
+    return slack_link(link, label)
 
 
 def _header_cell(text: str) -> dict[str, Any]:
@@ -666,10 +811,38 @@ class _Message:
     texts: list[str] = field(default_factory=list)  # markdown sources, for the fallback
 
 
-def render_comment(body: str, *, link: str, author: str) -> list[dict[str, Any]]:
-    """Render a GitHub comment as Slack messages ({"text", "blocks"}) for chat.postMessage."""
+def within_budget(body: str, limit: int = MAX_COMMENT_CHARS) -> tuple[str, bool]:
+    """The part of a comment that is rendered, and whether it was cut: at most `limit`
+    characters, ending at a line break when there is one in the second half."""
+    if len(body) <= limit:
+        return body, False
+    at = body.rfind("\n", limit // 2, limit)
+    return body[: at if at > 0 else limit], True
+
+
+def render_comment(
+    body: str,
+    *,
+    link: str,
+    author: str,
+    label: str = "Comment",
+    budget: int = MAX_COMMENT_CHARS,
+) -> list[dict[str, Any]]:
+    """Render a GitHub comment as Slack messages ({"text", "blocks"}) for chat.postMessage.
+
+    Work is bounded: past MAX_COMMENT_CHARS the comment is cut and the last message says so,
+    with the link to the whole comment on GitHub.
+    """
+    full = len(body)
+    body, cut = within_budget(body, budget)
     who = _CONTROL.sub("", author).strip()[:MAX_AUTHOR_CHARS] or "unknown"
-    footer = _context(f"Comment by {escape_mrkdwn(who)} · {_see_link(link, 'view on GitHub')}")
+    footer_text = f"{label} by {escape_mrkdwn(who)} · {_see_link(link, 'view on GitHub')}"
+    if cut:
+        footer_text = (
+            f":scissors: Only the first {len(body):,} of {full:,} characters are shown: "
+            f"{_see_link(link, 'read the whole comment on GitHub')}\n{footer_text}"
+        )
+    footer = _context(footer_text)
     # One block per message stays free for the closing context line.
     capacity = MAX_BLOCKS - 1
 
@@ -720,13 +893,20 @@ def render_comment(body: str, *, link: str, author: str) -> list[dict[str, Any]]
         if message.tables:
             text = _fallback(f"Metrics from {who}{part}", _summary_of_table(message.tables[0]))
         else:
-            text = _fallback(f"Comment from {who}{part}", cell_text(" ".join(message.texts)))
+            # The fallback keeps ≤ MAX_FALLBACK_CHARS: only that much source needs plain-texting.
+            source = " ".join(message.texts)[: 2 * MAX_FALLBACK_CHARS]
+            text = _fallback(f"Comment from {who}{part}", cell_text(source))
         out.append({"text": text, "blocks": message.blocks})
     return out
 
 
 def has_metrics(body: str, *, author_is_bot: bool) -> bool:
-    """Whether a comment carries metrics: it has the marker, or a bot posted a table."""
+    """Whether a comment carries metrics: it has the marker, or a bot posted a table.
+
+    Who may supply metrics is decided elsewhere (bot/provenance.py); this only reads the body,
+    within the rendering budget.
+    """
     if METRICS_MARKER in body:
         return True
+    body = within_budget(body)[0]
     return author_is_bot and any(isinstance(s, Table) for s in split_markdown(body))

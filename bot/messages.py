@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from bot.markdown import escape_mrkdwn
+from bot.markdown import escape_mrkdwn, slack_link
 from bot.store import Request
 
 Message = dict[str, Any]  # {"text": fallback, "blocks": [...]}
@@ -31,11 +31,9 @@ def status_label(status: str) -> str:
 
 
 def link(url: str | None, label: str) -> str:
-    """A mrkdwn link with an escaped label; plain escaped label when there is no http(s) URL."""
-    safe_label = escape_mrkdwn(label).replace("|", "¦")
-    if url and url.startswith(("https://", "http://")) and not any(c in url for c in "<>| "):
-        return f"<{url}|{safe_label}>"
-    return safe_label
+    """A mrkdwn link (bot.markdown.slack_link: one builder, so "|", escaping and labels that
+    name another host are treated alike everywhere)."""
+    return slack_link(url, label)
 
 
 def hhmm(ts: float) -> str:
@@ -57,12 +55,15 @@ def pr_url(req: Request, web_base: str = "https://github.com") -> str:
     return f"{web_base}/{req.repo}/pull/{req.pr_number}"
 
 
+# verbatim: Slack then links only what the bridge wrote as <…> (escaped user text cannot), so
+# a plain "@here", "#general" or URL in a PR title or run name stays text.
 def section(text: str) -> dict[str, Any]:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": text[:3000]}}
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text[:3000], "verbatim": True}}
 
 
 def context(text: str) -> dict[str, Any]:
-    return {"type": "context", "elements": [{"type": "mrkdwn", "text": text[:3000]}]}
+    element = {"type": "mrkdwn", "text": text[:3000], "verbatim": True}
+    return {"type": "context", "elements": [element]}
 
 
 def evaluate_root(req: Request, *, web_base: str = "https://github.com") -> Message:

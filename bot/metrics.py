@@ -56,5 +56,12 @@ class Metrics:
             "chatops_scheduler_leader", "1 when this process runs the scheduled jobs", registry=r
         )
 
+        self.untrusted_metrics = Counter(
+            "chatops_untrusted_metrics_comments_total",
+            "Comments carrying metrics from authors chatops.yml `metrics:` does not trust "
+            "(not relayed, never on a card)",
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -320,12 +320,19 @@ class Store:
 
     def merge_details(self, request_id: str, extra: dict[str, Any]) -> None:
         """Merge keys into details; compare-and-set, so concurrent merges never lose a key."""
+        self.change_details(request_id, lambda details: {**details, **extra})
+
+    def change_details(
+        self, request_id: str, change: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> None:
+        """Replace details by change(details), compare-and-set: a change computed from a value
+        another writer replaced meanwhile is computed again (e.g. appending to a list)."""
         for _ in range(20):
             with self.engine.begin() as conn:
                 row = conn.execute(_GET_DETAILS, {"b_id": request_id}).first()
                 if row is None:
                     return
-                merged = {**json.loads(row[0] or "{}"), **extra}
+                merged = change(json.loads(row[0] or "{}"))
                 changed = conn.execute(
                     _SET_DETAILS_IF,
                     {

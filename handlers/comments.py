@@ -1,4 +1,11 @@
-"""Metric comments on a pull request (`issue_comment` created) become tables in the thread."""
+"""Metric comments on a pull request (`issue_comment` created) become tables in the thread.
+
+Only comments by authors the operator trusts count as metrics (bot/provenance.py, `metrics:` in
+chatops.yml). Anyone else's metrics comment is not relayed at all — not even as an ordinary
+comment labelled untrusted: the thread is where approvers read evidence, a labelled copy would
+still put an outsider's table next to the real one, and the bridge relays no other comments
+either. It is counted (chatops_untrusted_metrics_comments_total) and logged by id.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +14,18 @@ from typing import Any
 
 from bot.deps import Deps
 from bot.markdown import has_metrics, render_comment
+from bot.metrics import Metrics
+from bot.provenance import author_of, commit_of, same_commit, trusted_as
 from bot.slack import SlackFailure
+from bot.store import PENDING_APPROVAL
+from handlers.thread import refresh_root
 
 log = logging.getLogger(__name__)
 
 LOOKBACK_SECONDS = 14 * 24 * 3600
+# Metrics comments remembered per request (the card names the newest and counts the others).
+MAX_METRICS_KEPT = 20
+MAX_METRICS_BODY = 4000
 
 
 def on_issue_comment(deps: Deps, payload: dict[str, Any]) -> None:
@@ -24,10 +38,14 @@ def on_issue_comment(deps: Deps, payload: dict[str, Any]) -> None:
 
 
 def relay_comment(deps: Deps, repo: str, number: int, comment: dict[str, Any]) -> bool:
-    """Post a metrics comment into the thread of the newest request for that PR (once)."""
+    """Post a trusted metrics comment into the thread of the newest request for that PR (once)."""
     body = str(comment.get("body") or "")
-    user = comment.get("user") or {}
+    user = author_of(comment)
     if not has_metrics(body, author_is_bot=user.get("type") == "Bot"):
+        return False
+    trust = trusted_as(deps.config.metrics, comment)
+    if trust is None:
+        _refuse_untrusted(deps, repo, number, comment)
         return False
     since = deps.clock() - LOOKBACK_SECONDS
     reqs = [
@@ -55,15 +73,66 @@ def relay_comment(deps: Deps, repo: str, number: int, comment: dict[str, Any]) -
     except SlackFailure:
         deps.store.forget(key)
         raise
-    deps.store.merge_details(
-        req.id,
-        {
-            "metrics": {
-                "head_sha": req.head_sha,
-                "comment_url": url,
-                "author": author,
-                "body": body[:4000],
-            }
+    entry = {
+        "id": comment.get("id"),
+        "comment_url": url,
+        "author": author,
+        "author_type": str(user.get("type") or ""),
+        "author_association": str(comment.get("author_association") or ""),
+        "trusted_as": trust,
+        "created_at": str(comment.get("created_at") or ""),
+        # The commit the comment names (chatops:data head_sha), else the PR head the request
+        # was made for: what ties these metrics to one run's commit on a deploy card.
+        "commit": commit_of(body) or req.head_sha,
+        "body": body[:MAX_METRICS_BODY],
+    }
+    deps.store.change_details(req.id, lambda d: _with_entry(d, entry))
+    _flag_on_pending_cards(deps, repo, entry)
+    return True
+
+
+def _with_entry(details: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    kept = [e for e in details.get("metrics_comments") or [] if isinstance(e, dict)]
+    kept = [e for e in kept if e.get("id") != entry["id"]] + [entry]
+    return {**details, "metrics_comments": kept[-MAX_METRICS_KEPT:]}
+
+
+def _refuse_untrusted(deps: Deps, repo: str, number: int, comment: dict[str, Any]) -> None:
+    # Once per comment: the poller sees the same comment on every cycle.
+    if not deps.store.first_time(f"untrusted-metrics:{repo}:{comment.get('id')}"):
+        return
+    metrics = deps.extras.get("metrics")
+    if isinstance(metrics, Metrics):
+        metrics.untrusted_metrics.inc()
+    user = author_of(comment)
+    # Ids only: neither the comment's text nor anything else its author wrote is logged.
+    log.info(
+        "metrics comment from an untrusted author not relayed",
+        extra={
+            "repo": repo,
+            "pr": number,
+            "comment_id": comment.get("id"),
+            "github_user_id": user.get("id"),
+            "author_association": str(comment.get("author_association") or "")[:40],
         },
     )
-    return True
+
+
+def _flag_on_pending_cards(deps: Deps, repo: str, entry: dict[str, Any]) -> None:
+    """A deploy card keeps the metrics it was posted with (an approver may have read them);
+    a newer metrics comment for the same commit is named on the card instead of replacing
+    them."""
+    for req in deps.store.find(repo=repo, kind="deploy", statuses=(PENDING_APPROVAL,), limit=20):
+        shown = req.details.get("metrics")
+        if not isinstance(shown, dict) or shown.get("id") == entry["id"]:
+            continue
+        if not same_commit(str(shown.get("head_sha") or ""), str(entry["commit"] or "")):
+            continue
+        later = {k: entry[k] for k in ("id", "comment_url", "author", "created_at")}
+
+        def add_later(d: dict[str, Any], later: dict[str, Any] = later) -> dict[str, Any]:
+            kept = [e for e in d.get("metrics_later") or [] if e.get("id") != later["id"]]
+            return {**d, "metrics_later": [*kept, later][-MAX_METRICS_KEPT:]}
+
+        deps.store.change_details(req.id, add_later)
+        refresh_root(deps, deps.store.get(req.id) or req)

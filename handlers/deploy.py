@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,7 @@ from bot.config import Access, ApprovalPolicy
 from bot.deps import Deps
 from bot.github import GitHubError, NotFound, Retryable
 from bot.markdown import escape_mrkdwn, render_comment
+from bot.provenance import newest, same_commit, trusted_as
 from bot.refs import UsageError, parse_deploy_args
 from bot.slack import SlackFailure
 from bot.store import APPROVED, EXPIRED, PENDING_APPROVAL, REJECTED, TRIGGERED, NewRequest, Request
@@ -231,21 +232,53 @@ def _gather_facts(deps: Deps, req: Request) -> None:
             head = deps.github.branch_head(req.repo, run.head_branch)
             if head:
                 facts["branch_head"] = {"branch": run.head_branch, "sha": head}
-        metrics = _relayed_metrics(deps, req.repo, run.head_sha)
+        metrics = _relayed_metrics(deps, req.repo, run.head_sha, run.pull_numbers[:1])
         if metrics:
             facts["metrics"] = metrics
         deps.store.update(req.id, head_sha=run.head_sha or None)
     deps.store.merge_details(req.id, facts)
 
 
-def _relayed_metrics(deps: Deps, repo: str, sha: str) -> dict[str, Any] | None:
+def _relayed_metrics(
+    deps: Deps, repo: str, sha: str, pull_numbers: Sequence[int]
+) -> dict[str, Any] | None:
+    """The newest metrics comment for exactly this commit from an author trusted now, with how
+    many there were; None when there is none. Entries recorded before provenance was kept
+    (no "trusted_as") are not shown: nobody checked who wrote them."""
     if not sha:
         return None
-    for other in deps.store.find(repo=repo, head_sha=sha, kind="evaluate", limit=20):
-        metrics = other.details.get("metrics")
-        if isinstance(metrics, dict) and metrics.get("body"):
-            return {**metrics, "head_sha": sha}
-    return None
+    evaluations = deps.store.find(repo=repo, head_sha=sha, kind="evaluate", limit=20)
+    for number in pull_numbers:  # a comment may name this commit after the PR moved on
+        evaluations += deps.store.find(repo=repo, pr_number=number, kind="evaluate", limit=20)
+    found: dict[Any, dict[str, Any]] = {}
+    for other in evaluations:
+        for entry in other.details.get("metrics_comments") or []:
+            if not isinstance(entry, dict) or not entry.get("body") or not entry.get("trusted_as"):
+                continue
+            if not same_commit(str(entry.get("commit") or ""), sha):
+                continue
+            author = {"login": entry.get("author"), "type": entry.get("author_type")}
+            comment = {"user": author, "author_association": entry.get("author_association")}
+            if trusted_as(deps.config.metrics, comment) is None:
+                continue  # the operator no longer trusts this author
+            found[entry.get("id") or entry.get("comment_url")] = entry
+    best = newest(list(found.values()))
+    if best is None:
+        return None
+    earlier = sorted(
+        (e for e in found.values() if e is not best),
+        key=lambda e: (str(e.get("created_at") or ""), int(e.get("id") or 0)),
+        reverse=True,
+    )
+    return {
+        **{k: best.get(k) for k in ("id", "comment_url", "author", "trusted_as", "created_at")},
+        "body": best.get("body"),
+        "head_sha": sha,
+        "count": len(found),
+        "earlier": [
+            {"comment_url": e.get("comment_url"), "author": e.get("author")} for e in earlier[:5]
+        ],
+    }
 
 
 def _dispatch(deps: Deps, req: Request) -> None:
@@ -681,7 +714,10 @@ def warnings_for(details: dict[str, Any]) -> list[str]:
         conclusion = escape_mrkdwn(str(run.get("conclusion") or "none"))
         out.append(f"The run did not succeed (conclusion: *{conclusion}*).")
     sha = str(run.get("sha") or "")
-    what = "The metrics are" if details.get("metrics") else "This run is"
+    shown = details.get("metrics")
+    what = (
+        "The metrics are" if isinstance(shown, dict) and shown.get("trusted_as") else "This run is"
+    )
     head = details.get("pr_head")
     if isinstance(head, dict) and head.get("sha") and head.get("sha") != sha:
         out.append(
@@ -714,12 +750,36 @@ def _run_line(run: dict[str, Any]) -> str:
 
 
 def _metrics_blocks(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The metrics table with where it came from: author (and why trusted), the comment, the
+    commit; how many metrics comments there were; newer ones posted after the card."""
+    if not metrics.get("trusted_as"):
+        return []  # recorded before authors were checked: not evidence
     url = str(metrics.get("comment_url") or "")
     author = str(metrics.get("author") or "someone")
-    sha = str(metrics.get("head_sha") or "")[:7]
-    line = messages.context(
-        f"Metrics for `{sha}` relayed from {messages.link(url, f'a comment by {author}')}"
+    sha = escape_mrkdwn(str(metrics.get("head_sha") or ""))[:7]
+    text = (
+        f"Metrics for commit `{sha}` from {messages.link(url, f'a comment by {author}')} "
+        f"({escape_mrkdwn(str(metrics['trusted_as']))})"
     )
+    count = int(metrics.get("count") or 1)
+    if count > 1:
+        earlier = ", ".join(
+            messages.link(str(e.get("comment_url") or ""), str(e.get("author") or "someone"))
+            for e in metrics.get("earlier") or []
+            if isinstance(e, dict)
+        )
+        text += f"\nThe newest of {count} metrics comments for this commit; earlier: {earlier}"
+    later = [e for e in metrics.get("later") or [] if isinstance(e, dict)]
+    if later:
+        links = ", ".join(
+            messages.link(str(e.get("comment_url") or ""), str(e.get("author") or "someone"))
+            for e in later
+        )
+        text += (
+            f"\n:warning: Newer metrics for this commit were posted after this card: {links}. "
+            "The table here is the one the card was posted with."
+        )
+    line = messages.context(text)
     for msg in render_comment(str(metrics.get("body") or ""), link=url, author=author):
         for block in msg["blocks"]:
             if block.get("type") == "table":
@@ -785,7 +845,7 @@ def approval_buttons(req: Request) -> dict[str, Any]:
                 "value": req.id,
                 "confirm": {
                     "title": {"type": "plain_text", "text": f"Deploy to {req.environment}?"[:100]},
-                    "text": {"type": "mrkdwn", "text": confirm_text[:300]},
+                    "text": {"type": "mrkdwn", "text": confirm_text[:300], "verbatim": True},
                     "confirm": {"type": "plain_text", "text": "Approve"},
                     "deny": {"type": "plain_text", "text": "Cancel"},
                 },
@@ -827,7 +887,7 @@ def render_card(
         )
     metrics = d.get("metrics")
     if isinstance(metrics, dict):
-        blocks += _metrics_blocks(metrics)
+        blocks += _metrics_blocks({**metrics, "later": d.get("metrics_later") or []})
     warnings = warnings_for(d)
     if warnings:
         blocks.append(messages.section("\n".join(f":warning: {w}" for w in warnings)))

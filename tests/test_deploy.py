@@ -258,12 +258,19 @@ def test_card_warns_about_unfinished_run_and_moved_pr_head(harness: Harness, git
     harness.store.merge_details(
         evaluation.id,
         {
-            "metrics": {
-                "head_sha": HEAD_SHA,
-                "author": "github-actions[bot]",
-                "comment_url": "https://github.com/acme/ml-models/pull/42#issuecomment-1",
-                "body": "<!-- chatops:metrics -->\n| Source | Loss |\n|---|---:|\n| Head | 0.2 |\n",
-            }
+            "metrics_comments": [
+                {
+                    "id": 1,
+                    "commit": HEAD_SHA,
+                    "author": "github-actions[bot]",
+                    "author_type": "Bot",
+                    "trusted_as": "bot",
+                    "created_at": "2099-01-01T00:05:00Z",
+                    "comment_url": "https://github.com/acme/ml-models/pull/42#issuecomment-1",
+                    "body": "<!-- chatops:metrics -->\n| Source | Loss |\n|---|---:|\n"
+                    "| Head | 0.2 |\n",
+                }
+            ]
         },
     )
     req = request_deploy(harness, slack, "9002 staging")

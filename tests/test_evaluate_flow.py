@@ -247,7 +247,7 @@ def test_metrics_comment_becomes_table_in_thread(harness: Harness, github, slack
         "<!-- chatops:metrics -->\n### Evaluation\n| Source | Loss | Accuracy |\n|---|---:|---:|\n"
         "| Head | 0.231 | 91.2% |\n| Base | 0.245 | 90.4% |\n| Diff | -0.014 | +0.8 pp |\n"
     )
-    payload["comment"]["user"]["type"] = "User"
+    payload["comment"]["user"].update({"login": "github-actions[bot]", "type": "Bot"})
     assert harness.webhook("issue_comment", payload).status_code == 202
     call = slack.wait_for("chat.postMessage", 2)[-1]
     harness.settle()

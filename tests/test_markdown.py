@@ -429,7 +429,8 @@ def test_long_text_is_split_into_sections_of_at_most_3000() -> None:
 
 def test_more_than_50_blocks_spill_into_more_messages() -> None:
     body = "\n\n".join(f"{i:02} " + "x" * 2900 for i in range(60))
-    messages = render_comment(body, link=LINK, author="bot")
+    # Past the default budget (MAX_COMMENT_CHARS): a larger one exercises the spilling.
+    messages = render_comment(body, link=LINK, author="bot", budget=200_000)
     check_all(messages)
     assert len(messages) == 2
     assert sum(len(m["blocks"]) for m in messages) == 61

@@ -582,6 +582,7 @@ def test_metrics_comments_follow_the_notify_level(
     payload["comment"]["body"] = (
         "<!-- chatops:metrics -->\n| Metric | Head |\n|---|---:|\n| loss | 0.2 |\n"
     )
+    payload["comment"]["user"]["type"] = "Bot"  # metrics come from the workflow's bot
     assert h.webhook("issue_comment", payload).status_code == 202
     h.settle()
     assert len(replies(slack, req)) == (1 if relayed else 0)

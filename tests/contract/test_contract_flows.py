@@ -122,6 +122,7 @@ def test_evaluate_flow_against_githubs_description(
         "<!-- chatops:metrics -->\n| Source | Loss |\n|---|---:|\n"
         "| Head | 0.231 |\n| Base | 0.245 |\n"
     )
+    comment["comment"]["user"]["type"] = "Bot"  # only trusted authors' metrics are relayed
     assert h.webhook("issue_comment", comment).status_code == 202
     h.settle()
     last = slack.thread_replies(CHANNEL, req.root_ts or "")[-1]

@@ -228,6 +228,7 @@ def test_issue_comment_examples(
             "<!-- chatops:metrics -->\n| Metric | Head | Base |\n|---|---:|---:|\n"
             f"| accuracy | 0.9{i} | 0.90 |\n"
         )
+        payload["comment"]["user"]["type"] = "Bot"  # only trusted authors' metrics are relayed
         before = len(slack.thread_replies(CHANNEL, req.root_ts))
         resp = harness.webhook("issue_comment", payload)
         harness.settle()
