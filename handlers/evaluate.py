@@ -253,7 +253,10 @@ def _tell_already_running(deps: Deps, dup: Request, holder: Request) -> None:
     what = f"`{dup.repo}#{dup.pr_number}` at `{sha}`"
     if holder.root_ts:
         link = f"<{thread_url(holder.channel_id, holder.root_ts)}|request {holder.id}>"
-        text = f":eyes: An evaluation of {what} is already running — see the thread: {link}."
+        text = (
+            f":eyes: An evaluation of {what} is already running — see the thread: {link}. "
+            "(If it is stuck, whoever started it can `@chatops-bridge cancel` it there.)"
+        )
     elif holder.is_open:  # only when the root post failed and will be retried
         text = f":eyes: An evaluation of {what} is already running (request `{holder.id}`)."
     else:
