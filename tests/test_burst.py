@@ -28,9 +28,12 @@ def _config(config_data: dict[str, Any]) -> dict[str, Any]:
     return config_data
 
 
-def _burst(harnesses: list[Harness], slack: Any, text: str = "42") -> list[str]:
+def _burst(harnesses: list[Harness], slack: Any, github: Any, text: str = "42") -> list[str]:
     """BURST signed `/evaluate` commands from one user, released together by a barrier and
     spread over the given replicas; returns each ack's text."""
+    # The PR reads are held a moment, so the accepted jobs reach the one-per-SHA step together
+    # (the race it must win) rather than one after the other. Not an assertion on time.
+    github.fail("GET", r"/pulls/42$", 0, times=BURST, delay=0.3)
     gate = threading.Barrier(BURST)
 
     def send(i: int) -> str:
@@ -91,7 +94,7 @@ def test_a_burst_of_30_parallel_evaluates_is_limited_and_evaluated_once(
     are one step), exactly one root and one label POST (one evaluation per PR + head SHA); the
     rest answered with the rate-limit text at once or the already-running text with a link."""
     h = make_harness(_config(config_data), use_clock=True)
-    answers = _burst([h], slack)
+    answers = _burst([h], slack, github)
     _settle([h])
     _check_burst(h, answers, slack, github)
 
@@ -104,7 +107,7 @@ def test_the_limits_hold_across_replicas_sharing_the_database(
     lock of the one statement)."""
     cfg = _config(config_data)
     replicas = [make_harness(cfg, use_clock=True), make_harness(cfg, use_clock=True)]
-    answers = _burst(replicas, slack)
+    answers = _burst(replicas, slack, github)
     _settle(replicas)
     _check_burst(replicas[0], answers, slack, github)
 
