@@ -23,6 +23,7 @@ STATUS_LABEL = {
     "rejected": ":no_entry_sign: rejected",
     "expired": ":hourglass: expired",
     "cancelled": ":black_square_for_stop: cancelled",
+    "duplicate": ":link: not started (already running)",
 }
 
 

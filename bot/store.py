@@ -5,11 +5,25 @@ from __future__ import annotations
 import json
 import secrets
 import time
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, and_, bindparam, delete, func, insert, or_, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from bot import db
@@ -29,13 +43,16 @@ ERROR = "error"  # the bridge could not carry it out
 REJECTED = "rejected"
 EXPIRED = "expired"
 CANCELLED = "cancelled"
+# An evaluation asked for while another one of the same PR + head SHA was in flight: it did
+# nothing itself, and its requester was sent to the thread of the one in flight.
+DUPLICATE = "duplicate"
 
 OPEN_STATES = (ACCEPTED, PENDING_APPROVAL, APPROVED, TRIGGERED, QUEUED, RUNNING)
 # Work for the job pool: these states, plus a pending approval whose card is not posted yet
 # (root_ts NULL) — see _needs_work(). A pending request with its card waits for a click.
 TO_CARRY_OUT = (ACCEPTED, APPROVED)
 WAITING_FOR_RUNS = (TRIGGERED, QUEUED, RUNNING)
-FINAL_STATES = (SUCCEEDED, FAILED, ERROR, REJECTED, EXPIRED, CANCELLED)
+FINAL_STATES = (SUCCEEDED, FAILED, ERROR, REJECTED, EXPIRED, CANCELLED, DUPLICATE)
 
 
 def _needs_work() -> Any:
@@ -45,6 +62,10 @@ def _needs_work() -> Any:
         c.status.in_(list(TO_CARRY_OUT)),
         and_(c.status == PENDING_APPROVAL, c.root_ts.is_(None)),
     )
+
+
+class OverLimit(Exception):
+    """create_request refused: the user already made `per_minute` requests in the last minute."""
 
 
 def new_request_id() -> str:
@@ -166,6 +187,106 @@ _INSERT_AUDIT = insert(db.audit)
 _COUNT_RECENT = select(func.count()).where(
     db.requests.c.user_id == bindparam("user_id"), db.requests.c.created_at >= bindparam("since")
 )
+
+# The rate limit and the insert in ONE statement: the row goes in only while the user has fewer
+# than b_limit requests since b_since. Counting first and inserting after let a burst of 30
+# parallel commands through 12-25 times at a limit of 10 (issue 10). On SQLite a write
+# statement takes the database's write lock before it reads, so no other writer (thread or
+# process) can insert between the count and the insert. On PostgreSQL two READ COMMITTED
+# statements would still both count 9: _LOCK_USER serialises them first (see create_request).
+_NEW_REQUEST_COLUMNS = (
+    "id",
+    "kind",
+    "idempotency_key",
+    "repo",
+    "pr_number",
+    "head_sha",
+    "run_ref",
+    "environment",
+    "trigger",
+    "event_type",
+    "channel_id",
+    "user_id",
+    "response_url",
+    "status",
+    "details",
+    "created_at",
+    "updated_at",
+    "lease_until",
+    "attempts",
+    "expires_at",
+)
+# Typed parameters: psycopg cannot infer the type of a bare parameter in a SELECT list.
+_NEW_VALUES = {k: bindparam(k, type_=db.requests.c[k].type) for k in _NEW_REQUEST_COLUMNS}
+_INSERT_REQUEST_UNDER_LIMIT = (
+    insert(db.requests)
+    .from_select(
+        list(_NEW_REQUEST_COLUMNS),
+        select(*_NEW_VALUES.values()).where(
+            select(func.count())
+            .select_from(db.requests)
+            .where(
+                db.requests.c.user_id == _NEW_VALUES["user_id"],
+                db.requests.c.created_at
+                >= bindparam("b_since", type_=db.requests.c.created_at.type),
+            )
+            .scalar_subquery()
+            < bindparam("b_limit", type_=db.requests.c.attempts.type)
+        ),
+        # RETURNING tells whether the row went in: psycopg's rowcount reaches SQLAlchemy as -1
+        # for an INSERT ... SELECT.
+    )
+    .returning(db.requests.c.id)
+)
+# PostgreSQL transaction-level advisory locks, two-int form (a key space apart from the
+# single-bigint keys of migrations and scheduler leadership). Held until commit/rollback, so
+# they also work across replicas sharing the database.
+_LOCK_USER, _LOCK_PR = 0x43485531, 0x43485032  # "CHU1", "CHP2": the first int of the key
+_ADVISORY_XACT_LOCK = text(
+    "SELECT pg_advisory_xact_lock(CAST(:ns AS integer), CAST(:key AS integer))"
+)
+
+
+def _lock_key(value: str) -> int:
+    """A stable signed 32-bit key (a collision only makes two users or PRs wait in turn)."""
+    n = zlib.crc32(value.encode())
+    return n - (1 << 32) if n >= 1 << 31 else n
+
+
+def _advisory_lock(conn: Connection, namespace: int, value: str) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.execute(_ADVISORY_XACT_LOCK, {"ns": namespace, "key": _lock_key(value)})
+
+
+# One evaluation per repository + PR + head SHA in flight: the head SHA is set only while no
+# other open evaluation has it (one statement; on PostgreSQL under the PR's advisory lock).
+_OTHER = db.requests.alias("other")
+_OTHER_EVALUATION_IN_FLIGHT = exists().where(
+    _OTHER.c.kind == "evaluate",
+    _OTHER.c.repo == bindparam("b_repo"),
+    _OTHER.c.pr_number == bindparam("b_pr"),
+    _OTHER.c.head_sha == bindparam("b_sha"),
+    _OTHER.c.status.in_(list(OPEN_STATES)),
+    _OTHER.c.id != bindparam("b_id"),
+)
+_TAKE_HEAD = (
+    update(db.requests)
+    .where(db.requests.c.id == bindparam("b_id"), ~_OTHER_EVALUATION_IN_FLIGHT)
+    .values(head_sha=bindparam("b_sha"), updated_at=bindparam("b_now"))
+)
+_HOLDER_OF_HEAD = (
+    select(db.requests)
+    .where(
+        db.requests.c.kind == "evaluate",
+        db.requests.c.repo == bindparam("b_repo"),
+        db.requests.c.pr_number == bindparam("b_pr"),
+        db.requests.c.head_sha == bindparam("b_sha"),
+        db.requests.c.status.in_(list(OPEN_STATES)),
+        db.requests.c.id != bindparam("b_id"),
+    )
+    .order_by(db.requests.c.created_at)
+    .limit(1)
+)
 # The same for the statements every job and webhook delivery runs.
 _GET_REQUEST = select(db.requests).where(db.requests.c.id == bindparam("request_id"))
 _INSERT_DELIVERY = insert(db.deliveries)
@@ -228,13 +349,22 @@ class Store:
 
     # -- requests -----------------------------------------------------------------------
     def create_request(
-        self, new: NewRequest, *, audit_action: str | None = None, audit_detail: str = ""
+        self,
+        new: NewRequest,
+        *,
+        audit_action: str | None = None,
+        audit_detail: str = "",
+        per_minute: int | None = None,
     ) -> tuple[Request, bool]:
         """Insert; on a repeat of the same idempotency key return the existing row and False.
 
         With audit_action, the audit row (actor: the requester, outcome: the new status) is
         written in the same transaction: a request is never stored without it, nor it without
         the request.
+
+        With per_minute, raise OverLimit instead when the user already has that many requests
+        from the last 60 seconds; the count and the insert are one atomic step (see
+        _INSERT_REQUEST_UNDER_LIMIT), so a burst of parallel commands cannot pass the limit.
         """
         now = self.clock()
         request_id = new_request_id()
@@ -262,7 +392,15 @@ class Store:
         }
         try:
             with self.engine.begin() as conn:
-                conn.execute(_INSERT_REQUEST, values)
+                if per_minute is None:
+                    conn.execute(_INSERT_REQUEST, values)
+                else:
+                    # One lock per user, taken before the counting statement reads: READ
+                    # COMMITTED then sees every row the previous holder committed.
+                    _advisory_lock(conn, _LOCK_USER, new.user_id)
+                    limited = {**values, "b_since": now - 60.0, "b_limit": per_minute}
+                    if conn.execute(_INSERT_REQUEST_UNDER_LIMIT, limited).first() is None:
+                        raise OverLimit(new.user_id)
                 if audit_action:
                     conn.execute(
                         _INSERT_AUDIT,
@@ -276,6 +414,13 @@ class Store:
                         },
                     )
         except IntegrityError:
+            existing = self.request_by_key(new.idempotency_key)
+            if existing is None:
+                raise
+            return existing, False
+        except OverLimit:
+            # A retried delivery of a command that was stored earlier is that request, not
+            # a refusal (its row is one of those that filled the minute).
             existing = self.request_by_key(new.idempotency_key)
             if existing is None:
                 raise
@@ -443,6 +588,33 @@ class Store:
         with self.engine.connect() as conn:
             n = conn.execute(_COUNT_RECENT, {"user_id": user_id, "since": since}).scalar_one()
         return int(n)
+
+    def take_head(self, req: Request, head_sha: str) -> Request | None:
+        """Make `req` THE evaluation in flight of its repo + PR + head SHA: store the SHA on it
+        unless another open evaluation has it. Returns None when req holds it now, else the
+        request that does (the caller settles req as a duplicate of it).
+
+        One conditional UPDATE decides (SQLite: the statement holds the write lock; PostgreSQL:
+        the PR's advisory lock serialises takers, so each sees the SHA its predecessor stored).
+        """
+        assert req.pr_number is not None
+        params = {
+            "b_id": req.id,
+            "b_repo": req.repo,
+            "b_pr": req.pr_number,
+            "b_sha": head_sha,
+            "b_now": self.clock(),
+        }
+        for _ in range(5):
+            with self.engine.begin() as conn:
+                _advisory_lock(conn, _LOCK_PR, f"{req.repo}#{req.pr_number}")
+                if conn.execute(_TAKE_HEAD, params).rowcount:
+                    return None
+                row = conn.execute(_HOLDER_OF_HEAD, params).first()
+            if row is not None:
+                return _row_to_request(row)
+            # PostgreSQL only: the holder finished between the two statements. Try again.
+        raise RuntimeError(f"head of request {req.id} keeps changing hands; gave up")
 
     def count_by_status(self) -> dict[str, int]:
         c = db.requests.c
@@ -771,6 +943,7 @@ class Store:
 __all__ = [
     "OPEN_STATES",
     "NewRequest",
+    "OverLimit",
     "Request",
     "RunRecord",
     "Store",

@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 
 def count_command(deps: Deps, command: str, outcome: str) -> None:
     """chatops_commands_total{command, outcome}: help, status, accepted, duplicate, refused,
-    rate_limited, usage_error (and for mentions: the word, e.g. command="mention rerun")."""
+    rate_limited, usage_error, already_running (and for mentions: the word, e.g.
+    command="mention rerun")."""
     metrics = deps.extras.get("metrics")
     if isinstance(metrics, Metrics):
         metrics.commands.labels(command, outcome).inc()
@@ -84,15 +85,28 @@ def access_refusal(
     return text
 
 
+def rate_limit_text(deps: Deps) -> str:
+    limit = deps.config.rate_limits.commands_per_minute
+    return (
+        f"You ran {limit} commands in the last minute, which is this bridge's limit "
+        "(rule `rate_limits.commands_per_minute`). Try again in a minute; an admin of this "
+        "bridge can raise the limit in chatops.yml."
+    )
+
+
 def rate_refusal(deps: Deps, user_id: str) -> str | None:
+    """An early count, NOT atomic: a parallel burst passes it together. Commands that store
+    with `create_request(per_minute=...)` (see rate_limited) skip it: the store enforces it."""
     limit = deps.config.rate_limits.commands_per_minute
     if deps.store.count_recent(user_id, deps.clock() - 60) >= limit:
-        return (
-            f"You ran {limit} commands in the last minute, which is this bridge's limit "
-            "(rule `rate_limits.commands_per_minute`). Try again in a minute; an admin of this "
-            "bridge can raise the limit in chatops.yml."
-        )
+        return rate_limit_text(deps)
     return None
+
+
+def rate_limited(deps: Deps, command: str, ack: Callable[..., Any]) -> None:
+    """Answer a command that create_request refused with OverLimit."""
+    count_command(deps, command, "rate_limited")
+    ack(text=rate_limit_text(deps), response_type="ephemeral")
 
 
 def github_permission_refusal(deps: Deps, access: Access, repo: str, user_id: str) -> str | None:
@@ -128,10 +142,16 @@ def refused(
     user_id: str,
     channel_id: str,
     ack: Callable[..., Any],
+    *,
+    check_rate: bool = True,
 ) -> bool:
-    """Answer a person who may not run `command` here, or has run too many: whether they were."""
+    """Answer a person who may not run `command` here, or has run too many: whether they were.
+
+    check_rate=False for a command whose insert enforces the limit atomically (one query less
+    before the ack, and the only check that holds under a burst).
+    """
     refusal, outcome = access_refusal(deps, command, access, user_id, channel_id), "refused"
-    if refusal is None:
+    if refusal is None and check_rate:
         refusal, outcome = rate_refusal(deps, user_id), "rate_limited"
     if refusal is None:
         return False

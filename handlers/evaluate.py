@@ -16,16 +16,20 @@ from bot.github import (
     Retryable,
     ValidationFailed,
 )
+from bot.messages import status_label
 from bot.refs import UsageError, parse_pull_ref
 from bot.slack import SlackFailure
-from bot.store import ACCEPTED, TRIGGERED, NewRequest, Request
+from bot.store import ACCEPTED, DUPLICATE, TRIGGERED, NewRequest, OverLimit, Request
 from handlers.common import (
     count_command,
     github_permission_refusal,
+    rate_limited,
     refused,
     resolve_repo,
 )
 from handlers.help import answer_help_or_status
+from handlers.schedules import USER_ID as SCHEDULE_USER
+from handlers.status import thread_url
 from handlers.thread import ensure_root, fail, retry_or_give_up
 from handlers.workflow_run import dispatch_once, settle
 
@@ -65,7 +69,8 @@ def handle_command(deps: Deps, command: dict[str, Any], ack: Ack) -> Request | N
     cmd = deps.config.commands.evaluate
     if answer_help_or_status(deps, "evaluate", text, user_id, channel_id, ack):
         return None
-    if refused(deps, "evaluate", cmd, user_id, channel_id, ack):
+    # The rate limit is enforced by create_request below, in the same statement as the insert.
+    if refused(deps, "evaluate", cmd, user_id, channel_id, ack, check_rate=False):
         return None
     try:
         ref = parse_pull_ref(text, allowed_hosts=deps.web_hosts)
@@ -74,22 +79,11 @@ def handle_command(deps: Deps, command: dict[str, Any], ack: Ack) -> Request | N
         count_command(deps, "evaluate", "usage_error")
         ack(text=f":warning: {exc}\n{usage(deps, channel_id)}", response_type="ephemeral")
         return None
-    req, created = deps.store.create_request(
-        NewRequest(
-            kind="evaluate",
-            repo=repo,
-            pr_number=ref.number,
-            trigger=cmd.trigger,
-            event_type=cmd.event_type if cmd.trigger == "dispatch" else None,
-            channel_id=channel_id,
-            user_id=user_id,
-            response_url=command.get("response_url"),
-            # Slack's trigger_id is unique per invocation: a retried delivery maps to one request.
-            idempotency_key=f"slack:{command.get('trigger_id') or command.get('response_url')}",
-        ),
-        audit_action="evaluate.requested",
-        audit_detail=f"{repo}#{ref.number}",
-    )
+    try:
+        req, created = _store(deps, command, repo, ref.number, user_id, channel_id)
+    except OverLimit:
+        rate_limited(deps, "evaluate", ack)
+        return None
     logs.bind(request_id=req.id)
     count_command(deps, "evaluate", "accepted" if created else "duplicate")
     ack(
@@ -100,6 +94,29 @@ def handle_command(deps: Deps, command: dict[str, Any], ack: Ack) -> Request | N
     if created:
         deps.jobs.submit(req.id)
     return req
+
+
+def _store(
+    deps: Deps, command: dict[str, Any], repo: str, number: int, user_id: str, channel_id: str
+) -> tuple[Request, bool]:
+    cmd = deps.config.commands.evaluate
+    return deps.store.create_request(
+        NewRequest(
+            kind="evaluate",
+            repo=repo,
+            pr_number=number,
+            trigger=cmd.trigger,
+            event_type=cmd.event_type if cmd.trigger == "dispatch" else None,
+            channel_id=channel_id,
+            user_id=user_id,
+            response_url=command.get("response_url"),
+            # Slack's trigger_id is unique per invocation: a retried delivery maps to one request.
+            idempotency_key=f"slack:{command.get('trigger_id') or command.get('response_url')}",
+        ),
+        audit_action="evaluate.requested",
+        audit_detail=f"{repo}#{number}",
+        per_minute=deps.config.rate_limits.commands_per_minute,
+    )
 
 
 def carry_out(deps: Deps, req: Request) -> None:
@@ -139,19 +156,32 @@ def carry_out(deps: Deps, req: Request) -> None:
             f"{req.repo}#{req.pr_number} is {state}; only open pull requests are evaluated.",
         )
         return
-    if req.action_started_at is not None:
-        pass  # a previous attempt acted on the stored head SHA: keep it (new pushes are warned)
-    elif req.head_sha != pull.head_sha or not req.details.get("pr_title"):
-        deps.store.update(req.id, head_sha=pull.head_sha)
-        deps.store.merge_details(
-            req.id, {"pr_title": pull.title, "pr_url": pull.html_url, "head_ref": pull.head_ref}
-        )
+    if req.action_started_at is None:
+        # One evaluation per repository + PR + head SHA in flight. The check sits here, after
+        # the PR read and before the root and the label, because the head SHA is only known
+        # now: reading it before the ack would put a GitHub call inside Slack's 3 seconds, and
+        # refusing at intake by PR alone would also refuse evaluating a new push while the old
+        # head is still running (which on_synchronize tells people to do). take_head is atomic,
+        # so under any burst exactly one request per SHA goes on to post a root and label; the
+        # others end here, having done nothing, and their requesters are sent to its thread.
+        # (A previous attempt that started the label keeps its stored SHA: it holds it.)
+        holder = deps.store.take_head(req, pull.head_sha)
+        if holder is not None:
+            _settle_as_duplicate(deps, req, holder, pull.head_sha)
+            return
+        if not req.details.get("pr_title"):
+            deps.store.merge_details(
+                req.id,
+                {"pr_title": pull.title, "pr_url": pull.html_url, "head_ref": pull.head_ref},
+            )
         req = deps.store.get(req.id) or req
     try:
         req = ensure_root(deps, req)
     except SlackFailure as exc:
         fail(deps, req, exc.user_hint)
+        _tell_duplicates(deps, req)
         return
+    _tell_duplicates(deps, req)
     try:
         if cmd.trigger == "label":
             _apply_label(deps, req, cmd.label)
@@ -172,6 +202,79 @@ def carry_out(deps: Deps, req: Request) -> None:
             detail=cmd.trigger,
         )
     settle(deps, req)
+
+
+def _settle_as_duplicate(deps: Deps, req: Request, holder: Request, head_sha: str) -> None:
+    """End `req` without a root or a label: `holder` evaluates the same PR and SHA already."""
+    details = {**req.details, "duplicate_of": holder.id, "duplicate_sha": head_sha}
+    if not deps.store.update(
+        req.id,
+        only_if_status=(ACCEPTED,),
+        status=DUPLICATE,
+        details=details,
+        finished_at=deps.clock(),
+    ):
+        return  # cancelled meanwhile: nothing to tell
+    count_command(deps, "evaluate", "already_running")
+    deps.store.audit(
+        actor="bridge",
+        action="evaluate.duplicate",
+        outcome=DUPLICATE,
+        request_id=req.id,
+        detail=holder.id,
+    )
+    # Settled first, then the holder's root looked up; the holder posts its root first, then
+    # looks for duplicates (_tell_duplicates). Whichever comes second sees the other's write,
+    # so the requester is told once (the tell's key) — with the thread link when there is one.
+    current = deps.store.get(holder.id) or holder
+    if current.root_ts or not current.is_open:
+        _tell_already_running(deps, deps.store.get(req.id) or req, current)
+
+
+def _tell_duplicates(deps: Deps, holder: Request) -> None:
+    """The holder's root exists now (or never will): tell the duplicates that waited for it."""
+    assert holder.pr_number is not None
+    for dup in deps.store.find(
+        repo=holder.repo,
+        pr_number=holder.pr_number,
+        kind="evaluate",
+        statuses=(DUPLICATE,),
+        since=holder.created_at - 3600,
+        limit=200,
+    ):
+        if dup.details.get("duplicate_of") == holder.id:
+            _tell_already_running(deps, dup, holder)
+
+
+def _tell_already_running(deps: Deps, dup: Request, holder: Request) -> None:
+    if not deps.store.first_time(f"{dup.id}:already-running"):
+        return
+    sha = str(dup.details.get("duplicate_sha") or holder.head_sha or "")[:7]
+    what = f"`{dup.repo}#{dup.pr_number}` at `{sha}`"
+    if holder.root_ts:
+        link = f"<{thread_url(holder.channel_id, holder.root_ts)}|request {holder.id}>"
+        text = (
+            f":eyes: An evaluation of {what} is already running — see the thread: {link}. "
+            "(If it is stuck, whoever started it can `@chatops-bridge cancel` it there.)"
+        )
+    elif holder.is_open:  # only when the root post failed and will be retried
+        text = f":eyes: An evaluation of {what} is already running (request `{holder.id}`)."
+    else:
+        text = (
+            f":eyes: An evaluation of {what} was already starting (request `{holder.id}`) and "
+            f"ended: {status_label(holder.status)}. Run `/evaluate` again to retry."
+        )
+    text += f" Your request `{dup.id}` did not start another one."
+    if dup.user_id == SCHEDULE_USER:
+        log.info("scheduled evaluation already running", extra={"request_id": dup.id})
+        return
+    try:
+        if dup.response_url:
+            deps.slack.respond(dup.response_url, text)
+        else:  # a rerun from a thread: no response_url
+            deps.slack.ephemeral(dup.channel_id, dup.user_id, text, thread_ts=holder.root_ts)
+    except SlackFailure as exc:
+        log.warning("could not tell a duplicate", extra={"request_id": dup.id, "error": exc.error})
 
 
 def _apply_label(deps: Deps, req: Request, label: str) -> None:

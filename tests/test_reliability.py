@@ -167,6 +167,8 @@ def test_a_revoked_installation_token_is_replaced_at_once(harness: Harness, gith
     so the person's command goes through instead of failing."""
     started(harness, slack)
     github.expire_tokens()
+    # A new head, so the second /evaluate 42 is not "already running" (one per PR + head SHA).
+    github.add_pull(REPO, 42, head_sha="c" * 40, labels=["evaluate"])
     harness.slash("/evaluate", "42")
     github.wait_for("POST", r"/labels$", 2)
     harness.settle()

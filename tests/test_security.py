@@ -737,6 +737,8 @@ def test_private_key_file_is_read_once(make_harness, github, slack, tmp_path) ->
     github.wait_for("POST", r"/labels$")
     h.settle()
     github.expire_tokens()  # the next call needs a new installation token, so a new JWT
+    # A new head, so the second /evaluate 42 is not "already running" (one per PR + head SHA).
+    github.add_pull(REPO, 42, head_sha="c" * 40, labels=["evaluate"])
     h.slash("/evaluate", "42")
     github.wait_for("POST", r"/labels$", 2)
     h.settle()

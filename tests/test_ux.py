@@ -266,6 +266,7 @@ def test_mention_rerun_starts_the_same_request_again(harness: Harness, github, s
     """Same PR, a new request by whoever asked, through the slash command's own path; the
     event id is the idempotency key, so Slack's retry of the event starts nothing more."""
     req = start_evaluate(harness)
+    deliver(harness, run_event(status="completed", conclusion="failure"))  # then: run it again
     mention(harness, "rerun", user=STRANGER, thread_ts=req.root_ts, event_id="EvRERUN001")
     harness.settle()
     mention(harness, "rerun", user=STRANGER, thread_ts=req.root_ts, event_id="EvRERUN001")
@@ -404,11 +405,15 @@ def test_a_run_that_starts_after_its_deploy_was_cancelled_is_stopped_too(
 # -- status and history -----------------------------------------------------------------------
 
 
-def test_status_lists_the_latest_requests_with_state_and_links(harness: Harness, slack) -> None:
+def test_status_lists_the_latest_requests_with_state_and_links(
+    harness: Harness, github, slack
+) -> None:
     """`/evaluate status [pr]` and `/deploy status [env]`: newest first, each with a link to
     its thread, what it is, its state and who asked; filters by PR and by environment."""
     first = start_evaluate(harness)
     deliver(harness, run_event(status="in_progress"))
+    # New commits, so the second evaluation of #42 is not "already running" (one per head SHA).
+    github.add_pull(REPO, 42, head_sha="c" * 40, labels=["evaluate"])
     second = start_evaluate(harness, user=STRANGER)
     deploy = start_deploy(harness)
 
