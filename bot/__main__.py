@@ -108,12 +108,7 @@ def startup_summary(settings: Settings, config: Config, github_mode: str) -> str
         if settings.socket_mode
         else "HTTP at POST /slack/events (SLACK_APP_TOKEN is not set)"
     )
-    if config.github.mode != "auto":
-        why = f"github.mode is {config.github.mode} in {settings.config_path}"
-    elif settings.github_webhook_secret is None:
-        why = "GITHUB_WEBHOOK_SECRET is not set"
-    else:
-        why = "GITHUB_WEBHOOK_SECRET is set"
+    why = startup.github_mode(settings, config)[1]
     cfg = str(settings.config_path) + ("" if settings.config_path.exists() else " (absent)")
     return (
         f"chatops-bridge serving: Slack {slack}; "

@@ -164,6 +164,13 @@ def check(args: argparse.Namespace) -> int:
     )
     if not repos:
         report.warn("no repository configured: every command must name one (owner/repo#42)")
+    from bot.startup import github_mode
+
+    for name, close in settings.unknown_variables:
+        hint = f"; did you mean {close}?" if close else ""
+        report.warn(f"{name} is not a chatops-bridge setting and is ignored{hint}")
+    mode, why = github_mode(settings, config)
+    report.ok(f"GitHub mode: {mode} ({why})")
 
     _check_database(report, settings.database_url)
     _check_slack(report, settings.slack_bot_token.get(), settings.slack_api_url)

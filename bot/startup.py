@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import socket
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
+
+if TYPE_CHECKING:
+    from bot.config import Config
+    from bot.settings import Settings
 
 # Exit codes of `chatops-bridge serve` (documented in docs/operations.md and the README): a
 # supervisor or an operator can tell "fix the settings" from "the database is down" from
@@ -16,6 +20,16 @@ from sqlalchemy.exc import ArgumentError
 EXIT_CONFIG = 2  # settings (environment) or chatops.yml invalid
 EXIT_DATABASE = 3  # the database cannot be reached or opened
 EXIT_PORT = 4  # the HTTP port cannot be bound (in use, or not allowed)
+
+
+def github_mode(settings: Settings, config: Config) -> tuple[str, str]:
+    """(webhook | poll, why), by the rule bot/scheduler.py applies. Pure."""
+    mode = config.github.mode
+    if mode != "auto":
+        return mode, f"github.mode is {mode} in {settings.config_path}"
+    if settings.github_webhook_secret is None:
+        return "poll", "GITHUB_WEBHOOK_SECRET is not set"
+    return "webhook", "GITHUB_WEBHOOK_SECRET is set"
 
 
 def database_target(url: str) -> str:

@@ -405,3 +405,19 @@ def test_a_flood_of_unsigned_megabyte_bodies_leaves_bounded_log(
     size = len(json_log.getvalue().encode())
     # 50 rejections of ~200 bytes each; Bolt's own line was over 1 MiB each (52 MB in all).
     assert size < 50 * 600, size
+
+
+def test_check_says_the_github_mode_and_warns_about_a_typo(
+    slack: Any, github: Any, database_url: str, tmp_path: Path, capsys
+) -> None:
+    config = tmp_path / "chatops.yml"
+    config.write_text("repositories: {default: acme/ml}\n")
+    env = make_env(slack, github, database_url, config)
+    env["GITHUB_WEBHOOK_SECRETS"] = env.pop("GITHUB_WEBHOOK_SECRET")
+    main(["check"], env=env)
+    out = capsys.readouterr().out
+    assert (
+        "warn GITHUB_WEBHOOK_SECRETS is not a chatops-bridge setting and is ignored; "
+        "did you mean GITHUB_WEBHOOK_SECRET?"
+    ) in out
+    assert "ok   GitHub mode: poll (GITHUB_WEBHOOK_SECRET is not set)" in out
