@@ -206,8 +206,9 @@ def database_url_from(env: Mapping[str, str]) -> str:
 
 # Prefixes of the variables this program reads; others under them are likely typos.
 OUR_PREFIXES = ("SLACK_", "GITHUB_", "CHATOPS_", "MLFLOW_")
-# Ours though load_settings does not read them (yet): the design's MLflow settings, and the
-# OAuth variables that bot/__main__.py removes with its own warning.
+# Ours though load_settings does not read them: the design's MLflow settings, the OAuth
+# variables that bot/__main__.py removes with its own warning, and the test suite's own
+# (scripts/test, tests/conftest.py), which a developer's shell keeps set while serving.
 ALSO_KNOWN = frozenset(
     {
         "MLFLOW_WEBHOOK_SECRET",
@@ -215,6 +216,8 @@ ALSO_KNOWN = frozenset(
         "MLFLOW_TRACKING_TOKEN",
         "SLACK_CLIENT_ID",
         "SLACK_CLIENT_SECRET",
+        "CHATOPS_TEST_DB",
+        "CHATOPS_TEST_PG",
     }
 )
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
