@@ -8,8 +8,8 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from bot.config import ConfigError, load_config
-from bot.settings import SettingsError, load_settings
+from bot.config import Config, ConfigError, load_config
+from bot.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("bot")
 
@@ -18,7 +18,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
     from sqlalchemy.exc import SQLAlchemyError
 
-    from bot import logs
+    from bot import logs, startup
     from bot.serving import uvicorn_options
     from bot.wiring import Bridge
 
@@ -26,15 +26,23 @@ def serve(args: argparse.Namespace) -> int:
         settings = load_settings(os.environ)
     except SettingsError as exc:
         print(exc.render(), file=sys.stderr)
-        return 2
-    logs.setup(fmt=settings.log_format, secrets=settings.secret_values())
+        return startup.EXIT_CONFIG
+    logs.setup(fmt=settings.log_format, secrets=settings.secret_values(), level=settings.log_level)
+    for name, close in settings.unknown_variables:
+        # A typo such as GITHUB_WEBHOOK_SECRETS would otherwise silently change behaviour.
+        log.warning(
+            "%s is not a chatops-bridge setting and is ignored%s",
+            name,
+            f"; did you mean {close}?" if close else "",
+            extra={"variable": name, "closest": close or None},
+        )
     try:
         config = load_config(settings.config_path)
     except ConfigError as exc:
         print("chatops-bridge cannot start: the config file has problems:", file=sys.stderr)
         for p in exc.problems:
             print(f"  - {p}", file=sys.stderr)
-        return 2
+        return startup.EXIT_CONFIG
     if not settings.config_path.exists():
         log.warning("no config file; using defaults", extra={"path": str(settings.config_path)})
     for var in ("SLACK_CLIENT_ID", "SLACK_CLIENT_SECRET"):
@@ -42,20 +50,30 @@ def serve(args: argparse.Namespace) -> int:
         # single-workspace app, so they are removed before Bolt reads the environment.
         if os.environ.pop(var, None) is not None:
             log.warning("ignoring OAuth variable; single-workspace app", extra={"variable": var})
+    # Bolt's App() reads SLACK_BOT_TOKEN by itself and, given the bridge's own client too,
+    # warns that the token is unused at every start; the settings hold it already.
+    os.environ.pop("SLACK_BOT_TOKEN", None)
+    host, port = args.host or settings.host, args.port or settings.port
+    try:
+        # Before the database: a port in use is found at once and named as such.
+        sock = startup.bind(host, port)
+    except OSError as exc:
+        print(startup.port_problem(host, port, exc), file=sys.stderr)
+        return startup.EXIT_PORT
     try:
         bridge = Bridge(settings, config)
     except SQLAlchemyError as exc:
-        print(
-            f"chatops-bridge cannot start: the database is unavailable ({type(exc).__name__}). "
-            "Check DATABASE_URL and that the server is running.",
-            file=sys.stderr,
-        )
-        return 3
+        sock.close()
+        problem = startup.database_problem(settings.database_url, exc)
+        for secret in settings.secret_values():
+            problem = problem.replace(secret, "[redacted]")
+        print(problem, file=sys.stderr)
+        return startup.EXIT_DATABASE
     server = uvicorn.Server(
         uvicorn.Config(
             bridge.asgi(),
-            host=args.host or settings.host,
-            port=args.port or settings.port,
+            host=host,
+            port=port,
             log_config=None,
             access_log=False,
             lifespan="on",
@@ -66,14 +84,40 @@ def serve(args: argparse.Namespace) -> int:
         )
     )
     log.info(
-        "chatops-bridge serving",
+        startup_summary(settings, bridge.config, bridge.housekeeping.github_mode),
         extra={
-            "port": args.port or settings.port,
+            "port": port,
             "slack_mode": "socket" if settings.socket_mode else "http",
+            "github_mode": bridge.housekeeping.github_mode,
         },
     )
-    server.run()
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        # uvicorn shuts down gracefully on Ctrl-C, then re-raises the signal: the stop was
+        # asked for, so no traceback (128 + SIGINT, as a shell reports it).
+        return 130
     return 0
+
+
+def startup_summary(settings: Settings, config: Config, github_mode: str) -> str:
+    """One line saying how this process runs, and why (no secrets: the database's password is
+    not shown). Pure."""
+    from bot import startup
+
+    slack = (
+        "Socket Mode (SLACK_APP_TOKEN is set)"
+        if settings.socket_mode
+        else "HTTP at POST /slack/events (SLACK_APP_TOKEN is not set)"
+    )
+    why = startup.github_mode(settings, config)[1]
+    cfg = str(settings.config_path) + ("" if settings.config_path.exists() else " (absent)")
+    return (
+        f"chatops-bridge serving: Slack {slack}; "
+        f"GitHub {github_mode} ({why}) at {settings.github_api_url}; "
+        f"database {startup.database_target(settings.database_url)}; config {cfg}; "
+        f"log level {settings.log_level}"
+    )
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:

@@ -164,6 +164,13 @@ def check(args: argparse.Namespace) -> int:
     )
     if not repos:
         report.warn("no repository configured: every command must name one (owner/repo#42)")
+    from bot.startup import github_mode
+
+    for name, close in settings.unknown_variables:
+        hint = f"; did you mean {close}?" if close else ""
+        report.warn(f"{name} is not a chatops-bridge setting and is ignored{hint}")
+    mode, why = github_mode(settings, config)
+    report.ok(f"GitHub mode: {mode} ({why})")
 
     _check_database(report, settings.database_url)
     _check_slack(report, settings.slack_bot_token.get(), settings.slack_api_url)
@@ -196,9 +203,11 @@ def _check_database(report: Report, url: str) -> None:
             conn.exec_driver_sql("SELECT 1")
         report.ok("database: reachable")
     except SQLAlchemyError as exc:
+        from bot.startup import database_reason, database_target
+
         report.fail(
-            f"database: cannot connect ({type(exc).__name__}); check DATABASE_URL and that the "
-            "server runs"
+            f"database: cannot connect to {database_target(url)}: {database_reason(exc)}; "
+            "check DATABASE_URL, that the server runs and that the database exists"
         )
     finally:
         engine.dispose()
@@ -206,11 +215,20 @@ def _check_database(report: Report, url: str) -> None:
 
 def _check_slack(report: Report, token: str, api_url: str) -> None:
     from bot.slack import SlackFailure, SlackOut, make_client
+    from bot.startup import network_reason
 
     report.step(f"Slack auth.test at {api_url}")
     try:
         who = SlackOut(make_client(token, api_url)).auth_test()
     except SlackFailure as exc:
+        # Slack never answered: the token was not even looked at, so do not blame it.
+        network = network_reason(exc) if exc.error.startswith("connection") else None
+        if network:
+            report.fail(
+                f"Slack: network failure reaching {api_url}auth.test: {network}. "
+                "Check SLACK_API_URL, DNS, proxy and firewall (the token was not checked)"
+            )
+            return
         hint = {
             "invalid_auth": "SLACK_BOT_TOKEN is not valid (copy it again from OAuth & Permissions)",
             "account_inactive": "the app was uninstalled or its token revoked: reinstall it",
@@ -228,6 +246,7 @@ def _check_github(
     report: Report, settings: Any, config: Config, repos: dict[str, list[str]]
 ) -> None:
     from bot.github import GitHubApp, GitHubError
+    from bot.startup import network_reason
 
     report.step("GitHub App installations")
     gh = GitHubApp(
@@ -238,8 +257,16 @@ def _check_github(
     try:
         installations = gh.installations()
     except GitHubError as exc:
+        network = network_reason(exc)
+        if network:
+            report.fail(
+                f"GitHub: network failure reaching {settings.github_api_url}/app/installations: "
+                f"{network}. Check GITHUB_API_URL, DNS, proxy and firewall (the App id and key "
+                "were not checked)"
+            )
+            return
         report.fail(
-            f"GitHub: cannot list the App's installations: {exc.message} Check that "
+            f"GitHub: cannot list the App's installations: {one_shot(exc.message)} Check that "
             "GITHUB_APP_ID and the private key belong to the same App."
         )
         return
@@ -255,13 +282,24 @@ def _check_github(
             inst_id = gh.installation_id(repo)
             gh.repository(repo)
         except GitHubError as exc:
-            report.fail(f"{repo}: {exc.message}")
+            network = network_reason(exc)
+            report.fail(
+                f"{repo}: network failure: {network}"
+                if network
+                else f"{repo}: {one_shot(exc.message)}"
+            )
             continue
         perms = dict(by_id.get(inst_id, {}).get("permissions") or {})
         listed = ", ".join(f"{k}: {v}" for k, v in sorted(perms.items())) or "none"
         report.ok(f"{repo}: reachable through installation {inst_id}; permissions {listed}")
         for hard, text in permission_findings(perms, config):
             (report.fail if hard else report.warn)(f"{repo}: the App {text}")
+
+
+def one_shot(message: str) -> str:
+    """A GitHub error message for a one-shot command: the bridge's "I will retry" (right for
+    a user's request, which the bridge does retry) is not true of `check`. Pure."""
+    return re.sub(r"\s*I will retry[^.]*\.", "", message).strip()
 
 
 # -- manifest ---------------------------------------------------------------------------------

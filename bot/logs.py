@@ -37,8 +37,27 @@ _SHAPES = [
         r"\1",
     ),
     (re.compile(r"(?i)(://[^:/@\s]+:)[^@/\s]+@"), r"\1"),  # passwords in URLs (DATABASE_URL)
-    (re.compile(r"https://hooks\.slack\.com/[^\s'\"]+"), ""),  # response_url: a capability
+    # response_url is a capability: redact it however it is encoded: plain, JSON-escaped
+    # (https:\/\/), URL-encoded once (https%3A%2F%2F, as in a form body) or twice. A form
+    # body's next parameter starts at "&", so the match stops there.
+    (
+        re.compile(r"(?i)https?(?::|%3A|%253A)(?:/|\\/|%2F|%252F){2}hooks\.slack\.com[^\s'\"&]*"),
+        "",
+    ),
 ]
+
+# Longest a logged message or field may be: a huge request body or a library's dump of one
+# must not turn each line into megabytes of log.
+MAX_FIELD = 2000
+# Fields that only carry ANSI colour codes (uvicorn's color_message): never useful in a log.
+_DROPPED = frozenset({"color_message"})
+
+
+def bound(value: str, limit: int = MAX_FIELD) -> str:
+    """value cut to `limit` characters, saying how much was cut. Pure."""
+    if len(value) <= limit:
+        return value
+    return f"{value[:limit]}...[{len(value) - limit} more characters]"
 
 
 class Redactor(logging.Filter):
@@ -64,15 +83,21 @@ class Redactor(logging.Filter):
         return value
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = self.scrub(record.getMessage())
+        # Cut to 4x the bound before scrubbing (a flood of huge bodies costs bounded work) and
+        # to the bound after: nothing near the first cut is ever printed, so a secret the cut
+        # splits cannot leak half of itself.
+        record.msg = bound(self.scrub(bound(record.getMessage(), 4 * MAX_FIELD)))
         record.args = None
+        for key in _DROPPED & record.__dict__.keys():
+            del record.__dict__[key]
         for key, val in list(record.__dict__.items()):
             if key in _STANDARD:
                 continue
             if isinstance(val, str):
-                record.__dict__[key] = self.scrub(val)
+                record.__dict__[key] = bound(self.scrub(bound(val, 4 * MAX_FIELD)))
             elif not isinstance(val, int | float | bool | type(None)):
-                record.__dict__[key] = self.scrub(str(val))  # the formatters print str(val)
+                # the formatters print str(val)
+                record.__dict__[key] = bound(self.scrub(bound(str(val), 4 * MAX_FIELD)))
         if record.exc_info:
             record.exc_text = self.scrub(logging.Formatter().formatException(record.exc_info))
             record.exc_info = None
@@ -166,7 +191,7 @@ class TextFormatter(logging.Formatter):
         return text
 
 
-def setup(*, fmt: str, secrets: Iterable[str], level: int = logging.INFO) -> None:
+def setup(*, fmt: str, secrets: Iterable[str], level: int | str = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     # On the handler, so records from every library's logger pass through them; ids first, so
@@ -178,3 +203,8 @@ def setup(*, fmt: str, secrets: Iterable[str], level: int = logging.INFO) -> Non
     root.setLevel(level)
     for noisy in ("apscheduler.executors", "apscheduler.scheduler", "urllib3", "github.Requester"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # uvicorn's own loggers carry their own handlers only with its log_config; the bridge
+    # passes none, so make sure their lines reach this handler in the same shape.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True

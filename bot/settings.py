@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import difflib
+import functools
 import logging
 import os
 import stat
-from collections.abc import Mapping
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import jwt
+from cryptography.hazmat.primitives import serialization
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -70,6 +75,9 @@ class Settings:
     port: int
     host: str = "0.0.0.0"  # noqa: S104 - a server must listen beyond loopback in production
     log_format: str = "json"
+    log_level: str = "INFO"  # LOG_LEVEL
+    # Variables that look like ours but are not read (typos): (name, closest known or "").
+    unknown_variables: tuple[tuple[str, str], ...] = field(default=())
     # Recovery and leadership timing (seconds); the defaults suit production, tests shorten them.
     sweep_seconds: float = 15.0  # CHATOPS_SWEEP_SECONDS: how often the recovery sweep runs
     stale_after_seconds: float = 30.0  # CHATOPS_STALE_AFTER_SECONDS: untouched work this old
@@ -111,6 +119,23 @@ def database_password(url: str) -> str:
         return ""
 
 
+@functools.lru_cache(maxsize=8)
+def key_problem(pem: str) -> str:
+    """Why this PEM cannot sign a GitHub App JWT, or "" when it can (cached: RSA loading costs
+    ~28 ms). Found at start, so a damaged key is not first met by a user's command, whose
+    answer would then never arrive."""
+    try:
+        key = serialization.load_pem_private_key(pem.encode(), None)
+        jwt.encode({"iat": int(time.time()), "iss": "check"}, key, algorithm="RS256")  # type: ignore[arg-type]
+    except TypeError:
+        return "it is encrypted with a passphrase; GitHub App keys are used without one"
+    except (ValueError, jwt.PyJWTError, NotImplementedError) as exc:
+        # cryptography's messages name the problem, never the key material; one line of it.
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return f"it cannot sign a GitHub App JWT: {reason[:160]}"
+    return ""
+
+
 def _read_private_key(env: Mapping[str, str], problems: list[str]) -> str:
     pem = env.get("GITHUB_APP_PRIVATE_KEY", "").strip()
     path = env.get("GITHUB_APP_PRIVATE_KEY_PATH", "").strip()
@@ -141,8 +166,14 @@ def _read_private_key(env: Mapping[str, str], problems: list[str]) -> str:
     # Env files often carry the PEM with literal "\n" sequences.
     if "\\n" in pem and "\n" not in pem:
         pem = pem.replace("\\n", "\n")
+    # Name the variable the operator set, and the file, so the fix is found where it is needed.
+    source = f"GITHUB_APP_PRIVATE_KEY_PATH ({path})" if path else "GITHUB_APP_PRIVATE_KEY"
     if "PRIVATE KEY-----" not in pem:
-        problems.append("GITHUB_APP_PRIVATE_KEY is not a PEM private key (BEGIN ... PRIVATE KEY)")
+        problems.append(f"{source} is not a PEM private key (BEGIN ... PRIVATE KEY)")
+        return ""
+    why = key_problem(pem)
+    if why:
+        problems.append(f"{source}: {why}")
         return ""
     return pem
 
@@ -193,9 +224,69 @@ def database_url_from(env: Mapping[str, str]) -> str:
     return database_url
 
 
+# Prefixes of the variables this program reads; others under them are likely typos.
+OUR_PREFIXES = ("SLACK_", "GITHUB_", "CHATOPS_", "MLFLOW_")
+# Ours though load_settings does not read them: the design's MLflow settings, the OAuth
+# variables that bot/__main__.py removes with its own warning, and the test suite's own
+# (scripts/test, tests/conftest.py), which a developer's shell keeps set while serving.
+ALSO_KNOWN = frozenset(
+    {
+        "MLFLOW_WEBHOOK_SECRET",
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_TRACKING_TOKEN",
+        "SLACK_CLIENT_ID",
+        "SLACK_CLIENT_SECRET",
+        "CHATOPS_TEST_DB",
+        "CHATOPS_TEST_PG",
+    }
+)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class _Reading(Mapping[str, str]):
+    """The environment, noting every name looked up: the known names are exactly those that
+    load_settings reads, so a setting added there can never be reported as a typo."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> str:
+        self.read.add(key)  # Mapping.get comes here too
+        return self.env[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.env)
+
+    def __len__(self) -> int:
+        return len(self.env)
+
+
+def is_placeholder(value: str) -> bool:
+    """A value copied unchanged from .env.example (`xoxb-...`, `...`). Pure."""
+    return "..." in value or "\u2026" in value
+
+
+def _unknown_and_placeholders(
+    env: Mapping[str, str], known: set[str], problems: list[str]
+) -> tuple[tuple[str, str], ...]:
+    for name in sorted(known):
+        value = env.get(name)
+        # A PEM body is base64 and a path may hold "..", never "..."; no real value does.
+        if value and is_placeholder(value):
+            problems.append(f"{name} still holds the placeholder from .env.example: set it")
+    unknown = []
+    for name in sorted(env):
+        if name.startswith(OUR_PREFIXES) and name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+            unknown.append((name, close[0] if close else ""))
+    return tuple(unknown)
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every setting; raise SettingsError naming all problems at once."""
-    env = os.environ if env is None else env
+    reading = _Reading(os.environ if env is None else env)
+    env = reading
     problems: list[str] = []
 
     bot_token = env.get("SLACK_BOT_TOKEN", "").strip()
@@ -263,6 +354,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     keepalive = _seconds(env, "CHATOPS_KEEPALIVE_SECONDS", 30.0, 1.0, problems)
     max_connections = _whole(env, "CHATOPS_MAX_CONNECTIONS", 0, 0, 1000000, problems)
 
+    log_level = (env.get("LOG_LEVEL", "").strip() or "INFO").upper()
+    if log_level not in LOG_LEVELS:
+        problems.append(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+    # HOST and CHATOPS_CONFIG are read below; note them before judging which names are known.
+    host = env.get("HOST", "").strip() or "0.0.0.0"  # noqa: S104
+    config_path = Path(env.get("CHATOPS_CONFIG", "").strip() or "chatops.yml")
+    unknown = _unknown_and_placeholders(reading.env, reading.read | ALSO_KNOWN, problems)
+
     if problems:
         raise SettingsError(problems)
     return Settings(
@@ -275,10 +374,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         github_webhook_secret=Secret(webhook_secret) if webhook_secret else None,
         github_api_url=github_api_url,
         database_url=database_url,
-        config_path=Path(env.get("CHATOPS_CONFIG", "").strip() or "chatops.yml"),
+        config_path=config_path,
         port=port,
-        host=env.get("HOST", "").strip() or "0.0.0.0",  # noqa: S104
+        host=host,
         log_format=log_format,
+        log_level=log_level,
+        unknown_variables=unknown,
         sweep_seconds=sweep_seconds,
         stale_after_seconds=stale_after,
         lease_seconds=lease_seconds,

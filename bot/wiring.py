@@ -12,6 +12,8 @@ from urllib.parse import urlparse
 import anyio.to_thread
 from slack_bolt import App
 from slack_bolt.middleware.authorization import SingleTeamAuthorization
+
+from slack_bolt.middleware.request_verification import RequestVerification
 from slack_sdk import WebClient
 from starlette.applications import Starlette
 
@@ -42,6 +44,29 @@ def web_base_for(api_url: str) -> tuple[str, tuple[str, ...]]:
         return "https://github.com", ("github.com", "www.github.com")
     netloc = parsed.netloc
     return f"{parsed.scheme}://{netloc}", (host,)
+
+
+class QuietRequestVerification(RequestVerification):
+    """Bolt's check, logging a rejection as one short WARNING: Bolt's own logs the whole body
+    at INFO (the user's text, the response_url), so 50 unsigned 1 MiB bodies wrote 52 MB."""
+
+    def _debug_log_error(self, signature: Any, timestamp: Any, body: Any) -> None:
+        log.warning(
+            "Slack request rejected: bad or stale signature",
+            extra={"body_bytes": len(body or ""), "timestamp": str(timestamp)[:20]},
+        )
+
+
+def quiet_request_verification(app: App) -> None:
+    """Swap Bolt's request verification for the quiet one (same check, same 401 answer).
+
+    Bolt builds its middleware list in App(); there is no public way to replace one of its
+    built-ins, and adding our own with app.use() would run after authorization.
+    """
+    chain = app._middleware_list
+    for i, mw in enumerate(chain):
+        if type(mw) is RequestVerification:
+            chain[i] = QuietRequestVerification(mw._signing_secret)
 
 
 class Bridge:
@@ -132,6 +157,8 @@ class Bridge:
         )
         self.workspace.bolt_auth_test = lambda: getattr(bolt_auth, "auth_test_result", None)
         app.use(self.workspace.middleware)
+
+        quiet_request_verification(app)
         return app
 
     # -- lifecycle ------------------------------------------------------------------------

@@ -1022,3 +1022,24 @@ def test_example_workflow_check_accepts_opaque_run_ids(
     if github_run is not None:
         assert f"github_run={github_run}" in out.read_text()
         assert "repeat=false" in out.read_text()
+
+
+def test_a_failed_usergroup_lookup_never_lets_an_approval_through(
+    make_harness, github, slack, config_data
+) -> None:
+    """Fail closed: when Slack cannot say who is in the approvers' group, even a member's
+    click is refused (and told why), and nothing is dispatched."""
+    config_data["commands"]["deploy"]["approval"] = {
+        "approver_usergroups": ["S0SRETEAM"],
+        "required": 1,
+    }
+    slack.usergroups["S0SRETEAM"] = ["U0SRE00001"]
+    h = make_harness(config_data)
+    req = request_deploy(h, slack)
+    slack.fail_next("usergroups.users.list", "missing_scope", times=5)
+    click(h, "deploy_approve", req, "U0SRE00001")
+    h.settle()
+    assert ephemerals(slack, "U0SRE00001"), "the clicker is told"
+    assert slack.calls_to("usergroups.users.list")
+    assert github.dispatches == []
+    assert h.store.get(req.id).status == "pending_approval"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -15,18 +16,44 @@ from jsonschema import Draft7Validator
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = REPO_ROOT / "manifest.yml"
 # Slack's schema (slackapi/manifest-schema, MIT) lives in the shared folder beside the repo, not
-# in it; CI has that folder, a bare clone may not.
-SCHEMA = REPO_ROOT.parent / "shared" / "schemas" / "slack-app-manifest.schema.1.0.0.json"
+# in it; CI has that folder, a bare clone may not. MANIFEST_SCHEMA_DIR points elsewhere.
+SCHEMA_NAME = "slack-app-manifest.schema.1.0.0.json"
+SCHEMA = (
+    Path(os.environ.get("MANIFEST_SCHEMA_DIR") or REPO_ROOT.parent / "shared" / "schemas")
+    / SCHEMA_NAME
+)
 PLACEHOLDER = "https://YOUR-HOST.example.com/slack/events"
+
+
+def in_ci(env: dict[str, str] | None = None) -> bool:
+    value = (os.environ if env is None else env).get("CI", "").strip().lower()
+    return value not in ("", "0", "false", "no")
+
+
+def missing_schema_message(schema: Path = SCHEMA) -> str:
+    return (
+        f"Slack's manifest schema is missing: {schema} does not exist, so manifest.yml is not "
+        f"validated. Put {SCHEMA_NAME} (github.com/slackapi/manifest-schema) in "
+        "../shared/schemas beside this repository, or set MANIFEST_SCHEMA_DIR to the folder "
+        "holding it, then run: .venv/bin/pytest tests/test_manifest.py"
+    )
+
+
+def schema_validator(schema: Path = SCHEMA) -> Draft7Validator:
+    """Slack's schema as a validator; in CI its absence fails the run (a skip there would let
+    an invalid manifest ship), elsewhere the tests skip saying how to run them."""
+    if not schema.exists():
+        if in_ci():
+            pytest.fail(missing_schema_message(schema), pytrace=False)
+        pytest.skip(missing_schema_message(schema))
+    data = json.loads(schema.read_text(encoding="utf-8"))
+    Draft7Validator.check_schema(data)
+    return Draft7Validator(data)
 
 
 @pytest.fixture(scope="module")
 def validator() -> Draft7Validator:
-    if not SCHEMA.exists():
-        pytest.skip(f"Slack's manifest schema is not here: {SCHEMA} (CI has it)")
-    schema = json.loads(SCHEMA.read_text(encoding="utf-8"))
-    Draft7Validator.check_schema(schema)
-    return Draft7Validator(schema)
+    return schema_validator()
 
 
 @pytest.fixture
@@ -105,3 +132,15 @@ def test_manifest_names_the_documented_commands_and_scopes(manifest: dict[str, A
         "app_home_opened",
         "app_mention",
     }
+
+
+def test_a_missing_schema_fails_in_ci_and_skips_with_directions_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / SCHEMA_NAME
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="MANIFEST_SCHEMA_DIR"):
+        schema_validator(missing)
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match=r"tests/test_manifest\.py"):
+        schema_validator(missing)

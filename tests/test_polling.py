@@ -280,3 +280,38 @@ def test_zero_ingress_socket_mode_and_polling(make_harness, github, slack) -> No
         assert h.client.post("/github/webhooks", content=b"{}").status_code == 404
     finally:
         socket.close()
+
+
+def test_an_etag_is_stored_only_after_its_answer_was_relayed(
+    make_harness, github, slack, monkeypatch
+) -> None:
+    """If relaying fails (Slack refusing), the answer must be fetched again, not answered 304
+    forever: storing the ETag before relaying would lose the run for good."""
+    import bot.poller
+    from bot.slack import SlackFailure
+
+    h = make_harness(_config())
+    poller = h.bridge.poller
+    req = _start(h, github)
+    key = f"runs:{REPO}:{HEAD_SHA}"
+    assert poller.poll() == "done"  # an empty list: its ETag stored
+    empty_etag = h.store.etag(key)
+    github.add_run(REPO, _run("in_progress"))
+    real_relay = bot.poller.relay_run
+    failures = []
+
+    def relay_failing_once(*args: Any, **kwargs: Any) -> None:
+        if not failures:
+            failures.append(1)
+            raise SlackFailure("service_unavailable", "chat.postMessage")
+        real_relay(*args, **kwargs)
+
+    monkeypatch.setattr(bot.poller, "relay_run", relay_failing_once)
+    assert poller.poll() == "done"
+    assert failures == [1] and _replies(slack, req) == []
+    assert h.store.etag(key) == empty_etag  # the answer not relayed: its ETag not kept
+    listed = len(github.requests_to("GET", r"/actions/runs$"))
+    assert poller.poll() == "done"
+    assert github.requests_to("GET", r"/actions/runs$")[listed].status == 200
+    assert len(_replies(slack, req)) == 1  # relayed at the next cycle
+    assert h.store.etag(key) != empty_etag

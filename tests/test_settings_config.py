@@ -12,9 +12,12 @@ import pytest
 
 from bot.config import ConfigError, load_config, parse_config
 from bot.settings import SettingsError, load_settings
+from tests.doubles.github_api import app_key_pair
 
 ROOT = Path(__file__).resolve().parents[1]
-PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIB\n-----END RSA PRIVATE KEY-----\n"
+# A real key: settings try signing a JWT with it at load.
+PEM = app_key_pair()[0]
+PEM_LINE = PEM.splitlines()[1]
 GOOD = {
     "SLACK_BOT_TOKEN": "xoxb-1-2-abc",
     "SLACK_SIGNING_SECRET": "s3cr3t-signing",
@@ -207,4 +210,4 @@ def test_serve_warns_about_a_world_readable_key_before_logging_is_set_up(tmp_pat
     assert proc.returncode == 3
     warning = [ln for ln in proc.stderr.splitlines() if "world-readable" in ln]
     assert len(warning) == 1 and str(key) in warning[0] and f"chmod 600 {key}" in warning[0]
-    assert "MIIB" not in proc.stderr and "Traceback" not in proc.stderr
+    assert PEM_LINE not in proc.stderr and "Traceback" not in proc.stderr
