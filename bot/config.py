@@ -66,7 +66,7 @@ class EvaluateCommand(Access):
     trigger: Literal["label", "dispatch"] = "label"
     label: str = Field("evaluate", min_length=1, max_length=50)
     event_type: EventType = "evaluate"
-    # Only runs of this workflow (name or file name) are relayed for label-triggered requests.
+    # Only runs of this workflow (name or file name) are relayed for /evaluate requests.
     workflow: str | None = None
 
 
@@ -77,6 +77,8 @@ class EnvironmentSettings(Strict):
 class DeployCommand(Access):
     trigger: Literal["dispatch"] = "dispatch"
     event_type: EventType = "deploy"
+    # Only runs of this workflow (name or file name) can follow a /deploy request.
+    workflow: str | None = None
     approval: ApprovalPolicy | None = None
     environments: dict[str, EnvironmentSettings] = {"production": EnvironmentSettings()}
 

@@ -839,6 +839,7 @@ def test_workflow_run_of_the_deploy_reaches_its_thread(harness: Harness, github,
             "name": "deploy",
             "display_title": f"chatops {req.id}: deploy 9001",
             "event": "repository_dispatch",
+            "created_at": _iso_now(),  # runs created before the dispatch are not the deploy's
             "status": "completed",
             "conclusion": "success",
             "pull_requests": [],

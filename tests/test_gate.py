@@ -1,0 +1,143 @@
+"""Issue 10, "a deploy gate nobody can fool": which runs may speak for a request, deploys need
+an explicit approval policy, and commands touch only configured repositories."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from typing import Any
+
+from webhook_examples import fixture
+
+from tests.conftest import CHANNEL, DEFAULT_CONFIG, HEAD_SHA, REPO, Harness
+from tests.test_deploy import (
+    _approved,
+    add_training_run,
+    card_of,
+)
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _cfg() -> dict[str, Any]:
+    return json.loads(json.dumps(DEFAULT_CONFIG))
+
+
+def _titled_run(req: Any, *, event: str, created: float, run_id: int = 6001) -> dict[str, Any]:
+    """GitHub's own workflow_run.completed example, given a title that names the request."""
+    payload = copy.deepcopy(fixture("workflow_run.completed"))
+    payload["repository"]["full_name"] = REPO
+    payload["workflow_run"].update(
+        {
+            "id": run_id,
+            "name": "deploy",
+            "display_title": f"chatops {req.id}: ship it",
+            "event": event,
+            "status": "completed",
+            "conclusion": "success",
+            "created_at": _iso(created),
+            "run_started_at": _iso(created),
+            "head_sha": HEAD_SHA,
+            "pull_requests": [],
+            "html_url": f"https://github.com/{REPO}/actions/runs/{run_id}",
+        }
+    )
+    return payload
+
+
+def _rejected(h: Harness, reason: str) -> float:
+    text = h.client.get("/metrics").text
+    line = f'chatops_run_title_matches_rejected_total{{reason="{reason}"}}'
+    found = [ln for ln in text.splitlines() if ln.startswith(line)]
+    return float(found[0].split()[-1]) if found else 0.0
+
+
+# -- 1. a run belongs to a request by title only when it can ---------------------------------
+
+
+def test_a_pull_request_run_titled_like_the_deploy_is_not_the_deploys(
+    harness: Harness, github, slack, caplog
+) -> None:
+    add_training_run(github)
+    req = _approved(harness, github, slack)
+    before = card_of(slack, req)
+    caplog.set_level("INFO", logger="handlers.workflow_run")
+    hijack = _titled_run(req, event="pull_request", created=time.time() + 60)
+    assert harness.webhook("workflow_run", hijack).status_code == 202
+    harness.settle()
+    got = harness.store.get(req.id)
+    assert got.status == "triggered"
+    assert slack.thread_replies(CHANNEL, req.root_ts) == []
+    assert card_of(slack, req) == before
+    assert harness.store.runs_of(req.id) == []
+    assert _rejected(harness, "not_a_dispatch_run") == 1
+    logged = [r for r in caplog.records if r.getMessage().startswith("run title names")]
+    assert len(logged) == 1 and logged[0].levelname == "INFO"
+    assert "ship it" not in caplog.text  # ids only, never the title
+
+
+def test_a_dispatch_run_created_before_the_dispatch_is_not_the_deploys(
+    harness: Harness, github, slack
+) -> None:
+    add_training_run(github)
+    req = _approved(harness, github, slack)
+    started = harness.store.get(req.id).action_started_at
+    assert started is not None  # the dispatch time is stored
+    early = _titled_run(req, event="repository_dispatch", created=started - 120)
+    assert harness.webhook("workflow_run", early).status_code == 202
+    harness.settle()
+    assert harness.store.get(req.id).status == "triggered"
+    assert slack.thread_replies(CHANNEL, req.root_ts) == []
+    assert _rejected(harness, "created_before_dispatch") == 1
+    # The real run, created after the dispatch (within the clock skew), is followed.
+    real = _titled_run(req, event="repository_dispatch", created=started - 5, run_id=6002)
+    assert harness.webhook("workflow_run", real).status_code == 202
+    harness.wait_until(lambda: harness.store.get(req.id).status == "succeeded", what="success")
+
+
+def test_a_dispatch_run_of_another_workflow_is_not_the_deploys(make_harness, github, slack) -> None:
+    add_training_run(github)
+    cfg = _cfg()
+    cfg["commands"]["deploy"]["workflow"] = "deploy.yml"
+    h = make_harness(cfg)
+    req = _approved(h, github, slack)
+    other = _titled_run(req, event="repository_dispatch", created=time.time() + 1)
+    other["workflow_run"]["path"] = ".github/workflows/anything.yml"
+    assert h.webhook("workflow_run", other).status_code == 202
+    h.settle()
+    assert h.store.get(req.id).status == "triggered"
+    assert _rejected(h, "other_workflow") == 1
+    mine = _titled_run(req, event="repository_dispatch", created=time.time() + 1, run_id=6003)
+    mine["workflow_run"]["path"] = ".github/workflows/deploy.yml"
+    assert h.webhook("workflow_run", mine).status_code == 202
+    h.wait_until(lambda: h.store.get(req.id).status == "succeeded", what="success")
+
+
+def test_poll_mode_applies_the_same_rule(make_harness, github, slack) -> None:
+    """The poller lists only repository_dispatch runs created since the dispatch; what the
+    query cannot rule out (another workflow of the same event) is refused the same way."""
+    add_training_run(github)
+    cfg = _cfg()
+    cfg["github"] = {"mode": "poll"}
+    cfg["commands"]["deploy"]["workflow"] = "deploy.yml"
+    h = make_harness(cfg)
+    req = _approved(h, github, slack)
+    github.add_run(
+        REPO,
+        {
+            "id": 6100,
+            "name": "anything",
+            "path": ".github/workflows/anything.yml",
+            "display_title": f"chatops {req.id}: not the deploy",
+            "event": "repository_dispatch",
+            "status": "completed",
+            "conclusion": "success",
+        },
+    )
+    assert h.bridge.poller.poll() == "done"
+    assert h.store.get(req.id).status == "triggered"
+    assert slack.thread_replies(CHANNEL, req.root_ts) == []
+    assert _rejected(h, "other_workflow") == 1
