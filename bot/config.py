@@ -33,6 +33,19 @@ class Strict(BaseModel):
 class Repositories(Strict):
     default: Repo | None = None
     channels: dict[ChannelId, Repo] = {}
+    # Besides `default` and `channels`, the only repositories a command may name. The App may
+    # be installed on more (an org-wide install): being installed is not being configured.
+    allowed: list[Repo] = []
+
+    def permitted(self) -> frozenset[str]:
+        """Every repository a command or schedule may touch, lower-cased (GitHub ignores case)."""
+        names = [*self.allowed, *self.channels.values()]
+        if self.default:
+            names.append(self.default)
+        return frozenset(n.lower() for n in names)
+
+    def permits(self, repo: str) -> bool:
+        return repo.lower() in self.permitted()
 
 
 class Access(Strict):
@@ -193,6 +206,12 @@ class Config(Strict):
                 raise ValueError(
                     f"schedules[{i}].repository is needed: no repositories.default or "
                     f"repositories.channels entry for channel {sched.channel}"
+                )
+            if sched.repository and not self.repositories.permits(sched.repository):
+                raise ValueError(
+                    f"schedules[{i}].repository {sched.repository} is not a configured "
+                    "repository: add it to repositories.allowed (or use repositories.default "
+                    "/ repositories.channels)"
                 )
         return self
 

@@ -101,7 +101,7 @@ def handle_command(deps: Deps, command: dict[str, Any], ack: Ack) -> Request | N
     if refused(deps, "deploy", cmd, user_id, channel_id, ack):
         return None
     try:
-        args = parse_deploy_args(text)
+        args = parse_deploy_args(text, allowed_hosts=deps.web_hosts)
         repo = resolve_repo(deps, args.repo, channel_id)
     except UsageError as exc:
         count_command(deps, "deploy", "usage_error")

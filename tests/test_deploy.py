@@ -924,7 +924,8 @@ def test_bad_input_is_explained_and_changes_nothing(harness: Harness, github, sl
         "9001 moon": "`production`, `staging`",
         "9001 production extra": "Too many words",
         "not/a/repo@12": "not a repository name",
-        "https://github.com/acme/ml-models/pull/4": "not a workflow run",
+        f"{harness.bridge.deps.web_base}/acme/ml-models/pull/4": "not a workflow run",
+        "https://evil.example/acme/ml-models/actions/runs/5": "not a GitHub host",
     }
     for text, expected in cases.items():
         resp = harness.slash("/deploy", text)
@@ -939,8 +940,10 @@ def test_bad_input_is_explained_and_changes_nothing(harness: Harness, github, sl
 
 
 def test_run_of_another_repository_is_explained_and_nothing_is_posted(
-    harness: Harness, github, slack
+    make_harness, config_data, github, slack
 ) -> None:
+    config_data["repositories"]["allowed"] = ["other/unknown"]  # configured, not installed
+    harness = make_harness(config_data)
     github.add_repo("acme/other", installation_id=101)
     github.add_run(
         "acme/other", {"id": 4242, "name": "train", "status": "completed", "conclusion": "success"}

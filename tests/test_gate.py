@@ -8,7 +8,10 @@ import json
 import time
 from typing import Any
 
+import pytest
 from webhook_examples import fixture
+
+from bot.config import ConfigError, parse_config
 
 from tests.conftest import CHANNEL, DEFAULT_CONFIG, HEAD_SHA, REPO, Harness
 from tests.test_deploy import (
@@ -141,3 +144,81 @@ def test_poll_mode_applies_the_same_rule(make_harness, github, slack) -> None:
     assert h.store.get(req.id).status == "triggered"
     assert slack.thread_replies(CHANNEL, req.root_ts) == []
     assert _rejected(h, "other_workflow") == 1
+
+
+# -- 3. only configured repositories -------------------------------------------------------
+
+SECRET_REPO = "other-org/secret-repo"
+
+
+@pytest.mark.parametrize(
+    "command, text",
+    [
+        ("/evaluate", f"{SECRET_REPO}#8"),
+        ("/deploy", f"{SECRET_REPO}@123456"),
+        ("/evaluate status", f"{SECRET_REPO}#8"),
+    ],
+)
+def test_an_unconfigured_repository_is_refused_without_calling_github(
+    harness: Harness, github, slack, command: str, text: str
+) -> None:
+    github.add_repo(SECRET_REPO, installation_id=777)  # the App is installed there
+    github.add_pull(SECRET_REPO, 8, head_sha="8" * 40)
+    name, _, sub = command.partition(" ")
+    resp = harness.slash(name, f"{sub} {text}".strip())
+    assert resp.status_code == 200
+    body = resp.json()
+    print(body["text"])
+    assert body["response_type"] == "ephemeral"
+    assert f"`{SECRET_REPO}` is not a repository this bridge works on" in body["text"]
+    assert "`repositories.allowed`" in body["text"]
+    harness.settle()
+    assert github.requests == []
+    assert harness.store.find() == []
+    assert slack.calls_to("chat.postMessage") == []
+
+
+def test_repositories_allowed_lets_a_command_reach_a_repository(
+    make_harness, config_data, github, slack
+) -> None:
+    github.add_repo(SECRET_REPO, installation_id=777)
+    github.add_pull(SECRET_REPO, 8, head_sha="8" * 40)
+    config_data["repositories"]["allowed"] = ["Other-Org/Secret-Repo"]  # GitHub ignores case
+    h = make_harness(config_data)
+    assert h.slash("/evaluate", f"{SECRET_REPO}#8").status_code == 200
+    github.wait_for("POST", r"/labels$")
+    h.settle()
+    assert h.store.find()[0].repo == SECRET_REPO
+
+
+def test_a_deploy_url_of_another_host_is_refused(harness: Harness, github, slack) -> None:
+    resp = harness.slash("/deploy", f"https://evil.example/{REPO}/actions/runs/123456")
+    body = resp.json()
+    print(body["text"])
+    assert body["response_type"] == "ephemeral"
+    assert "`evil.example` is not a GitHub host this bridge serves" in body["text"]
+    harness.settle()
+    assert github.requests == [] and harness.store.find() == []
+
+
+def test_a_schedule_outside_the_configured_repositories_is_refused_at_start(
+    config_data,
+) -> None:
+    config_data["schedules"] = [
+        {
+            "name": "nightly",
+            "cron": "0 3 * * *",
+            "event_type": "retrain",
+            "repository": SECRET_REPO,
+            "channel": CHANNEL,
+        }
+    ]
+    with pytest.raises(ConfigError) as err:
+        parse_config(config_data)
+    print(err.value.problems)
+    assert err.value.problems == [
+        f"chatops.yml: (top level): schedules[0].repository {SECRET_REPO} is not a configured repository: "
+        "add it to repositories.allowed (or use repositories.default / repositories.channels)"
+    ]
+    config_data["repositories"]["allowed"] = [SECRET_REPO]
+    assert parse_config(config_data).schedules[0].repository == SECRET_REPO
