@@ -12,7 +12,6 @@ import pytest
 from webhook_examples import fixture
 
 from bot.config import ConfigError, parse_config
-
 from tests.conftest import CHANNEL, DEFAULT_CONFIG, HEAD_SHA, REPO, Harness
 from tests.test_deploy import (
     _approved,
@@ -217,8 +216,9 @@ def test_a_schedule_outside_the_configured_repositories_is_refused_at_start(
         parse_config(config_data)
     print(err.value.problems)
     assert err.value.problems == [
-        f"chatops.yml: (top level): schedules[0].repository {SECRET_REPO} is not a configured repository: "
-        "add it to repositories.allowed (or use repositories.default / repositories.channels)"
+        "chatops.yml: (top level): schedules[0].repository "
+        f"{SECRET_REPO} is not a configured repository: add it to repositories.allowed "
+        "(or use repositories.default / repositories.channels)"
     ]
     config_data["repositories"]["allowed"] = [SECRET_REPO]
     assert parse_config(config_data).schedules[0].repository == SECRET_REPO
