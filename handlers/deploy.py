@@ -47,6 +47,8 @@ ACTION_APPROVE = "deploy_approve"
 ACTION_REJECT = "deploy_reject"
 VIEW_REJECT = "deploy_reject_reason"
 DECISION_BLOCK = "deploy_decision"
+# Said on the card, the ack and the audit when an environment has `approval: none`.
+NO_APPROVAL = "no approval required by config"
 REASON_BLOCK = "reason"
 REASON_INPUT = "reason_input"
 EXPIRY_JOB = "deploy-expiry"
@@ -117,6 +119,16 @@ def handle_command(deps: Deps, command: dict[str, Any], ack: Ack) -> Request | N
             response_type="ephemeral",
         )
         return None
+    if cmd.approval_for(environment) is None:
+        # Only when chatops.yml has no commands.deploy at all (start-up refuses a deploy section
+        # without a policy): never deploy without approval by omission.
+        count_command(deps, "deploy", "refused")
+        ack(
+            text=f":no_entry: `/deploy` is not set up: {cmd.missing_policy_text([environment])}. "
+            "Ask an admin of this bridge to add it to chatops.yml.",
+            response_type="ephemeral",
+        )
+        return None
     policy = cmd.policy_for(environment)
     now = deps.clock()
     req, created = deps.store.create_request(
@@ -135,7 +147,8 @@ def handle_command(deps: Deps, command: dict[str, Any], ack: Ack) -> Request | N
             idempotency_key=f"slack:{command.get('trigger_id') or command.get('response_url')}",
         ),
         audit_action="deploy.requested",
-        audit_detail=f"{repo} run {args.run_id} to {environment}",
+        audit_detail=f"{repo} run {args.run_id} to {environment}"
+        + ("" if policy else f"; {NO_APPROVAL}"),
     )
     logs.bind(request_id=req.id)
     count_command(deps, "deploy", "accepted" if created else "duplicate")
@@ -149,8 +162,8 @@ def handle_command(deps: Deps, command: dict[str, Any], ack: Ack) -> Request | N
         )
     else:
         said = (
-            f":rocket: On it: {what} (request `{req.id}`); *{req.environment}* needs no "
-            "approval. I'll follow it in a thread in this channel."
+            f":rocket: On it: {what} (request `{req.id}`); {NO_APPROVAL} "
+            "(`approval: none`). I'll follow it in a thread in this channel."
         )
     ack(text=said, response_type="ephemeral")
     if created:
@@ -343,7 +356,7 @@ def approval_refusal(
     """Why this person may not approve this request, or None when they may."""
     env = req.environment or "?"
     if policy is None:
-        return f"*{env}* needs no approval, so there is nothing to approve."
+        return f"*{env}*: {NO_APPROVAL}, so there is nothing to approve."
     if not _is_listed(deps, policy, user_id):
         return (
             f"You cannot approve deploys to *{env}* (rule `approvers` / `approver_usergroups`). "
@@ -764,7 +777,7 @@ def _decision_blocks(
         at = f" at {when(req.decided_at)}" if req.decided_at else ""
         return [messages.context(f":white_check_mark: Approved by {who}{at}")]
     if policy is None and req.status != "error":
-        return [messages.context(f"*{req.environment}* needs no approval.")]
+        return [messages.context(f"*{req.environment}*: {NO_APPROVAL} (`approval: none`).")]
     return []
 
 
@@ -853,7 +866,7 @@ def render_card(
         f"needs {policy.required} approval{'s' if policy.required > 1 else ''} from "
         f"{who_can_approve(policy, exclude=_self(policy, req.user_id))}"
         if policy
-        else "no approval required"
+        else NO_APPROVAL
     )
     blocks.append(messages.context(f"request `{req.id}` · {rule}"))
     text = f"Deploy of run {req.run_ref} to {req.environment} in {req.repo}: {req.status}"

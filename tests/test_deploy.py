@@ -516,7 +516,10 @@ def test_environment_without_policy_dispatches_at_once(
     make_harness, github, slack, config_data
 ) -> None:
     deploy = config_data["commands"]["deploy"]
-    deploy["environments"] = {"production": {"approval": deploy.pop("approval")}, "staging": {}}
+    deploy["environments"] = {
+        "production": {"approval": deploy.pop("approval")},
+        "staging": {"approval": "none"},  # the explicit way; a missing policy is refused
+    }
     h = make_harness(config_data)
     req = request_deploy(h, slack, f"{RUN_ID} staging")
     github.wait_for("POST", r"/dispatches$")
@@ -524,7 +527,7 @@ def test_environment_without_policy_dispatches_at_once(
     assert len(github.dispatches) == 1
     assert github.dispatches[0]["client_payload"]["approved_by"] == ""
     assert h.store.get(req.id).status == "triggered"
-    assert buttons(slack, req) == [] and "needs no approval" in card_of(slack, req)
+    assert buttons(slack, req) == [] and "no approval required by config" in card_of(slack, req)
 
 
 def test_approver_needs_github_permission_when_required(
@@ -597,7 +600,9 @@ def test_default_environment_is_the_first_in_the_file() -> None:
     cfg = parse_config(
         {
             "repositories": {"default": REPO},
-            "commands": {"deploy": {"environments": {"staging": {}, "production": {}}}},
+            "commands": {
+                "deploy": {"approval": "none", "environments": {"staging": {}, "production": {}}}
+            },
         }
     )
     assert cfg.commands.deploy.default_environment == "staging"

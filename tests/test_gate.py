@@ -9,15 +9,19 @@ import time
 from typing import Any
 
 import pytest
+import yaml
 from webhook_examples import fixture
 
+from bot.__main__ import main
 from bot.config import ConfigError, parse_config
 from tests.conftest import CHANNEL, DEFAULT_CONFIG, HEAD_SHA, REPO, Harness
+from tests.test_cli import _env
 from tests.test_deploy import (
     _approved,
     add_training_run,
     card_of,
 )
+from tests.test_settings_config import GOOD, run_serve
 
 
 def _iso(ts: float) -> str:
@@ -222,3 +226,68 @@ def test_a_schedule_outside_the_configured_repositories_is_refused_at_start(
     ]
     config_data["repositories"]["allowed"] = [SECRET_REPO]
     assert parse_config(config_data).schedules[0].repository == SECRET_REPO
+
+
+# -- 2. no approval policy is refused; `approval: none` is said out loud --------------------
+
+NO_POLICY = {
+    "repositories": {"default": REPO},
+    "commands": {"deploy": {"event_type": "deploy", "environments": {"production": {}}}},
+}
+MISSING = (
+    "commands.deploy: no approval policy for production: set commands.deploy.approval or "
+    "commands.deploy.environments.production.approval (approvers: [...]), or write "
+    "`approval: none` there to deploy without approval"
+)
+
+
+def test_check_refuses_a_deploy_without_an_approval_policy(
+    slack, github, database_url, tmp_path, capsys
+) -> None:
+    env = _env(slack, github, database_url, tmp_path, NO_POLICY)
+    code = main(["check"], env=env)
+    out = capsys.readouterr().out
+    print(out, f"exit code {code}")
+    assert code == 2
+    assert f"FAIL {tmp_path / 'chatops.yml'}: {MISSING}" in out
+    assert slack.calls == [] and github.requests == []
+
+
+def test_serve_refuses_a_deploy_without_an_approval_policy(tmp_path) -> None:
+    cfg = tmp_path / "chatops.yml"
+    cfg.write_text(yaml.safe_dump(NO_POLICY))
+    proc = run_serve({**GOOD, "CHATOPS_CONFIG": str(cfg)}, cwd=tmp_path)
+    print(proc.stderr, f"exit code {proc.returncode}")
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        f"chatops-bridge cannot start: the config file has problems:\n  - {cfg}: {MISSING}\n"
+    )
+
+
+def test_approval_none_deploys_at_once_and_says_so(make_harness, github, slack) -> None:
+    add_training_run(github)
+    cfg = copy.deepcopy(NO_POLICY)
+    cfg["commands"]["deploy"]["approval"] = "none"
+    h = make_harness(cfg)
+    resp = h.slash("/deploy", "9001")
+    print(resp.json()["text"])
+    assert "no approval required by config (`approval: none`)" in resp.json()["text"]
+    github.wait_for("POST", r"/dispatches$")
+    h.settle()
+    req = h.store.find(kind="deploy")[0]
+    assert github.dispatches[0]["client_payload"]["approved_by"] == ""
+    assert "production*: no approval required by config" in card_of(slack, req)
+    rows = h.store.audit_rows(request_id=req.id)
+    requested = next(r for r in rows if r["action"] == "deploy.requested")
+    assert requested["outcome"] == "approved"
+    assert requested["detail"].endswith("; no approval required by config")
+
+
+def test_without_a_deploy_section_deploy_is_refused(make_harness, github, slack) -> None:
+    h = make_harness({"repositories": {"default": REPO}})
+    resp = h.slash("/deploy", "9001")
+    print(resp.json()["text"])
+    assert resp.json()["response_type"] == "ephemeral"
+    assert "`/deploy` is not set up: no approval policy for production" in resp.json()["text"]
+    h.settle()
+    assert github.requests == [] and h.store.find() == []
