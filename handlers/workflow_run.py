@@ -78,7 +78,8 @@ def title_refusal(req: Request | None, run: RunInfo, workflow_ok: bool) -> str |
     return None
 
 
-def _title_match(deps: Deps, rid: str, run: RunInfo) -> Request | None:
+def title_match(deps: Deps, rid: str, run: RunInfo) -> Request | None:
+    """The request `rid` when `run` may speak for it (title_refusal); else None, logged."""
     req = deps.store.get(rid)
     workflow_ok = req is not None and _workflow_matches(deps, run, req.kind)
     why = title_refusal(req, run, workflow_ok)
@@ -105,7 +106,7 @@ def request_for_run(deps: Deps, run: RunInfo) -> Request | None:
         return req if req is not None and req.repo == run.repo else None
     rid = request_id_in_title(run.display_title)
     if rid:
-        req = _title_match(deps, rid, run)
+        req = title_match(deps, rid, run)
         if req is not None:
             return req
     if run.event != "pull_request" or not _workflow_matches(deps, run):

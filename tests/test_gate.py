@@ -291,3 +291,23 @@ def test_without_a_deploy_section_deploy_is_refused(make_harness, github, slack)
     assert "`/deploy` is not set up: no approval policy for production" in resp.json()["text"]
     h.settle()
     assert github.requests == [] and h.store.find() == []
+
+
+def test_a_deployment_of_a_pull_request_run_titled_like_the_deploy_is_ignored(
+    harness: Harness, github, slack
+) -> None:
+    """deployment_status events name their run; its title counts only as workflow_run's do."""
+    add_training_run(github)
+    req = _approved(harness, github, slack)
+    before = card_of(slack, req)
+    payload = copy.deepcopy(fixture("deployment_status.created"))
+    payload["repository"]["full_name"] = REPO
+    payload["deployment"]["created_at"] = _iso(time.time())
+    payload["workflow_run"] = copy.deepcopy(
+        _titled_run(req, event="pull_request", created=time.time())["workflow_run"]
+    )
+    assert harness.webhook("deployment_status", payload).status_code == 202
+    harness.settle()
+    assert slack.thread_replies(CHANNEL, req.root_ts) == []
+    assert card_of(slack, req) == before
+    assert _rejected(harness, "not_a_dispatch_run") == 1
