@@ -126,6 +126,8 @@ def configured_repos(config: Config) -> dict[str, list[str]]:
         found.setdefault(config.repositories.default, []).append("repositories.default")
     for channel, repo in config.repositories.channels.items():
         found.setdefault(repo, []).append(f"repositories.channels.{channel}")
+    for repo in config.repositories.allowed:
+        found.setdefault(repo, []).append("repositories.allowed")
     for s in config.schedules:
         target = s.repository or config.repository_for(s.channel)
         if target:

@@ -8,7 +8,16 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from bot.cron import cron_trigger
 
@@ -33,6 +42,19 @@ class Strict(BaseModel):
 class Repositories(Strict):
     default: Repo | None = None
     channels: dict[ChannelId, Repo] = {}
+    # Besides `default` and `channels`, the only repositories a command may name. The App may
+    # be installed on more (an org-wide install): being installed is not being configured.
+    allowed: list[Repo] = []
+
+    def permitted(self) -> frozenset[str]:
+        """Every repository a command or schedule may touch, lower-cased (GitHub ignores case)."""
+        names = [*self.allowed, *self.channels.values()]
+        if self.default:
+            names.append(self.default)
+        return frozenset(n.lower() for n in names)
+
+    def permits(self, repo: str) -> bool:
+        return repo.lower() in self.permitted()
 
 
 class Access(Strict):
@@ -62,22 +84,36 @@ class ApprovalPolicy(Strict):
         return self
 
 
+def _approval_kind(value: Any) -> str:
+    return "none" if isinstance(value, str) else "policy"
+
+
+# `approval: none` is the one explicit way to deploy without approval; a missing `approval` is
+# an error (DeployCommand._every_environment_has_a_policy), so forgetting it cannot open a gate.
+Approval = Annotated[
+    Annotated[ApprovalPolicy, Tag("policy")] | Annotated[Literal["none"], Tag("none")],
+    Discriminator(_approval_kind),
+]
+
+
 class EvaluateCommand(Access):
     trigger: Literal["label", "dispatch"] = "label"
     label: str = Field("evaluate", min_length=1, max_length=50)
     event_type: EventType = "evaluate"
-    # Only runs of this workflow (name or file name) are relayed for label-triggered requests.
+    # Only runs of this workflow (name or file name) are relayed for /evaluate requests.
     workflow: str | None = None
 
 
 class EnvironmentSettings(Strict):
-    approval: ApprovalPolicy | None = None
+    approval: Approval | None = None
 
 
 class DeployCommand(Access):
     trigger: Literal["dispatch"] = "dispatch"
     event_type: EventType = "deploy"
-    approval: ApprovalPolicy | None = None
+    # Only runs of this workflow (name or file name) can follow a /deploy request.
+    workflow: str | None = None
+    approval: Approval | None = None
     environments: dict[str, EnvironmentSettings] = {"production": EnvironmentSettings()}
 
     @field_validator("environments")
@@ -90,11 +126,43 @@ class DeployCommand(Access):
                 raise ValueError(f"environment name {name!r} has characters GitHub does not allow")
         return v
 
-    def policy_for(self, environment: str) -> ApprovalPolicy | None:
+    @model_validator(mode="after")
+    def _every_environment_has_a_policy(self) -> DeployCommand:
+        if not self.model_fields_set:
+            return self  # no commands.deploy in the file: /deploy refuses (unconfigured_policy)
+        missing = self.unconfigured_environments()
+        if missing:
+            raise ValueError(self.missing_policy_text(missing))
+        return self
+
+    def approval_for(self, environment: str) -> ApprovalPolicy | Literal["none"] | None:
+        """The environment's own setting, else the command's; None: nobody configured one."""
         env = self.environments.get(environment)
         if env is not None and env.approval is not None:
             return env.approval
         return self.approval
+
+    def policy_for(self, environment: str) -> ApprovalPolicy | None:
+        """The policy deciding a deploy; None only for `approval: none` (or no policy at all,
+        which start-up refuses and /deploy refuses too)."""
+        approval = self.approval_for(environment)
+        return approval if isinstance(approval, ApprovalPolicy) else None
+
+    def unconfigured_environments(self) -> list[str]:
+        return [env for env in self.environments if self.approval_for(env) is None]
+
+    @staticmethod
+    def missing_policy_text(missing: list[str]) -> str:
+        where = (
+            f"commands.deploy.environments.{missing[0]}.approval"
+            if len(missing) == 1
+            else "commands.deploy.environments.<env>.approval"
+        )
+        return (
+            f"no approval policy for {', '.join(missing)}: set commands.deploy.approval or "
+            f"{where} (approvers: [...]), or write `approval: none` there to deploy without "
+            "approval"
+        )
 
     @property
     def default_environment(self) -> str:
@@ -206,6 +274,12 @@ class Config(Strict):
                     f"schedules[{i}].repository is needed: no repositories.default or "
                     f"repositories.channels entry for channel {sched.channel}"
                 )
+            if sched.repository and not self.repositories.permits(sched.repository):
+                raise ValueError(
+                    f"schedules[{i}].repository {sched.repository} is not a configured "
+                    "repository: add it to repositories.allowed (or use repositories.default "
+                    "/ repositories.channels)"
+                )
         return self
 
     def repository_for(self, channel_id: str) -> str | None:
@@ -245,6 +319,14 @@ def parse_config(data: Any, *, source: str = "chatops.yml") -> Config:
         for err in exc.errors():
             loc = tuple(x for x in err["loc"] if not str(x).startswith("function-"))
             msg = err["msg"].removeprefix("Value error, ")
+            if len(loc) > 1 and loc[-2] == "approval" and loc[-1] == "none":
+                msg = "must be a policy (approvers, required, ...) or the word none"
+            # Drop the union's tag: `commands.deploy.approval.required`, not `.policy.required`.
+            loc = tuple(
+                x
+                for i, x in enumerate(loc)
+                if not (i and loc[i - 1] == "approval" and x in ("policy", "none"))
+            )
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
             problems.append(f"{source}: {_path(loc)}: {msg}")

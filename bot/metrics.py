@@ -62,6 +62,13 @@ class Metrics:
             "(not relayed, never on a card)",
             registry=r,
         )
+        self.title_matches_rejected = Counter(
+            "chatops_run_title_matches_rejected_total",
+            "Workflow runs whose title named a request they cannot belong to, by reason "
+            "(not_a_dispatch_run, created_before_dispatch, other_workflow, ...)",
+            ["reason"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

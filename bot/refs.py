@@ -77,8 +77,11 @@ class DeployArgs:
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}$")
 
 
-def parse_deploy_args(text: str) -> DeployArgs:
-    """`<run-id> [environment]`, where run-id may be `owner/repo@<id>` or a run URL."""
+def parse_deploy_args(
+    text: str, *, allowed_hosts: tuple[str, ...] = ("github.com", "www.github.com")
+) -> DeployArgs:
+    """`<run-id> [environment]`, where run-id may be `owner/repo@<id>` or a run URL of one of
+    `allowed_hosts` (as for PR URLs: another host's path must not pick our repository)."""
     parts = text.split()
     if not parts:
         raise UsageError("Which run? Give the run id, e.g. `/deploy 9876543210 production`.")
@@ -90,7 +93,14 @@ def parse_deploy_args(text: str) -> DeployArgs:
     repo: str | None = None
     run_id = raw
     if raw.startswith(("http://", "https://")):
-        m = re.match(r"^/([^/]+/[^/]+)/actions/runs/([0-9]+)", urlparse(raw).path)
+        url = urlparse(raw)
+        host = (url.hostname or "").lower()
+        if host not in allowed_hosts:
+            raise UsageError(
+                f"{_shown(host)} is not a GitHub host this bridge serves "
+                f"({', '.join(allowed_hosts)})."
+            )
+        m = re.match(r"^/([^/]+/[^/]+)/actions/runs/([0-9]+)", url.path)
         if not m:
             raise UsageError(
                 "That URL is not a workflow run (expected …/owner/repo/actions/runs/123)."

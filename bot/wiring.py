@@ -12,7 +12,6 @@ from urllib.parse import urlparse
 import anyio.to_thread
 from slack_bolt import App
 from slack_bolt.middleware.authorization import SingleTeamAuthorization
-
 from slack_bolt.middleware.request_verification import RequestVerification
 from slack_sdk import WebClient
 from starlette.applications import Starlette

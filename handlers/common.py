@@ -8,6 +8,7 @@ from typing import Any
 
 from bot.config import Access
 from bot.deps import Deps
+from bot.markdown import escape_mrkdwn
 from bot.metrics import Metrics
 from bot.refs import UsageError
 from bot.slack import SlackFailure
@@ -31,6 +32,14 @@ def resolve_repo(deps: Deps, explicit: str | None, channel_id: str) -> str:
             "No repository given and none is configured for this channel. Name it, e.g. "
             "`owner/repo#42`, or set `repositories.default` / `repositories.channels` in "
             "chatops.yml."
+        )
+    if not deps.config.repositories.permits(repo):
+        # Refused before any GitHub call: the App may be installed on repositories that the
+        # operator never meant this bridge to act on.
+        raise UsageError(
+            f"`{escape_mrkdwn(repo)}` is not a repository this bridge works on (setting "
+            "`repositories.allowed`, besides `repositories.default` and `repositories.channels`, "
+            "in chatops.yml). Ask an admin of this bridge to add it there."
         )
     return repo
 

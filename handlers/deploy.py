@@ -48,6 +48,8 @@ ACTION_APPROVE = "deploy_approve"
 ACTION_REJECT = "deploy_reject"
 VIEW_REJECT = "deploy_reject_reason"
 DECISION_BLOCK = "deploy_decision"
+# Said on the card, the ack and the audit when an environment has `approval: none`.
+NO_APPROVAL = "no approval required by config"
 REASON_BLOCK = "reason"
 REASON_INPUT = "reason_input"
 EXPIRY_JOB = "deploy-expiry"
@@ -102,7 +104,7 @@ def handle_command(deps: Deps, command: dict[str, Any], ack: Ack) -> Request | N
     if refused(deps, "deploy", cmd, user_id, channel_id, ack):
         return None
     try:
-        args = parse_deploy_args(text)
+        args = parse_deploy_args(text, allowed_hosts=deps.web_hosts)
         repo = resolve_repo(deps, args.repo, channel_id)
     except UsageError as exc:
         count_command(deps, "deploy", "usage_error")
@@ -115,6 +117,16 @@ def handle_command(deps: Deps, command: dict[str, Any], ack: Ack) -> Request | N
         ack(
             text=f":warning: `{args.environment}` is not an environment I deploy to. "
             f"Known environments: {known} (`commands.deploy.environments` in chatops.yml).",
+            response_type="ephemeral",
+        )
+        return None
+    if cmd.approval_for(environment) is None:
+        # Only when chatops.yml has no commands.deploy at all (start-up refuses a deploy section
+        # without a policy): never deploy without approval by omission.
+        count_command(deps, "deploy", "refused")
+        ack(
+            text=f":no_entry: `/deploy` is not set up: {cmd.missing_policy_text([environment])}. "
+            "Ask an admin of this bridge to add it to chatops.yml.",
             response_type="ephemeral",
         )
         return None
@@ -136,7 +148,8 @@ def handle_command(deps: Deps, command: dict[str, Any], ack: Ack) -> Request | N
             idempotency_key=f"slack:{command.get('trigger_id') or command.get('response_url')}",
         ),
         audit_action="deploy.requested",
-        audit_detail=f"{repo} run {args.run_id} to {environment}",
+        audit_detail=f"{repo} run {args.run_id} to {environment}"
+        + ("" if policy else f"; {NO_APPROVAL}"),
     )
     logs.bind(request_id=req.id)
     count_command(deps, "deploy", "accepted" if created else "duplicate")
@@ -150,8 +163,8 @@ def handle_command(deps: Deps, command: dict[str, Any], ack: Ack) -> Request | N
         )
     else:
         said = (
-            f":rocket: On it: {what} (request `{req.id}`); *{req.environment}* needs no "
-            "approval. I'll follow it in a thread in this channel."
+            f":rocket: On it: {what} (request `{req.id}`); {NO_APPROVAL} "
+            "(`approval: none`). I'll follow it in a thread in this channel."
         )
     ack(text=said, response_type="ephemeral")
     if created:
@@ -376,7 +389,7 @@ def approval_refusal(
     """Why this person may not approve this request, or None when they may."""
     env = req.environment or "?"
     if policy is None:
-        return f"*{env}* needs no approval, so there is nothing to approve."
+        return f"*{env}*: {NO_APPROVAL}, so there is nothing to approve."
     if not _is_listed(deps, policy, user_id):
         return (
             f"You cannot approve deploys to *{env}* (rule `approvers` / `approver_usergroups`). "
@@ -824,7 +837,7 @@ def _decision_blocks(
         at = f" at {when(req.decided_at)}" if req.decided_at else ""
         return [messages.context(f":white_check_mark: Approved by {who}{at}")]
     if policy is None and req.status != "error":
-        return [messages.context(f"*{req.environment}* needs no approval.")]
+        return [messages.context(f"*{req.environment}*: {NO_APPROVAL} (`approval: none`).")]
     return []
 
 
@@ -913,7 +926,7 @@ def render_card(
         f"needs {policy.required} approval{'s' if policy.required > 1 else ''} from "
         f"{who_can_approve(policy, exclude=_self(policy, req.user_id))}"
         if policy
-        else "no approval required"
+        else NO_APPROVAL
     )
     blocks.append(messages.context(f"request `{req.id}` · {rule}"))
     text = f"Deploy of run {req.run_ref} to {req.environment} in {req.repo}: {req.status}"

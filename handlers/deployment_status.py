@@ -4,7 +4,8 @@ The deploy workflow's job names a GitHub `environment:`, so GitHub creates a dep
 reports its states. A status is matched to a deploy request by, in order:
 1. `deployment.payload.request_id` (for workflows that create deployments themselves);
 2. `workflow_run.id` (newer payloads): the run already linked to a request by its
-   `workflow_run` events, or else the run's `display_title` ("chatops <request_id>: …");
+   `workflow_run` events, or else the run's `display_title` ("chatops <request_id>: …") when
+   the run may speak for the request (handlers.workflow_run.title_refusal);
 3. for payloads without `workflow_run`: the newest deploy of that repository to that
    environment whose dispatch started before the deployment was created.
 """
@@ -17,12 +18,12 @@ from typing import Any
 
 from bot import messages
 from bot.deps import Deps
-from bot.github import GitHubError, NotFound, Retryable
+from bot.github import GitHubError, NotFound, Retryable, RunInfo, run_from_payload
 from bot.markdown import escape_mrkdwn
 from bot.store import FAILED, SUCCEEDED, WAITING_FOR_RUNS, Request
 from handlers.deploy import deployment_line
 from handlers.thread import refresh_root, reply_once
-from handlers.workflow_run import CLOCK_SKEW, request_id_in_title
+from handlers.workflow_run import CLOCK_SKEW, request_id_in_title, title_match
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,16 @@ def _request_id(deps: Deps, repo: str, deployment: dict[str, Any], run: Any) -> 
     owner = deps.store.run_owner(str(run["id"]))
     if owner:
         return owner
-    title = run.get("display_title")
-    if not isinstance(title, str):
+    # The same rule as workflow_run events: a title counts only on a run the bridge dispatched.
+    info: RunInfo
+    if isinstance(run.get("display_title"), str) and run.get("event") and run.get("created_at"):
         try:
-            title = deps.github.get_run(repo, int(run["id"])).display_title
+            info = run_from_payload(repo, run)
+        except ValueError:
+            return ""
+    else:
+        try:
+            info = deps.github.get_run(repo, int(run["id"]))
         except NotFound:
             return ""
         except Retryable:
@@ -61,7 +68,9 @@ def _request_id(deps: Deps, repo: str, deployment: dict[str, Any], run: Any) -> 
                 "cannot read a deployment's run", extra={"repo": repo, "error": exc.message}
             )
             return None
-    return request_id_in_title(title) or ""
+    rid = request_id_in_title(info.display_title)
+    req = title_match(deps, rid, info) if rid else None
+    return req.id if req is not None else ""
 
 
 def request_for_deployment(

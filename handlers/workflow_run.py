@@ -10,6 +10,7 @@ from typing import Any
 from bot import logs, messages
 from bot.deps import Deps
 from bot.github import GitHubError, Retryable, RunInfo, run_from_payload
+from bot.metrics import Metrics
 from bot.store import (
     ACCEPTED,
     CANCELLED,
@@ -29,7 +30,14 @@ log = logging.getLogger(__name__)
 # Workflows started by repository_dispatch put the request id first in `run-name`, which
 # GitHub reports as display_title: "chatops 1a2b3c4d5e6f: deploy ..."
 TITLE_RE = re.compile(r"^chatops ([0-9a-f]{12})\b")
+# The bridge's clock (action_started_at) and GitHub's (created_at) are compared. NTP-synced
+# hosts agree within a second; 30 s also tolerates a drifting container clock, and the only
+# runs it lets in are ones created in the 30 s before our own dispatch, which still need the
+# dispatch event, the request id in their title and the configured workflow.
 CLOCK_SKEW = 30.0
+# The only events whose run-name the bridge itself set (client_payload / inputs carry the id);
+# a pull_request or push run's title is a PR title or commit message anyone can write.
+DISPATCH_EVENTS = ("repository_dispatch", "workflow_dispatch")
 # A labelled run can be reported before the request is marked triggered (see settle()).
 MATCHABLE = (ACCEPTED, *WAITING_FOR_RUNS)
 
@@ -39,19 +47,68 @@ def request_id_in_title(title: str) -> str | None:
     return m[1] if m else None
 
 
-def _workflow_matches(deps: Deps, run: RunInfo) -> bool:
-    wanted = deps.config.commands.evaluate.workflow
+def _workflow_matches(deps: Deps, run: RunInfo, kind: str = "evaluate") -> bool:
+    """Whether the run is of `commands.<kind>.workflow` (name or file name), when one is set."""
+    cmds = deps.config.commands
+    wanted = {"deploy": cmds.deploy.workflow, "evaluate": cmds.evaluate.workflow}.get(kind)
     if not wanted:
         return True
     return wanted in (run.name, (run.path or "").rsplit("/", 1)[-1])
 
 
+def title_refusal(req: Request | None, run: RunInfo, workflow_ok: bool) -> str | None:
+    """Why a run whose title names a request does not belong to it (None: it does).
+
+    Pure. A title is only evidence for runs the bridge started itself: a dispatch event of
+    the request's repository, created after the request's dispatch was sent.
+    """
+    if req is None:
+        return "unknown_request"
+    if req.repo != run.repo:
+        return "other_repository"
+    if run.event not in DISPATCH_EVENTS:
+        return "not_a_dispatch_run"
+    if req.trigger != "dispatch" or req.action_started_at is None:
+        return "not_dispatched"
+    created = run.created_at if run.created_at is not None else run.run_started_at
+    if created is None or created < req.action_started_at - CLOCK_SKEW:
+        return "created_before_dispatch"
+    if not workflow_ok:
+        return "other_workflow"
+    return None
+
+
+def title_match(deps: Deps, rid: str, run: RunInfo) -> Request | None:
+    """The request `rid` when `run` may speak for it (title_refusal); else None, logged."""
+    req = deps.store.get(rid)
+    workflow_ok = req is not None and _workflow_matches(deps, run, req.kind)
+    why = title_refusal(req, run, workflow_ok)
+    if why is None:
+        return req
+    # Ids only: the title itself is text anyone with a PR can write.
+    log.info(
+        "run title names a request it does not belong to",
+        extra={"run_id": run.id, "request_id": rid, "reason": why},
+    )
+    metrics = deps.extras.get("metrics")
+    if isinstance(metrics, Metrics):
+        metrics.title_matches_rejected.labels(why).inc()
+    return None
+
+
 def request_for_run(deps: Deps, run: RunInfo) -> Request | None:
-    """The one request a run belongs to, by request id, earlier link, or PR + head SHA."""
-    rid = request_id_in_title(run.display_title) or deps.store.run_owner(str(run.id))
-    if rid:
-        req = deps.store.get(rid)
+    """The one request a run belongs to: earlier link, request id in the title of a run the
+    bridge dispatched, or (label-triggered /evaluate only) PR + head SHA."""
+    linked = deps.store.run_owner(str(run.id))
+    if linked:
+        # Linked when first matched, by the rules below.
+        req = deps.store.get(linked)
         return req if req is not None and req.repo == run.repo else None
+    rid = request_id_in_title(run.display_title)
+    if rid:
+        req = title_match(deps, rid, run)
+        if req is not None:
+            return req
     if run.event != "pull_request" or not _workflow_matches(deps, run):
         return None
     candidates: list[Request] = []

@@ -523,7 +523,10 @@ def test_environment_without_policy_dispatches_at_once(
     make_harness, github, slack, config_data
 ) -> None:
     deploy = config_data["commands"]["deploy"]
-    deploy["environments"] = {"production": {"approval": deploy.pop("approval")}, "staging": {}}
+    deploy["environments"] = {
+        "production": {"approval": deploy.pop("approval")},
+        "staging": {"approval": "none"},  # the explicit way; a missing policy is refused
+    }
     h = make_harness(config_data)
     req = request_deploy(h, slack, f"{RUN_ID} staging")
     github.wait_for("POST", r"/dispatches$")
@@ -531,7 +534,7 @@ def test_environment_without_policy_dispatches_at_once(
     assert len(github.dispatches) == 1
     assert github.dispatches[0]["client_payload"]["approved_by"] == ""
     assert h.store.get(req.id).status == "triggered"
-    assert buttons(slack, req) == [] and "needs no approval" in card_of(slack, req)
+    assert buttons(slack, req) == [] and "no approval required by config" in card_of(slack, req)
 
 
 def test_approver_needs_github_permission_when_required(
@@ -604,7 +607,9 @@ def test_default_environment_is_the_first_in_the_file() -> None:
     cfg = parse_config(
         {
             "repositories": {"default": REPO},
-            "commands": {"deploy": {"environments": {"staging": {}, "production": {}}}},
+            "commands": {
+                "deploy": {"approval": "none", "environments": {"staging": {}, "production": {}}}
+            },
         }
     )
     assert cfg.commands.deploy.default_environment == "staging"
@@ -846,6 +851,7 @@ def test_workflow_run_of_the_deploy_reaches_its_thread(harness: Harness, github,
             "name": "deploy",
             "display_title": f"chatops {req.id}: deploy 9001",
             "event": "repository_dispatch",
+            "created_at": _iso_now(),  # runs created before the dispatch are not the deploy's
             "status": "completed",
             "conclusion": "success",
             "pull_requests": [],
@@ -930,7 +936,8 @@ def test_bad_input_is_explained_and_changes_nothing(harness: Harness, github, sl
         "9001 moon": "`production`, `staging`",
         "9001 production extra": "Too many words",
         "not/a/repo@12": "not a repository name",
-        "https://github.com/acme/ml-models/pull/4": "not a workflow run",
+        f"{harness.bridge.deps.web_base}/acme/ml-models/pull/4": "not a workflow run",
+        "https://evil.example/acme/ml-models/actions/runs/5": "not a GitHub host",
     }
     for text, expected in cases.items():
         resp = harness.slash("/deploy", text)
@@ -945,8 +952,10 @@ def test_bad_input_is_explained_and_changes_nothing(harness: Harness, github, sl
 
 
 def test_run_of_another_repository_is_explained_and_nothing_is_posted(
-    harness: Harness, github, slack
+    make_harness, config_data, github, slack
 ) -> None:
+    config_data["repositories"]["allowed"] = ["other/unknown"]  # configured, not installed
+    harness = make_harness(config_data)
     github.add_repo("acme/other", installation_id=101)
     github.add_run(
         "acme/other", {"id": 4242, "name": "train", "status": "completed", "conclusion": "success"}

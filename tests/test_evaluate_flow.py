@@ -301,7 +301,11 @@ def test_bad_input_gets_ephemeral_usage_and_no_github_call(harness: Harness, git
     assert harness.store.find() == []
 
 
-def test_repository_without_installation_is_explained(harness: Harness, github, slack) -> None:
+def test_repository_without_installation_is_explained(
+    make_harness, config_data, github, slack
+) -> None:
+    config_data["repositories"]["allowed"] = ["other/unknown"]  # configured, not installed
+    harness = make_harness(config_data)
     resp = harness.slash("/evaluate", "other/unknown#5", response_url=slack.response_url("r1"))
     assert resp.status_code == 200
     said = slack.wait_for("response_url", 1)[0]

@@ -216,7 +216,9 @@ def test_requests_older_than_the_max_age_stop_being_polled(make_harness, github,
 
 
 def test_only_repositories_with_open_requests_are_polled(make_harness, github, slack, clock):
-    h = make_harness(_config(), use_clock=True)
+    cfg = _config()
+    cfg["repositories"]["allowed"] = ["acme/other-repo"]
+    h = make_harness(cfg, use_clock=True)
     poller = h.bridge.poller
     assert poller.poll() == "done"
     assert github.requests == []  # nothing open: a cycle asks GitHub nothing at all

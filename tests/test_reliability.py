@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -46,6 +47,8 @@ def run_payload(req_id: str, *, run_id: int = 9001, conclusion: str = "success")
             "head_sha": HEAD_SHA,
             "event": "pull_request",
             "display_title": f"chatops {req_id}: evaluate",
+            "pull_requests": [],  # matched by head SHA, created now: not by its title
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "status": "completed",
             "conclusion": conclusion,
             "run_attempt": 1,

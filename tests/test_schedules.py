@@ -167,6 +167,10 @@ def test_a_schedule_fires_once_at_its_time_and_is_followed(make_harness, github,
     payload["workflow_run"].update(
         display_title=f"chatops {req.id}: retrain",
         event="repository_dispatch",
+        # Created at the dispatch: a run older than it is not this request's.
+        created_at=dt.datetime.fromtimestamp(req.action_started_at or 0, dt.UTC).strftime(
+            "%Y-%m-%dT%H:%M:%SZ"
+        ),
         status="completed",
         conclusion="success",
         pull_requests=[],

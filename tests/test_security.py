@@ -506,6 +506,9 @@ def test_nul_characters_in_webhooks_are_dropped(harness: Harness, github, slack)
             "display_title": f"chatops {req.id}: x\u0000",
             "head_sha": HEAD_SHA,
             "event": "pull_request",
+            # Matched by head SHA (a pull_request run's title proves nothing): created now.
+            "pull_requests": [],
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
     )
     assert harness.webhook("workflow_run", payload).status_code == 202
@@ -661,6 +664,8 @@ def test_no_secret_in_logs_messages_or_endpoints(
             "head_sha": HEAD_SHA,
             "event": "pull_request",
             "display_title": f"chatops {req.id}: evaluate",
+            "pull_requests": [],  # matched by head SHA, created now: not by its title
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
     )
     assert h.webhook("workflow_run", run).status_code == 202
@@ -792,6 +797,8 @@ def test_hostile_github_text_is_escaped_everywhere(harness: Harness, github, sla
             "event": "pull_request",
             "head_branch": HOSTILE,
             "display_title": f"chatops {req.id}: {HOSTILE}",
+            "pull_requests": [],  # matched by head SHA, created now: not by its title
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "conclusion": "failure",
             "html_url": "https://github.com/acme/ml-models/actions/runs/4242",
         }
