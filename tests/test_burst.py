@@ -7,6 +7,7 @@ Runs on SQLite and, with CHATOPS_TEST_DB=postgres, on PostgreSQL."""
 from __future__ import annotations
 
 import copy
+import time
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -140,6 +141,10 @@ def _completed(req_id: str) -> dict[str, Any]:
             "status": "completed",
             "conclusion": "success",
             "run_attempt": 1,
+            # Matched by head SHA (a pull_request run's title never names a request), and
+            # created after the label went on.
+            "pull_requests": [],
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 5)),
         }
     )
     return payload
