@@ -7,8 +7,8 @@ Runs on SQLite and, with CHATOPS_TEST_DB=postgres, on PostgreSQL."""
 from __future__ import annotations
 
 import copy
-import time
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
