@@ -80,6 +80,11 @@ class Settings:
     # the interpreter with the threads that answer Slack, whose 3 seconds matter more
     # (docs/benchmarks.md measures 8, 16 and 32 on 2 CPUs).
     job_workers: int = 16
+    # Issue 15: leases that know their holder, outages waited out, failures given up loudly.
+    heartbeat_seconds: float = 2.0  # CHATOPS_HEARTBEAT_SECONDS: how often a process says alive
+    holder_dead_seconds: float = 10.0  # CHATOPS_HOLDER_DEAD_SECONDS: silent this long = dead
+    outage_horizon_hours: float = 24.0  # CHATOPS_OUTAGE_HORIZON_HOURS: wait out a peer this long
+    max_attempts: int = 5  # CHATOPS_MAX_ATTEMPTS: tries of a unit failing other than by outage
 
     @property
     def socket_mode(self) -> bool:
@@ -237,6 +242,32 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     else:
         job_workers = int(workers_raw)
 
+    heartbeat = _seconds(env, "CHATOPS_HEARTBEAT_SECONDS", 2.0, 0.1, problems)
+    holder_dead = _seconds(env, "CHATOPS_HOLDER_DEAD_SECONDS", 10.0, 0.5, problems)
+    if holder_dead <= heartbeat:
+        problems.append(
+            "CHATOPS_HOLDER_DEAD_SECONDS must be longer than CHATOPS_HEARTBEAT_SECONDS "
+            f"({holder_dead:g} <= {heartbeat:g}): live processes would look dead"
+        )
+    horizon_raw = env.get("CHATOPS_OUTAGE_HORIZON_HOURS", "").strip() or "24"
+    try:
+        horizon = float(horizon_raw)
+    except ValueError:
+        horizon = -1.0
+    if not 0 < horizon <= 24 * 30:
+        problems.append(
+            f"CHATOPS_OUTAGE_HORIZON_HOURS must be hours (above 0, up to 720), got {horizon_raw!r}"
+        )
+        horizon = 24.0
+    attempts_raw = env.get("CHATOPS_MAX_ATTEMPTS", "").strip() or "5"
+    max_attempts = 5
+    if not attempts_raw.isdigit() or not 1 <= int(attempts_raw) <= 100:
+        problems.append(
+            f"CHATOPS_MAX_ATTEMPTS must be a whole number from 1 to 100, got {attempts_raw!r}"
+        )
+    else:
+        max_attempts = int(attempts_raw)
+
     if problems:
         raise SettingsError(problems)
     return Settings(
@@ -258,4 +289,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         lease_seconds=lease_seconds,
         leader_check_seconds=leader_check,
         job_workers=job_workers,
+        heartbeat_seconds=heartbeat,
+        holder_dead_seconds=holder_dead,
+        outage_horizon_hours=horizon,
+        max_attempts=max_attempts,
     )

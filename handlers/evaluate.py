@@ -26,7 +26,7 @@ from handlers.common import (
     resolve_repo,
 )
 from handlers.help import answer_help_or_status
-from handlers.thread import ensure_root, fail, retry_or_give_up
+from handlers.thread import ensure_root, fail, fail_or_wait, retry_or_give_up
 from handlers.workflow_run import dispatch_once, settle
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ def carry_out(deps: Deps, req: Request) -> None:
     try:
         req = ensure_root(deps, req)
     except SlackFailure as exc:
-        fail(deps, req, exc.user_hint)
+        fail_or_wait(deps, req, exc)
         return
     try:
         if cmd.trigger == "label":
