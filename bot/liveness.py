@@ -50,6 +50,9 @@ def pid_running(pid: int) -> bool:
 
 
 class Liveness:
+    # Ids registered by this interpreter and not stopped (tests run several bridges in one).
+    _here: set[str] = set()
+
     def __init__(self, store: Store, *, every: float = 2.0) -> None:
         self.store = store
         self.every = every
@@ -64,6 +67,7 @@ class Liveness:
         """Register this process (before it stores or claims anything)."""
         self.store.register_process(self.id, self.host, self.pid)
         self.store.process_id = self.id
+        Liveness._here.add(self.id)
 
     def start(self) -> None:
         self.reap_local()
@@ -94,7 +98,7 @@ class Liveness:
             dead = [
                 pid_id
                 for pid_id, pid in self.store.processes_on(self.host)
-                if pid_id != self.id and (pid == self.pid or not pid_running(pid))
+                if pid_id not in Liveness._here and (pid == self.pid or not pid_running(pid))
             ]
             if dead:
                 self.store.forget_processes(dead)
@@ -107,6 +111,7 @@ class Liveness:
     def stop(self) -> None:
         """Stop beating and leave: whatever this process still holds is taken over at once."""
         self._stop.set()
+        Liveness._here.discard(self.id)
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
