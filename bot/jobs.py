@@ -16,6 +16,7 @@ from typing import Any
 
 from bot import logs
 from bot.github import Retryable
+from bot.messages import duration
 from bot.metrics import Metrics
 from bot.slack import SlackFailure
 from bot.store import Request, Store
@@ -265,10 +266,7 @@ class Jobs:
                 )
                 self._count("chatops_unit_retries", unit, peer)
                 return wait, {"waiting_since": since, "waiting_on": peer}
-            what = (
-                f"{peer} has been unavailable for {waited / 3600:.1f} hours "
-                f"(last answer: {_describe(exc)})"
-            )
+            what = f"{peer} has been unavailable for {duration(waited)} (last: {_describe(exc)})"
             log.error(f"{unit} given up: {peer} unavailable too long", extra={**ids, "error": what})
             self._count("chatops_units_given_up", unit, "outage_horizon")
             return -1.0, {"_what": what, "waiting_since": None, "waiting_on": None}

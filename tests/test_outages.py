@@ -162,14 +162,12 @@ def test_slack_down_for_half_an_hour_every_reply_is_posted_once_afterwards(
     assert health["peers"]["Slack"]["status"] == "unavailable"
     assert health["peers"]["Slack"]["waiting"] == 2
     assert health["peers"]["GitHub"]["status"] == "ok"
-    assert "chatops_units_waiting{peer=\"Slack\"} 2.0" in h.client.get("/metrics").text
+    assert 'chatops_units_waiting{peer="Slack"} 2.0' in h.client.get("/metrics").text
     assert all(slack.thread_replies(CHANNEL, r.root_ts) == [] for r in reqs)
     with h.bridge.engine.connect() as conn:
         from sqlalchemy import text
 
-        rows = conn.execute(
-            text("SELECT attempts, processed_at, failed_at FROM deliveries")
-        ).all()
+        rows = conn.execute(text("SELECT attempts, processed_at, failed_at FROM deliveries")).all()
     assert len(rows) == 2 and all(a > 5 and p is None and f is None for a, p, f in rows), rows
 
     slack.go_down(0)  # Slack is back
@@ -203,7 +201,7 @@ def test_github_down_past_the_outage_horizon_is_given_up_loudly(
         hk.sweep()
         h.settle()
     req = h.store.find(repo=REPO)[0]
-    assert req.status == "error" and "GitHub has been unavailable for 1." in (req.error or "")
+    assert req.status == "error" and "GitHub has been unavailable for 1h 0" in (req.error or "")
     said = [c.params.get("text", "") for c in slack.calls_to("response_url")]
     assert sum("gave up" in t for t in said) == 1, said
     assert given_up(h, "request", "outage_horizon") == 1
@@ -293,3 +291,65 @@ def test_a_delivery_that_keeps_failing_is_marked_failed_and_logged(
     h.bridge.housekeeping.sweep()
     h.settle()
     assert len(handled) == 4
+
+
+def test_app_home_says_which_peer_is_down() -> None:
+    from handlers.home import health_lines
+
+    health = {
+        "database": "ok",
+        "peers": {
+            "GitHub": {
+                "status": "unavailable",
+                "waiting": 3,
+                "summary": "GitHub: unavailable since 02:31 UTC, 3 units waiting",
+            },
+            "Slack": {"status": "ok", "waiting": 0},
+        },
+    }
+    text = health_lines(health, "1 installation")
+    assert "GitHub: unavailable since 02:31 UTC, 3 units waiting" in text
+    assert "Slack" not in text
+
+
+def test_outage_settings_come_from_the_environment() -> None:
+    from bot.settings import SettingsError, load_settings
+    from tests.doubles.github_api import app_key_pair
+
+    base = {
+        "SLACK_BOT_TOKEN": "xoxb-1",
+        "SLACK_APP_TOKEN": "xapp-1",
+        "GITHUB_APP_ID": "1",
+        "GITHUB_APP_PRIVATE_KEY": app_key_pair()[0],
+    }
+    s = load_settings(base)
+    assert (s.heartbeat_seconds, s.holder_dead_seconds) == (2.0, 10.0)
+    assert (s.outage_horizon_hours, s.max_attempts) == (24.0, 5)
+    s = load_settings(
+        {
+            **base,
+            "CHATOPS_HEARTBEAT_SECONDS": "1",
+            "CHATOPS_HOLDER_DEAD_SECONDS": "5",
+            "CHATOPS_OUTAGE_HORIZON_HOURS": "2.5",
+            "CHATOPS_MAX_ATTEMPTS": "3",
+        }
+    )
+    assert (s.heartbeat_seconds, s.holder_dead_seconds) == (1.0, 5.0)
+    assert (s.outage_horizon_hours, s.max_attempts) == (2.5, 3)
+    with pytest.raises(SettingsError) as err:
+        load_settings(
+            {
+                **base,
+                "CHATOPS_HEARTBEAT_SECONDS": "5",
+                "CHATOPS_HOLDER_DEAD_SECONDS": "5",
+                "CHATOPS_OUTAGE_HORIZON_HOURS": "never",
+                "CHATOPS_MAX_ATTEMPTS": "0",
+            }
+        )
+    problems = " ".join(err.value.problems)
+    for name in (
+        "CHATOPS_HOLDER_DEAD_SECONDS",
+        "CHATOPS_OUTAGE_HORIZON_HOURS",
+        "CHATOPS_MAX_ATTEMPTS",
+    ):
+        assert name in problems
