@@ -10,6 +10,8 @@ Scenarios (see issue 15):
                 seconds from the kill until the label is on the PR (one label).
 - replica-kill: two processes on PostgreSQL; the one holding the command is SIGKILLed →
                 seconds until the survivor has put the label on (one label).
+- replica-kill-remote: the same, the holder's row moved to another host first, so only its
+                heartbeat's age tells the survivor it died.
 - label-502:    GitHub answers the label POST 502 twice → seconds from the ack to the label.
 - rate-limit:   GitHub's rate limit is spent, resetting 3 s later → seconds from the ack to
                 the label.
@@ -151,11 +153,21 @@ def restart(w: World) -> str:
     return f"restart: label {t1 - t0:.1f}s after the SIGKILL (labels posted: {w.labels_posted()})"
 
 
-def replica_kill(w: World) -> str:
+def replica_kill(w: World, *, remote: bool = False) -> str:
+    name = "replica-kill" + ("-remote" if remote else "")
     if w._admin is None:
-        return "replica-kill: skipped (needs CHATOPS_TEST_DB=postgres)"
+        return f"{name}: skipped (needs CHATOPS_TEST_DB=postgres)"
     a, b = w.server().start(), w.server().start()
     w.github.fail("GET", r"/pulls/42$", 0, delay=2.0)
+    if remote:
+        # As if the holder ran on another machine: the survivor cannot see its pid is gone,
+        # only that its heartbeat stops (CHATOPS_HOLDER_DEAD_SECONDS, 10 s by default).
+        assert a.proc is not None
+        with w.engine.begin() as conn:
+            conn.execute(
+                text("UPDATE processes SET host = 'another-machine' WHERE pid = :p"),
+                {"p": a.proc.pid},
+            )
     assert a.slash("42").status_code == 200
     wait(lambda: held(w.github), 10)
     a.kill()
@@ -163,7 +175,7 @@ def replica_kill(w: World) -> str:
     t1 = wait(lambda: w.github.labels(REPO, 42) == ["evaluate"])
     time.sleep(1)
     return (
-        f"replica-kill: survivor labelled {t1 - t0:.1f}s after the SIGKILL "
+        f"{name}: survivor labelled {t1 - t0:.1f}s after the SIGKILL "
         f"(labels posted: {w.labels_posted()}; survivor {b.health().get('scheduler')})"
     )
 
@@ -218,6 +230,7 @@ def slack_down(w: World) -> str:
 SCENARIOS = {
     "restart": restart,
     "replica-kill": replica_kill,
+    "replica-kill-remote": lambda w: replica_kill(w, remote=True),
     "label-502": label_502,
     "rate-limit": rate_limit,
     "slack-down": slack_down,
