@@ -14,6 +14,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.exc import InterfaceError, OperationalError
+
 from bot import logs
 from bot.github import Retryable
 from bot.messages import duration
@@ -67,6 +69,8 @@ def outage_of(exc: BaseException) -> tuple[str, float | None] | None:
         return "GitHub", exc.retry_at
     if isinstance(exc, SlackFailure) and exc.is_outage:
         return "Slack", exc.retry_at
+    if isinstance(exc, OperationalError | InterfaceError):  # the database went away
+        return "database", None
     return None
 
 

@@ -260,6 +260,13 @@ class Store:
             "b_holder": self.process_id,
         }
 
+    def _mine(self, table: Any) -> Any:
+        """SQL condition: this process still holds the unit. A holder that stalled past
+        holder_dead_seconds and was taken over must not give back its successor's lease."""
+        if self.process_id is None:
+            return table.c.holder.is_(None)
+        return table.c.holder == self.process_id
+
     # -- processes (heartbeats) -----------------------------------------------------------
     def register_process(self, process_id: str, host: str, pid: int) -> None:
         now = self.clock()
@@ -456,7 +463,7 @@ class Store:
         with self.engine.begin() as conn:
             conn.execute(
                 update(db.requests)
-                .where(db.requests.c.id == request_id)
+                .where(db.requests.c.id == request_id, self._mine(db.requests))
                 .values(lease_until=self.clock() + retry_in, **values)
             )
 
@@ -661,7 +668,7 @@ class Store:
         with self.engine.begin() as conn:
             conn.execute(
                 update(db.deliveries)
-                .where(db.deliveries.c.id == delivery_id)
+                .where(db.deliveries.c.id == delivery_id, self._mine(db.deliveries))
                 .values(lease_until=self.clock() + retry_in, **values)
             )
 

@@ -33,6 +33,18 @@ def _new(store: Store, key: str = "k1") -> str:
     return req.id
 
 
+def _lease(store: Store, request_id: str) -> float:
+    from sqlalchemy import select
+
+    from bot import db
+
+    with store.engine.connect() as conn:
+        value: float = conn.execute(
+            select(db.requests.c.lease_until).where(db.requests.c.id == request_id)
+        ).scalar_one()
+    return value
+
+
 def fast(h: Harness, **kwargs: Any) -> None:
     """Retries milliseconds apart instead of seconds (same policy otherwise)."""
     h.bridge.jobs.policy = RetryPolicy(base=0.02, cap=0.2, **kwargs)
@@ -73,6 +85,11 @@ def test_a_dead_holders_lease_is_taken_over_a_live_ones_is_not(database_url: str
         assert b.claim(rid, lease_seconds=120)
         assert not a.claim(rid, lease_seconds=120)  # one claim wins, even against the old holder
         assert b.get(rid).attempts == 2  # type: ignore[union-attr]
+        held_until = _lease(b, rid)
+        a.release(rid, retry_in=0)  # the stalled old holder finishing late gives nothing back
+        assert _lease(b, rid) == held_until
+        b.release(rid, retry_in=0)
+        assert _lease(b, rid) == clock.now
         # A stored delivery follows the same rule.
         assert a.record_delivery("d1", "workflow_run", "completed", "{}")
         assert b.orphaned()[1] == [("d1", "workflow_run")]
