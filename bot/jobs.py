@@ -21,7 +21,7 @@ from bot.github import Retryable
 from bot.messages import duration
 from bot.metrics import Metrics
 from bot.slack import SlackFailure
-from bot.store import Request, Store
+from bot.store import ACCEPTED, APPROVED, ERROR, PENDING_APPROVAL, Request, Store
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ DeliveryHandler = Callable[[str, dict[str, Any]], object]
 # Called once when a request is given up: (request, what failed, attempts). handlers/thread.py
 # marks it `error` and tells the requester.
 GiveUpHandler = Callable[[Request, str, int], None]
+GIVE_UP_FROM = (ACCEPTED, PENDING_APPROVAL, APPROVED)  # the states a request step works from
 
 
 @dataclass(frozen=True)
@@ -292,12 +293,20 @@ class Jobs:
         return -1.0, {"_what": _describe(exc), "failures": failures}
 
     def _tell_give_up(self, req: Request, what: str, attempts: int) -> None:
-        if self._give_up is None:
-            return
-        try:
-            self._give_up(req, what, attempts)
-        except Exception:
-            log.exception("could not record or tell that the request was given up")
+        if self._give_up is not None:
+            try:
+                self._give_up(req, what, attempts)
+            except Exception:
+                log.exception("could not record or tell that the request was given up")
+        # Whatever happened above, the request is not carried out again (no-op when the
+        # handler has marked it already).
+        self.store.update(
+            req.id,
+            only_if_status=GIVE_UP_FROM,
+            status=ERROR,
+            error=f"gave up after {attempts} attempts: {what}",
+            finished_at=self.store.clock(),
+        )
 
     def _count(self, name: str, unit: str, why: str) -> None:
         if self.metrics is None:

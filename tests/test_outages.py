@@ -370,3 +370,31 @@ def test_outage_settings_come_from_the_environment() -> None:
         "CHATOPS_MAX_ATTEMPTS",
     ):
         assert name in problems
+
+
+def test_a_request_given_up_is_never_carried_out_again_even_if_telling_fails(
+    make_harness, github, slack
+) -> None:
+    h = make_harness()
+    fast(h, max_failures=2)
+    calls: list[str] = []
+
+    def broken(req: Any) -> None:
+        calls.append(req.id)
+        raise KeyError("the bug")
+
+    def telling_breaks(*args: Any) -> None:
+        raise RuntimeError("and so does telling")
+
+    h.bridge.jobs.register("evaluate", broken)
+    h.bridge.jobs.on_give_up(telling_breaks)
+    assert h.slash("/evaluate", "42").status_code == 200
+    req = h.wait_until(
+        lambda: (r := h.store.find(repo=REPO)[0]).status == "error" and r, timeout=10
+    )
+    h.settle()
+    assert "gave up after 2 attempts" in (req.error or "")
+    h.bridge.housekeeping.STALE_AFTER = 0
+    h.bridge.housekeeping.sweep()
+    h.settle()
+    assert len(calls) == 2
