@@ -279,7 +279,8 @@ class Jobs:
         if failures < self.policy.max_failures:
             wait = self.policy.failure_wait(failures)
             log.exception(
-                f"{unit} failed; it will be retried",
+                f"{'delivery handling' if unit == 'delivery' else 'request step'} failed; "
+                "it will be retried",
                 extra={**ids, "failures": failures, "retry_in": round(wait, 1)},
             )
             self._count("chatops_unit_retries", unit, "failure")
