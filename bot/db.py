@@ -58,6 +58,12 @@ requests = Table(
     Column("decided_by", String(32)),
     Column("decided_at", Float),
     Column("reason", Text),
+    # v3: who holds the lease (processes.id), failures that are not outages (bugs, refusals
+    # that will not change), and since when / on whom (GitHub, Slack) it waits out an outage.
+    Column("holder", String(64)),
+    Column("failures", Integer, nullable=False, default=0),
+    Column("waiting_since", Float),
+    Column("waiting_on", String(16)),
     Index("ix_requests_repo_pr", "repo", "pr_number"),
     Index("ix_requests_status", "status"),
     Index("ix_requests_user", "user_id", "created_at"),
@@ -83,7 +89,27 @@ deliveries = Table(
     Column("lease_until", Float, nullable=False, default=0.0),
     Column("attempts", Integer, nullable=False, default=0),
     Column("payload", Text),  # cleared once processed; the id stays for deduplication
+    # v3: as on requests; a delivery given up is processed (failed_at set, error says why).
+    Column("holder", String(64)),
+    Column("failures", Integer, nullable=False, default=0),
+    Column("waiting_since", Float),
+    Column("waiting_on", String(16)),
+    Column("failed_at", Float),
+    Column("error", Text),
     Index("ix_deliveries_pending", "processed_at", "received_at"),
+)
+
+# v3: the processes that hold leases, and their heartbeats. A lease whose holder's heartbeat
+# is older than CHATOPS_HOLDER_DEAD_SECONDS belongs to a dead process: any replica takes it.
+processes = Table(
+    "processes",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    # host identity: hostname, boot id and PID namespace (pids compare only within one)
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
 )
 
 runs = Table(
@@ -179,7 +205,24 @@ def _v2(conn: Connection) -> None:
     )
 
 
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2)]
+def _v3(conn: Connection) -> None:
+    # Leases that know their holder (processes + heartbeats), outage waits and give-ups.
+    processes.create(conn, checkfirst=True)
+    for table in ("requests", "deliveries"):
+        names = {c["name"] for c in inspect(conn).get_columns(table)}
+        for name, ddl in (
+            ("holder", "VARCHAR(64)"),
+            ("failures", "INTEGER NOT NULL DEFAULT 0"),
+            ("waiting_since", "FLOAT"),
+            ("waiting_on", "VARCHAR(16)"),
+        ):
+            if name not in names:
+                conn.execute(text(f'ALTER TABLE {table} ADD COLUMN "{name}" {ddl}'))
+    add_column_if_missing(conn, "deliveries", Column("failed_at", Float))
+    add_column_if_missing(conn, "deliveries", Column("error", Text))
+
+
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2), (3, _v3)]
 
 _MIGRATION_LOCK = 0x43484154  # "CHAT": PostgreSQL advisory lock key for migrations
 

@@ -69,6 +69,28 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        # Issue 15: outages are waited out, other failures retried a few times, then given up.
+        self.units_waiting = Gauge(
+            "chatops_units_waiting",
+            "Requests and deliveries waiting for a peer (GitHub, Slack) to come back",
+            ["peer"],
+            registry=r,
+        )
+        self.unit_retries = Counter(
+            "chatops_unit_retries_total",
+            "Attempts of a request or delivery that will be retried, by cause "
+            "(GitHub, Slack: an outage; failure: anything else)",
+            ["unit", "cause"],
+            registry=r,
+        )
+        self.units_given_up = Counter(
+            "chatops_units_given_up_total",
+            "Requests (marked error, requester told) and deliveries (marked failed) given up, "
+            "by reason (failure: the attempts cap; payload: a delivery its handler cannot use; "
+            "outage_horizon: a peer down too long)",
+            ["unit", "reason"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -99,6 +99,9 @@ class Housekeeping:
         self.SWEEP_SECONDS = s.sweep_seconds
         self.LEADER_CHECK_SECONDS = s.leader_check_seconds
         self.STALE_AFTER = s.stale_after_seconds  # work untouched this long was interrupted
+        # The takeover check (every replica, not only the leader): work whose holder died.
+        self.TAKEOVER_SECONDS = s.heartbeat_seconds
+        self.takeovers = 0  # units this process took over from a dead holder (GET /healthz)
         cfg = bridge.config.github
         webhook_secret = bridge.settings.github_webhook_secret
         self.github_mode = (
@@ -189,6 +192,16 @@ class Housekeeping:
             replace_existing=True,
             next_run_time=dt.datetime.now(dt.UTC),
         )
+        # On every replica, at start and every few seconds: work of a dead process is carried
+        # out at once, not when its lease runs out (bot/liveness.py).
+        self.scheduler.add_job(
+            self.takeover,
+            "interval",
+            seconds=self.TAKEOVER_SECONDS,
+            id="takeover",
+            replace_existing=True,
+            next_run_time=dt.datetime.now(dt.UTC),
+        )
         self.add_interval("recovery-sweep", self.sweep, self.SWEEP_SECONDS, now=True)
         self.add_interval("prune-deliveries", self.prune, 3600)
         for installer in self._extra:
@@ -231,7 +244,30 @@ class Housekeeping:
             log.info("recovering webhook delivery", extra={"delivery_id": delivery_id})
             jobs.submit_delivery(delivery_id, event)
 
+    def takeover(self) -> None:
+        """Carry out the requests and deliveries whose holder's heartbeat stopped."""
+        try:
+            self.bridge.liveness.reap_local()
+            request_ids, deliveries = self.bridge.store.orphaned()
+        except Exception:
+            log.warning("takeover check failed (database unreachable?)", exc_info=True)
+            return
+        for request_id in request_ids:
+            log.info("taking over a request from a dead process", extra={"request_id": request_id})
+            self.takeovers += 1
+            self.bridge.jobs.submit(request_id)
+        for delivery_id, event in deliveries:
+            log.info(
+                "taking over a webhook delivery from a dead process",
+                extra={"delivery_id": delivery_id},
+            )
+            self.takeovers += 1
+            self.bridge.jobs.submit_delivery(delivery_id, event)
+
     def prune(self) -> None:
+        n = self.bridge.store.prune_processes(older_than=24 * 3600)
+        if n:
+            log.info("pruned processes silent for a day", extra={"count": n})
         n = self.bridge.store.prune_deliveries(older_than=7 * 24 * 3600)
         if n:
             log.info("pruned old deliveries", extra={"count": n})

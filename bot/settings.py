@@ -97,6 +97,12 @@ class Settings:
     # the process's file limit at start (bot/serving.py:connection_cap).
     max_connections: int = 0
 
+    # Issue 15: leases that know their holder, outages waited out, failures given up loudly.
+    heartbeat_seconds: float = 2.0  # CHATOPS_HEARTBEAT_SECONDS: how often a process says alive
+    holder_dead_seconds: float = 10.0  # CHATOPS_HOLDER_DEAD_SECONDS: silent this long = dead
+    outage_horizon_hours: float = 24.0  # CHATOPS_OUTAGE_HORIZON_HOURS: wait out a peer this long
+    max_attempts: int = 5  # CHATOPS_MAX_ATTEMPTS: tries of a unit failing other than by outage
+
     @property
     def socket_mode(self) -> bool:
         return self.slack_app_token is not None
@@ -362,6 +368,32 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     config_path = Path(env.get("CHATOPS_CONFIG", "").strip() or "chatops.yml")
     unknown = _unknown_and_placeholders(reading.env, reading.read | ALSO_KNOWN, problems)
 
+    heartbeat = _seconds(env, "CHATOPS_HEARTBEAT_SECONDS", 2.0, 0.1, problems)
+    holder_dead = _seconds(env, "CHATOPS_HOLDER_DEAD_SECONDS", 10.0, 0.5, problems)
+    if holder_dead <= heartbeat:
+        problems.append(
+            "CHATOPS_HOLDER_DEAD_SECONDS must be longer than CHATOPS_HEARTBEAT_SECONDS "
+            f"({holder_dead:g} <= {heartbeat:g}): live processes would look dead"
+        )
+    horizon_raw = env.get("CHATOPS_OUTAGE_HORIZON_HOURS", "").strip() or "24"
+    try:
+        horizon = float(horizon_raw)
+    except ValueError:
+        horizon = -1.0
+    if not 0 < horizon <= 24 * 30:
+        problems.append(
+            f"CHATOPS_OUTAGE_HORIZON_HOURS must be hours (above 0, up to 720), got {horizon_raw!r}"
+        )
+        horizon = 24.0
+    attempts_raw = env.get("CHATOPS_MAX_ATTEMPTS", "").strip() or "5"
+    max_attempts = 5
+    if not attempts_raw.isdigit() or not 1 <= int(attempts_raw) <= 100:
+        problems.append(
+            f"CHATOPS_MAX_ATTEMPTS must be a whole number from 1 to 100, got {attempts_raw!r}"
+        )
+    else:
+        max_attempts = int(attempts_raw)
+
     if problems:
         raise SettingsError(problems)
     return Settings(
@@ -390,4 +422,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         header_timeout_seconds=header_timeout,
         keepalive_seconds=keepalive,
         max_connections=max_connections,
+        heartbeat_seconds=heartbeat,
+        holder_dead_seconds=holder_dead,
+        outage_horizon_hours=horizon,
+        max_attempts=max_attempts,
     )

@@ -26,10 +26,29 @@ log = logging.getLogger(__name__)
 class SlackFailure(Exception):
     """A Slack call failed; `error` is Slack's error code (e.g. not_in_channel)."""
 
-    def __init__(self, error: str, method: str) -> None:
+    def __init__(
+        self,
+        error: str,
+        method: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(f"Slack {method} failed: {error}")
         self.error = error
         self.method = method
+        self.status = status  # HTTP status of Slack's answer, when there was one
+        # When Slack said to come back (Retry-After), as UNIX seconds: an outage's next try.
+        self.retry_at = time.time() + retry_after if retry_after is not None else None
+
+    @property
+    def is_outage(self) -> bool:
+        """Slack down, overloaded or rate limiting (wait and try again), not a refusal."""
+        return (
+            self.error.startswith("connection")
+            or self.error in OUTAGE_ERRORS
+            or (self.status is not None and (self.status == 429 or self.status >= 500))
+        )
 
     @property
     def user_hint(self) -> str:
@@ -42,6 +61,11 @@ class SlackFailure(Exception):
             return "This channel is archived; run the command in an active channel."
         return f"Slack refused the message ({self.error})."
 
+
+# Slack error codes that mean "not now" rather than "no" (docs.slack.dev: Web API errors).
+OUTAGE_ERRORS = frozenset(
+    {"ratelimited", "service_unavailable", "internal_error", "fatal_error", "request_timeout"}
+)
 
 MAX_RETRY_AFTER = 30.0  # seconds a call may wait for Slack's Retry-After before giving up
 
@@ -153,9 +177,12 @@ class SlackOut:
         try:
             resp = (via or self.client).api_call(method, json=kwargs)
         except SlackApiError as exc:
-            error = str(exc.response.get("error") or "unknown_error")
+            status = getattr(exc.response, "status_code", None)
+            error = str(exc.response.get("error") or f"http_{status}")
             self._observe(method, error, started)
-            raise SlackFailure(error, method) from None
+            headers = getattr(exc.response, "headers", None) or {}
+            wait = retry_after_seconds(headers) if status == 429 or error == "ratelimited" else None
+            raise SlackFailure(error, method, status=status, retry_after=wait) from None
         except (SlackRequestError, OSError) as exc:
             self._observe(method, "connection", started)
             raise SlackFailure(f"connection: {type(exc).__name__}", method) from None
@@ -228,7 +255,7 @@ class SlackOut:
             raise SlackFailure(f"connection: {type(exc).__name__}", "response_url") from None
         if resp.status_code >= 300:
             self._observe("response_url", f"http_{resp.status_code}", started)
-            raise SlackFailure(f"http_{resp.status_code}", "response_url")
+            raise SlackFailure(f"http_{resp.status_code}", "response_url", status=resp.status_code)
         self._observe("response_url", "ok", started)
 
     def publish_home(self, user_id: str, view: dict[str, Any]) -> None:

@@ -100,6 +100,9 @@ class Request:
     decided_by: str | None
     decided_at: float | None
     reason: str | None
+    failures: int = 0  # failures that are not outages, since the last success (the cap)
+    waiting_since: float | None = None  # when its current outage wait began
+    waiting_on: str | None = None  # the peer it waits for: GitHub | Slack
 
     @property
     def is_open(self) -> bool:
@@ -174,6 +177,9 @@ def _request_from(m: Any) -> Request:
         decided_by=m["decided_by"],
         decided_at=m["decided_at"],
         reason=m["reason"],
+        failures=m["failures"] or 0,
+        waiting_since=m["waiting_since"],
+        waiting_on=m["waiting_on"],
     )
 
 
@@ -296,14 +302,34 @@ _UPDATE_REQUEST_IF = _UPDATE_REQUEST.where(
 )
 _GET_DETAILS = select(db.requests.c.details).where(db.requests.c.id == bindparam("b_id"))
 _SET_DETAILS_IF = _UPDATE_REQUEST.where(db.requests.c.details == bindparam("b_old"))
+
+
+def _holder_dead(holder: Any) -> Any:
+    """SQL condition: the unit's holder is another process whose heartbeat stopped (or whose
+    row is gone). Binds b_me (this process) and b_alive_since (oldest heartbeat still alive)."""
+    alive = select(db.processes.c.id).where(
+        db.processes.c.heartbeat_at >= bindparam("b_alive_since")
+    )
+    return and_(holder.is_not(None), holder != bindparam("b_me"), holder.not_in(alive))
+
+
+def _free_or_orphaned(table: Any) -> Any:
+    """SQL condition: nobody holds the unit's lease, or its holder is dead."""
+    return or_(table.c.lease_until <= bindparam("b_now"), _holder_dead(table.c.holder))
+
+
 _CLAIM_DELIVERY = (
     update(db.deliveries)
     .where(
         db.deliveries.c.id == bindparam("b_id"),
         db.deliveries.c.processed_at.is_(None),
-        db.deliveries.c.lease_until <= bindparam("b_now"),
+        _free_or_orphaned(db.deliveries),
     )
-    .values(lease_until=bindparam("b_until"), attempts=db.deliveries.c.attempts + 1)
+    .values(
+        lease_until=bindparam("b_until"),
+        attempts=db.deliveries.c.attempts + 1,
+        holder=bindparam("b_holder"),
+    )
     .returning(db.deliveries.c.payload)
 )
 _UPDATE_DELIVERY = update(db.deliveries).where(db.deliveries.c.id == bindparam("b_id"))
@@ -326,13 +352,14 @@ _CLAIM = (
     update(db.requests)
     .where(
         db.requests.c.id == bindparam("request_id"),
-        db.requests.c.lease_until <= bindparam("now"),
+        _free_or_orphaned(db.requests),
         _needs_work(),
     )
     .values(
         lease_until=bindparam("until"),
         attempts=db.requests.c.attempts + 1,
-        updated_at=bindparam("now"),
+        updated_at=bindparam("b_now"),
+        holder=bindparam("b_holder"),
     )
 )
 
@@ -341,6 +368,68 @@ class Store:
     def __init__(self, engine: Engine, clock: Clock = time.time) -> None:
         self.engine = engine
         self.clock = clock
+        # This process's id in `processes` (bot/liveness.py): the holder of what it claims.
+        self.process_id: str | None = None
+        # A holder whose heartbeat is older than this is dead (CHATOPS_HOLDER_DEAD_SECONDS).
+        self.holder_dead_seconds = 10.0
+
+    def _liveness(self, now: float) -> dict[str, Any]:
+        return {
+            "b_now": now,
+            "b_me": self.process_id or "",
+            "b_alive_since": now - self.holder_dead_seconds,
+            "b_holder": self.process_id,
+        }
+
+    def _mine(self, table: Any) -> Any:
+        """SQL condition: this process still holds the unit. A holder that stalled past
+        holder_dead_seconds and was taken over must not give back its successor's lease."""
+        if self.process_id is None:
+            return table.c.holder.is_(None)
+        return table.c.holder == self.process_id
+
+    # -- processes (heartbeats) -----------------------------------------------------------
+    def register_process(self, process_id: str, host: str, pid: int) -> None:
+        now = self.clock()
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(db.processes).values(
+                    id=process_id, host=host, pid=pid, started_at=now, heartbeat_at=now
+                )
+            )
+
+    def heartbeat(self, process_id: str) -> bool:
+        """Renew this process's heartbeat; False when its row is gone (then it is re-added)."""
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(db.processes)
+                .where(db.processes.c.id == process_id)
+                .values(heartbeat_at=self.clock())
+            ).rowcount
+        return bool(changed)
+
+    def processes_on(self, host: str) -> list[tuple[str, int]]:
+        """(id, pid) of the processes that registered with this host identity."""
+        p = db.processes.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(p.id, p.pid).where(p.host == host)).all()
+        return [(r[0], int(r[1])) for r in rows]
+
+    def forget_processes(self, ids: Iterable[str]) -> int:
+        """Remove process rows: their leases count as orphaned from now on."""
+        ids = list(ids)
+        if not ids:
+            return 0
+        with self.engine.begin() as conn:
+            result = conn.execute(delete(db.processes).where(db.processes.c.id.in_(ids)))
+        return int(result.rowcount)
+
+    def prune_processes(self, older_than: float) -> int:
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                delete(db.processes).where(db.processes.c.heartbeat_at < self.clock() - older_than)
+            )
+        return int(result.rowcount)
 
     # -- health -------------------------------------------------------------------------
     def ping(self) -> None:
@@ -389,6 +478,10 @@ class Store:
             "lease_until": 0.0,
             "attempts": 0,
             "expires_at": new.expires_at,
+            # The process that stored it will carry it out; if it dies first, any replica
+            # takes it over at once instead of after CHATOPS_STALE_AFTER_SECONDS.
+            "holder": self.process_id,
+            "failures": 0,
         }
         try:
             with self.engine.begin() as conn:
@@ -504,36 +597,91 @@ class Store:
         return _row_to_request(row) if row else None
 
     def claim(self, request_id: str, lease_seconds: float = 120.0) -> bool:
-        """Take the work lease of a request; False when another worker holds it."""
+        """Take the work lease of a request; False when a live worker holds it.
+
+        A lease whose holder is dead (no heartbeat for holder_dead_seconds) is taken at once,
+        whatever its lease_until says.
+        """
         now = self.clock()
-        params = {"request_id": request_id, "now": now, "until": now + lease_seconds}
+        params = {"request_id": request_id, "until": now + lease_seconds, **self._liveness(now)}
         with self.engine.begin() as conn:
             result = conn.execute(_CLAIM, params)
         return bool(result.rowcount)
 
-    def release(self, request_id: str, *, retry_in: float = 0.0) -> None:
+    def release(self, request_id: str, *, retry_in: float = 0.0, **values: Any) -> None:
+        """Give the lease back; the next attempt is due in retry_in seconds (lease_until is its
+        durable record: the holder's timer runs it, or any sweep once it is due). `values`:
+        failures, waiting_since, waiting_on."""
         with self.engine.begin() as conn:
             conn.execute(
                 update(db.requests)
-                .where(db.requests.c.id == request_id)
-                .values(lease_until=self.clock() + retry_in)
+                .where(db.requests.c.id == request_id, self._mine(db.requests))
+                .values(lease_until=self.clock() + retry_in, **values)
             )
 
     def to_carry_out(self, *, older_than: float, limit: int = 100) -> list[Request]:
-        """Requests with a step to do that nobody is working on: the recovery sweep's input."""
+        """Requests with a step to do that nobody is working on: the recovery sweep's input.
+
+        Free ones untouched for `older_than` seconds, and at once those of a dead holder.
+        """
         now = self.clock()
+        c = db.requests.c
+        free_and_stale = and_(c.lease_until <= now, c.updated_at <= now - older_than)
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(db.requests)
-                .where(
-                    _needs_work(),
-                    db.requests.c.lease_until <= now,
-                    db.requests.c.updated_at <= now - older_than,
-                )
-                .order_by(db.requests.c.created_at)
-                .limit(limit)
+                .where(_needs_work(), or_(free_and_stale, _holder_dead(c.holder)))
+                .order_by(c.created_at)
+                .limit(limit),
+                self._liveness(now),
             ).all()
         return [_row_to_request(r) for r in rows]
+
+    def orphaned(self, limit: int = 100) -> tuple[list[str], list[tuple[str, str]]]:
+        """Request ids and (delivery id, event) whose holder is dead: the takeover's input."""
+        now = self.clock()
+        r, d = db.requests.c, db.deliveries.c
+        params = self._liveness(now)
+        with self.engine.connect() as conn:
+            reqs = conn.execute(
+                select(r.id)
+                .where(_needs_work(), _holder_dead(r.holder))
+                .order_by(r.created_at)
+                .limit(limit),
+                params,
+            ).all()
+            dels = conn.execute(
+                select(d.id, d.event)
+                .where(d.processed_at.is_(None), _holder_dead(d.holder))
+                .order_by(d.received_at)
+                .limit(limit),
+                params,
+            ).all()
+        return [row[0] for row in reqs], [(row[0], row[1]) for row in dels]
+
+    def waiting(self) -> dict[str, tuple[int, float]]:
+        """Per peer (GitHub, Slack): units waiting out its outage, and since when."""
+        out: dict[str, tuple[int, float]] = {}
+        r, d = db.requests.c, db.deliveries.c
+        with self.engine.connect() as conn:
+            rows = [
+                *conn.execute(
+                    select(r.waiting_on, func.count(), func.min(r.waiting_since))
+                    .where(_needs_work(), r.waiting_on.is_not(None))
+                    .group_by(r.waiting_on)
+                ).all(),
+                *conn.execute(
+                    select(d.waiting_on, func.count(), func.min(d.waiting_since))
+                    .where(d.processed_at.is_(None), d.waiting_on.is_not(None))
+                    .group_by(d.waiting_on)
+                ).all(),
+            ]
+        for peer, n, since in rows:
+            had = out.get(peer)
+            out[peer] = (
+                (had[0] + int(n), min(had[1], float(since))) if had else (int(n), float(since))
+            )
+        return out
 
     def find(
         self,
@@ -670,6 +818,8 @@ class Store:
                         "payload": payload,
                         "lease_until": 0.0,
                         "attempts": 0,
+                        "holder": self.process_id,
+                        "failures": 0,
                     },
                 )
         except IntegrityError:
@@ -679,7 +829,7 @@ class Store:
     def claim_delivery(self, delivery_id: str, lease_seconds: float = 120.0) -> str | None:
         """Take a pending delivery's lease; returns its payload, or None if taken/done."""
         now = self.clock()
-        params = {"b_id": delivery_id, "b_now": now, "b_until": now + lease_seconds}
+        params = {"b_id": delivery_id, "b_until": now + lease_seconds, **self._liveness(now)}
         with self.engine.begin() as conn:
             # One statement (RETURNING: SQLite 3.35+, PostgreSQL): claim and read together.
             row = conn.execute(_CLAIM_DELIVERY, params).first()
@@ -692,45 +842,57 @@ class Store:
                 {"b_id": delivery_id, "processed_at": self.clock(), "payload": None},
             )
 
-    def fail_delivery(self, delivery_id: str) -> None:
-        """Mark a delivery that cannot succeed as done without clearing its payload.
-
-        `processed_at` set keeps it out of pending_deliveries (no more retries) and lets pruning
-        remove it with the others; the payload left in place tells it apart from a delivery
-        that was handled, and lets an operator see what failed.
-        """
+    def release_delivery(self, delivery_id: str, retry_in: float, **values: Any) -> None:
+        """As release(): `values` may set failures, waiting_since, waiting_on."""
         with self.engine.begin() as conn:
             conn.execute(
                 update(db.deliveries)
-                .where(db.deliveries.c.id == delivery_id)
-                .values(processed_at=self.clock())
+                .where(db.deliveries.c.id == delivery_id, self._mine(db.deliveries))
+                .values(lease_until=self.clock() + retry_in, **values)
             )
 
-    def release_delivery(self, delivery_id: str, retry_in: float) -> None:
+    def delivery_retry_state(self, delivery_id: str) -> tuple[int, float | None]:
+        """(failures, waiting_since) of a delivery: what its retry policy needs."""
+        d = db.deliveries.c
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(d.failures, d.waiting_since).where(d.id == delivery_id)
+            ).first()
+        return (int(row[0] or 0), row[1]) if row else (0, None)
+
+    def fail_delivery(self, delivery_id: str, error: str) -> None:
+        """Give a delivery up: processed (never retried), with failed_at and why. The payload
+        is kept for whoever investigates, until pruning."""
+        now = self.clock()
         with self.engine.begin() as conn:
             conn.execute(
-                update(db.deliveries)
-                .where(db.deliveries.c.id == delivery_id)
-                .values(lease_until=self.clock() + retry_in)
+                _UPDATE_DELIVERY,
+                {
+                    "b_id": delivery_id,
+                    "processed_at": now,
+                    "failed_at": now,
+                    "error": error[:2000],
+                    "waiting_since": None,
+                    "waiting_on": None,
+                },
             )
 
     def pending_deliveries(
-        self, *, older_than: float, max_attempts: int = 5, limit: int = 100
+        self, *, older_than: float, max_attempts: int | None = None, limit: int = 100
     ) -> list[tuple[str, str]]:
-        """(id, event) of deliveries stored but not processed: the recovery sweep's input."""
+        """(id, event) of deliveries stored but not processed: the recovery sweep's input.
+
+        No attempts cap by default: a delivery waiting out an outage stays pending until it is
+        handled or given up (Jobs marks it failed, processed_at set).
+        """
         now = self.clock()
         d = db.deliveries.c
+        conds = [d.processed_at.is_(None), d.lease_until <= now, d.received_at <= now - older_than]
+        if max_attempts is not None:
+            conds.append(d.attempts < max_attempts)
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(d.id, d.event)
-                .where(
-                    d.processed_at.is_(None),
-                    d.lease_until <= now,
-                    d.received_at <= now - older_than,
-                    d.attempts < max_attempts,
-                )
-                .order_by(d.received_at)
-                .limit(limit)
+                select(d.id, d.event).where(*conds).order_by(d.received_at).limit(limit)
             ).all()
         return [(r[0], r[1]) for r in rows]
 

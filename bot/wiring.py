@@ -22,7 +22,8 @@ from bot.db import make_engine, migrate
 from bot.deps import Deps
 from bot.github import GitHubApp
 from bot.http import bolt_error_response
-from bot.jobs import Jobs
+from bot.jobs import Jobs, RetryPolicy
+from bot.liveness import Liveness
 from bot.metrics import Metrics
 from bot.poller import Poller
 from bot.routing import Router
@@ -89,6 +90,10 @@ class Bridge:
         self.engine = make_engine(settings.database_url)
         migrate(self.engine)
         self.store = Store(self.engine, clock=clock)
+        self.store.holder_dead_seconds = settings.holder_dead_seconds
+        # This process's row and heartbeat: every unit it stores or claims names it as holder.
+        self.liveness = Liveness(self.store, every=settings.heartbeat_seconds)
+        self.liveness.register()
         self.github = github or GitHubApp(
             app_id=settings.github_app_id,
             private_key=settings.github_private_key.get(),
@@ -103,6 +108,10 @@ class Bridge:
             self.store,
             workers=workers or settings.job_workers,
             lease_seconds=settings.lease_seconds,
+            policy=RetryPolicy(
+                horizon=settings.outage_horizon_hours * 3600, max_failures=settings.max_attempts
+            ),
+            metrics=self.metrics,
         )
         web_base, web_hosts = web_base_for(settings.github_api_url)
         self.deps = Deps(
@@ -166,6 +175,7 @@ class Bridge:
         # 64+ concurrent commands should queue there, not at the socket.
         with contextlib.suppress(RuntimeError):
             anyio.to_thread.current_default_thread_limiter().total_tokens = 64
+        self.liveness.start()
         self.housekeeping.start()
         if self.settings.socket_mode:
             from slack_bolt.adapter.socket_mode import SocketModeHandler
@@ -182,6 +192,7 @@ class Bridge:
                 self.socket_handler.close()
         self.housekeeping.stop()
         self.jobs.shutdown(wait=True)
+        self.liveness.stop()
         self.engine.dispose()
 
     @contextlib.asynccontextmanager
@@ -214,12 +225,39 @@ class Bridge:
             report["last_webhook_age_seconds"] = round(self.clock() - last, 1) if last else None
         report["queue_depth"] = self.jobs.depth
         report["leader_jobs_run"] = self.housekeeping.leader_runs
+        if report["database"] == "ok":
+            report["peers"] = self.peers()
         if self.housekeeping.github_mode == "poll":
             report["poll"] = dict(self.poller.stats)
         return report
 
+    def peers(self) -> dict[str, dict[str, Any]]:
+        """GitHub and Slack as the bridge's work sees them: `unavailable` while units wait
+        for them to come back (since when, how many), else `ok`. From the database, so every
+        replica says the same."""
+        waiting = self.store.waiting()
+        out: dict[str, dict[str, Any]] = {}
+        for peer in ("GitHub", "Slack"):
+            if peer in waiting:
+                n, since = waiting[peer]
+                out[peer] = {
+                    "status": "unavailable",
+                    "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since)),
+                    "waiting": n,
+                    "summary": f"{peer}: unavailable since "
+                    f"{time.strftime('%H:%M UTC', time.gmtime(since))}, "
+                    f"{n} unit{'s' if n != 1 else ''} waiting",
+                }
+            else:
+                out[peer] = {"status": "ok", "waiting": 0}
+        return out
+
     def refresh_gauges(self) -> None:
         self.metrics.queue_depth.set(self.jobs.depth)
+        with contextlib.suppress(Exception):
+            waiting = self.store.waiting()
+            for peer in ("GitHub", "Slack"):
+                self.metrics.units_waiting.labels(peer).set(waiting.get(peer, (0, 0.0))[0])
         self.metrics.scheduler_leader.set(1 if self.housekeeping.is_leader else 0)
         with contextlib.suppress(Exception):
             counts = self.store.count_by_status()

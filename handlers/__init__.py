@@ -18,6 +18,7 @@ from handlers import (
     meta,
     pull_request,
     schedules,
+    thread,
     workflow_run,
 )
 
@@ -85,6 +86,8 @@ def register_jobs(deps: Deps) -> None:
     deps.jobs.register("evaluate", lambda req: evaluate.carry_out(deps, req))
     deps.jobs.register("deploy", lambda req: deploy.carry_out(deps, req))
     deps.jobs.register("schedule", lambda req: schedules.carry_out(deps, req))
+    # A request given up (attempts cap, or a peer down past the outage horizon) is told.
+    deps.jobs.on_give_up(lambda req, what, attempts: thread.give_up(deps, req, what, attempts))
 
 
 def register_schedules(housekeeping: Housekeeping, deps: Deps) -> None:

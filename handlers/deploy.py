@@ -36,7 +36,7 @@ from handlers.common import (
     resolve_repo,
 )
 from handlers.help import answer_help_or_status
-from handlers.thread import ensure_root, fail, refresh_root, retry_or_give_up
+from handlers.thread import ensure_root, fail, fail_or_wait, refresh_root, retry_or_give_up
 from handlers.workflow_run import dispatch_once, settle
 
 log = logging.getLogger(__name__)
@@ -220,7 +220,7 @@ def _post_card(deps: Deps, req: Request) -> Request | None:
     try:
         return ensure_root(deps, req)
     except SlackFailure as exc:
-        fail(deps, req, exc.user_hint)
+        fail_or_wait(deps, req, exc)
         return None
 
 

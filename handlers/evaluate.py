@@ -30,7 +30,7 @@ from handlers.common import (
 from handlers.help import answer_help_or_status
 from handlers.schedules import USER_ID as SCHEDULE_USER
 from handlers.status import thread_url
-from handlers.thread import ensure_root, fail, retry_or_give_up
+from handlers.thread import ensure_root, fail, fail_or_wait, retry_or_give_up
 from handlers.workflow_run import dispatch_once, settle
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ def carry_out(deps: Deps, req: Request) -> None:
     try:
         req = ensure_root(deps, req)
     except SlackFailure as exc:
-        fail(deps, req, exc.user_hint)
+        fail_or_wait(deps, req, exc)  # raises when Slack is down: the job layer waits
         _tell_duplicates(deps, req)
         return
     _tell_duplicates(deps, req)

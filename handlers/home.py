@@ -59,6 +59,10 @@ def health_lines(health: dict[str, Any], installations: str) -> str:
         lines.append(":white_circle: Last GitHub webhook: none received yet")
     else:
         lines.append(f":large_green_circle: Last GitHub webhook: {messages.duration(age)} ago")
+    for peer in (health.get("peers") or {}).values():
+        if isinstance(peer, dict) and peer.get("status") == "unavailable":
+            # "GitHub: unavailable since 02:31 UTC, 3 units waiting" (work resumes by itself)
+            lines.append(f":red_circle: {peer.get('summary', '')}; retrying on its own")
     lines.append(f":gear: Scheduler: {health.get('scheduler', '?')}")
     lines.append(f":key: GitHub App: {installations}")
     lines.append(f":inbox_tray: Work in flight: {health.get('queue_depth', 0)}")

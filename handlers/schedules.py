@@ -31,7 +31,7 @@ from bot.github import GitHubError, Retryable
 from bot.markdown import escape_mrkdwn
 from bot.slack import SlackFailure
 from bot.store import ACCEPTED, TRIGGERED, NewRequest, Request
-from handlers.thread import ensure_root, fail, retry_or_give_up
+from handlers.thread import ensure_root, fail, fail_or_wait, retry_or_give_up
 from handlers.workflow_run import dispatch_once, settle
 
 if TYPE_CHECKING:
@@ -161,7 +161,7 @@ def carry_out(deps: Deps, req: Request) -> None:
     try:
         req = ensure_root(deps, req)
     except SlackFailure as exc:
-        fail(deps, req, exc.user_hint)
+        fail_or_wait(deps, req, exc)
         return
     assert req.event_type
     payload = {

@@ -10,7 +10,6 @@ import threading
 from bot import logs, messages
 from bot.deps import Deps
 from bot.github import Retryable
-from bot.jobs import RetryLater
 from bot.slack import SlackFailure
 from bot.store import ACCEPTED, APPROVED, ERROR, FINAL_STATES, PENDING_APPROVAL, Request
 
@@ -174,18 +173,31 @@ def reply_once(
     return True
 
 
-MAX_ATTEMPTS = 12  # with 30 s+ between attempts: several minutes of GitHub trouble, then give up
-
-
 def retry_or_give_up(deps: Deps, req: Request, exc: Retryable) -> None:
-    """Tell the requester once that GitHub is in the way, and retry later — or give up."""
-    if req.attempts >= MAX_ATTEMPTS:
-        fail(
-            deps,
-            req,
-            f"{exc.message} Gave up after {req.attempts} attempts; please try again later.",
-        )
-        return
+    """Tell the requester once that GitHub is in the way, then hand the outage to the job
+    layer, which waits it out with backoff (honouring a rate limit's reset) and gives up only
+    after CHATOPS_OUTAGE_HORIZON_HOURS (bot/jobs.py RetryPolicy, then give_up below)."""
     tell_once(deps, req, "retry-note", exc.message)
-    wait = (exc.retry_at - deps.clock()) if exc.retry_at else 30.0
-    raise RetryLater(max(5.0, wait))
+    raise exc
+
+
+def fail_or_wait(deps: Deps, req: Request, exc: SlackFailure) -> None:
+    """Slack refused (not in the channel, archived…): fail with the hint. Slack down or rate
+    limiting: raise, and the job layer waits the outage out."""
+    if exc.is_outage:
+        raise exc
+    fail(deps, req, exc.user_hint)
+
+
+def give_up(deps: Deps, req: Request, what: str, attempts: int) -> None:
+    """The job layer gave the request up (a bug, a refusal that will not change, or a peer
+    down past the outage horizon): mark it `error`, audit it, and tell the requester once —
+    in the thread, or ephemerally when there is none yet."""
+    fail(
+        deps,
+        req,
+        f"I could not carry out request `{req.id}` and gave up after {attempts} "
+        f"attempt{'s' if attempts != 1 else ''}: {what}",
+        hint="Nothing more will happen for this request. Run the command again; if it fails "
+        f"the same way, tell the bridge's admins (request id `{req.id}` is in their logs).",
+    )

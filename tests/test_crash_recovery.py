@@ -619,6 +619,62 @@ def test_two_replicas_recovering_the_same_request_at_once_carry_it_out_once(
     assert len(roots(slack)) == 1
 
 
+# -- leases that know their holder (issue 15) --------------------------------------------------
+# Production's lease and sweep: only the holder's heartbeat can make recovery come early.
+HOLDER_AWARE = {
+    "CHATOPS_LEASE_SECONDS": "120",
+    "CHATOPS_SWEEP_SECONDS": "15",
+    "CHATOPS_STALE_AFTER_SECONDS": "30",
+    "CHATOPS_HEARTBEAT_SECONDS": "0.5",
+    "CHATOPS_HOLDER_DEAD_SECONDS": "3",
+}
+
+
+def test_a_restart_takes_over_the_killed_processs_command_before_its_lease_ends(
+    spawn, store, github, slack
+) -> None:
+    server = spawn(**HOLDER_AWARE).start()
+    github.fail("GET", r"/pulls/42$", 0, delay=1.0)  # killed inside the job's first step
+    assert server.slash("42").status_code == 200
+    wait_until(lambda: held(github), what="the job inside GET /pulls/42")
+    time.sleep(0.1)
+    server.kill()
+    t0 = time.monotonic()
+    server.start()
+    # The lease (120 s) is still held by the dead process: only its holder's death frees it.
+    wait_until(lambda: github.labels(REPO, 42) == ["evaluate"], timeout=60, what="the label")
+    print(f"carried out {time.monotonic() - t0:.1f}s after the kill (lease 120 s)")
+    req = recovered(store)
+    time.sleep(1.0)
+    assert len(github.requests_to("POST", r"/issues/42/labels$")) == 1
+    assert len(roots(slack)) == 1 and req.root_ts
+    assert server.health()["peers"] == {
+        "GitHub": {"status": "ok", "waiting": 0},
+        "Slack": {"status": "ok", "waiting": 0},
+    }
+
+
+def test_a_replica_killed_holding_a_command_is_taken_over_by_the_survivor(
+    spawn, store, github, slack, database_url
+) -> None:
+    if database_url.startswith("sqlite"):
+        pytest.skip("SQLite runs one process")
+    holder, survivor = spawn(**HOLDER_AWARE).start(), spawn(**HOLDER_AWARE).start()
+    github.fail("GET", r"/pulls/42$", 0, delay=1.0)
+    assert holder.slash("42").status_code == 200  # its own job pool takes the command
+    wait_until(lambda: held(github), what="the holder inside GET /pulls/42")
+    time.sleep(0.1)
+    holder.kill()
+    t0 = time.monotonic()
+    wait_until(lambda: github.labels(REPO, 42) == ["evaluate"], timeout=60, what="the label")
+    print(f"survivor carried it out {time.monotonic() - t0:.1f}s after the kill (lease 120 s)")
+    req = recovered(store)
+    time.sleep(1.0)
+    assert len(github.requests_to("POST", r"/issues/42/labels$")) == 1
+    assert len(roots(slack)) == 1 and req.root_ts
+    assert survivor.health()["scheduler"] in ("leader", "standby")
+
+
 # -- one scheduler across replicas ------------------------------------------------------------
 def test_one_leader_across_replicas_and_takeover(spawn, database_url) -> None:
     if database_url.startswith("sqlite"):

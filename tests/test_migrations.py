@@ -38,14 +38,14 @@ def test_a_version_1_database_upgrades_and_keeps_its_rows(database_url: str) -> 
             )
         assert "ix_requests_thread" not in _indexes(engine)
 
-        assert migrate(engine) == 2
-        assert migrate(engine) == 2  # a second replica starting later changes nothing
+        assert migrate(engine) == 3
+        assert migrate(engine) == 3  # a second replica starting later changes nothing
 
         assert "ix_requests_thread" in _indexes(engine)
         with engine.connect() as conn:
             versions = sorted(r[0] for r in conn.execute(select(db.schema_migrations.c.version)))
             ids = [r[0] for r in conn.execute(select(db.requests.c.id))]
-        assert versions == [1, 2]
+        assert versions == [1, 2, 3]
         assert ids == ["0123456789ab"]
     finally:
         engine.dispose()
@@ -53,3 +53,39 @@ def test_a_version_1_database_upgrades_and_keeps_its_rows(database_url: str) -> 
 
 def _indexes(engine: object) -> set[str]:
     return {ix["name"] or "" for ix in inspect(engine).get_indexes("requests")}
+
+
+def test_a_version_2_database_gains_holders_and_heartbeats(database_url: str) -> None:
+    """Issue 15's v3: `processes`, and holder/failures/waiting columns on requests and
+    deliveries (rows kept; failures start at 0)."""
+    engine = make_engine(database_url)
+    new = {"holder", "failures", "waiting_since", "waiting_on"}
+    try:
+        with engine.begin() as conn:
+            db.schema_migrations.create(conn, checkfirst=True)
+            db._v1(conn)
+            for table in ("requests", "deliveries"):
+                for col in sorted(
+                    new | ({"failed_at", "error"} if table == "deliveries" else set())
+                ):
+                    conn.execute(text(f'ALTER TABLE {table} DROP COLUMN "{col}"'))
+            for version in (1, 2):
+                conn.execute(
+                    db.schema_migrations.insert().values(version=version, applied_at=time.time())
+                )
+            conn.execute(
+                text(
+                    "INSERT INTO deliveries (id, event, received_at, lease_until, attempts) "
+                    "VALUES ('d-1', 'workflow_run', 1.0, 0.0, 0)"
+                )
+            )
+        assert "processes" not in inspect(engine).get_table_names()
+        assert migrate(engine) == 3
+        assert "processes" in inspect(engine).get_table_names()
+        for table in ("requests", "deliveries"):
+            assert new <= {c["name"] for c in inspect(engine).get_columns(table)}
+        with engine.connect() as conn:
+            row = conn.execute(text("SELECT failures, holder FROM deliveries")).one()
+        assert tuple(row) == (0, None)
+    finally:
+        engine.dispose()

@@ -260,26 +260,26 @@ def test_bad_gateway_past_budget_is_reported_retried_and_finally_given_up(
     req = start(h, slack)
     assert req.status == "accepted"
     assert "GitHub is having trouble (502)" in said(slack) and "I will retry" in said(slack)
-    # The job layer retries after 30 s and gets through.
+    # The job layer retries (an outage: after seconds, doubling) and gets through.
     clock.advance(31)
     h.bridge.jobs.run_request(req.id)
     assert h.store.get(req.id).status == "triggered"  # type: ignore[union-attr]
 
-    # A GitHub that stays down: after MAX_ATTEMPTS the user is told it gave up.
-    from handlers.thread import MAX_ATTEMPTS
+    # A GitHub that stays down past the outage horizon: the user is told it gave up.
+    from bot.jobs import RetryPolicy
 
+    h.bridge.jobs.policy = RetryPolicy(horizon=600)
     gh.bad_gateway("GET", PULL, times=3 * 20)
     h.slash("/evaluate", "42", response_url=slack.response_url("again"))
     h.settle()
     again = next(r for r in h.store.find(repo=REPO, pr_number=42) if r.id != req.id)
-    h.store.update(again.id, attempts=MAX_ATTEMPTS - 2)  # skip most of the retries
     for _ in range(2):
-        clock.advance(31)
+        clock.advance(331)
         h.bridge.jobs.run_request(again.id)
     again = h.store.get(again.id)
     assert again is not None and again.status == "error"
-    assert "Gave up after" in (again.error or "")
-    assert f"Gave up after {MAX_ATTEMPTS} attempts" in said(slack)
+    assert "gave up after 3 attempts" in (again.error or "")
+    assert "GitHub has been unavailable for 11m" in said(slack)
 
 
 def test_bad_gateway_on_dispatch_is_repeated_with_the_same_request_id(

@@ -208,6 +208,8 @@ class SlackDouble:
         self.response_url_uses: dict[str, int] = {}
         self._failures: dict[str, list[tuple[str, int, int | None]]] = {}
         self._delays: dict[str, list[float]] = {}
+        # Slack down: every Web API call is answered 503 until this time (time.time()).
+        self.down_until = 0.0
         self._cond = threading.Condition(threading.RLock())
         self._ts = itertools.count(1)
         self._view_ids = itertools.count(1)
@@ -326,6 +328,12 @@ class SlackDouble:
         answer as usual (a slow Slack: a client killed meanwhile never reads the answer)."""
         with self._cond:
             self._delays.setdefault(method, []).extend([seconds] * times)
+
+    def go_down(self, seconds: float) -> None:
+        """Slack is down for ``seconds``: every Web API call is answered ``503
+        service_unavailable`` (and recorded) until then. ``go_down(0)`` ends an outage."""
+        with self._cond:
+            self.down_until = time.time() + seconds
 
     def delays_pending(self) -> int:
         """How many delays given to `delay_next` no call has taken yet."""
@@ -470,6 +478,8 @@ class SlackDouble:
     def _api(
         self, method: str, params: dict[str, Any], headers: dict[str, str]
     ) -> tuple[int, dict[str, str], dict[str, Any]]:
+        if time.time() < self.down_until:
+            return 503, {}, {"ok": False, "error": "service_unavailable"}
         injected = self._injected(method)
         if injected is not None:
             return injected
