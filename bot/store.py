@@ -221,6 +221,8 @@ _NEW_REQUEST_COLUMNS = (
     "lease_until",
     "attempts",
     "expires_at",
+    "holder",
+    "failures",
 )
 # Typed parameters: psycopg cannot infer the type of a bare parameter in a SELECT list.
 _NEW_VALUES = {k: bindparam(k, type_=db.requests.c[k].type) for k in _NEW_REQUEST_COLUMNS}
