@@ -345,14 +345,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     stale_after = _seconds(env, "CHATOPS_STALE_AFTER_SECONDS", 30.0, 0.0, problems)
     lease_seconds = _seconds(env, "CHATOPS_LEASE_SECONDS", 120.0, 1.0, problems)
     leader_check = _seconds(env, "CHATOPS_LEADER_CHECK_SECONDS", 5.0, 0.1, problems)
-    workers_raw = env.get("CHATOPS_JOB_WORKERS", "").strip() or "16"
-    job_workers = 16
-    if not workers_raw.isdigit() or not 1 <= int(workers_raw) <= 256:
-        problems.append(
-            f"CHATOPS_JOB_WORKERS must be a whole number from 1 to 256, got {workers_raw!r}"
-        )
-    else:
-        job_workers = int(workers_raw)
+    job_workers = _whole(env, "CHATOPS_JOB_WORKERS", 16, 1, 256, problems)
 
     max_headers = _whole(env, "CHATOPS_MAX_HEADERS", 100, 16, 10000, problems)
     max_header_bytes = _whole(env, "CHATOPS_MAX_HEADER_BYTES", 32768, 4096, 1048576, problems)
@@ -363,11 +356,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     log_level = (env.get("LOG_LEVEL", "").strip() or "INFO").upper()
     if log_level not in LOG_LEVELS:
         problems.append(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
-    # HOST and CHATOPS_CONFIG are read below; note them before judging which names are known.
     host = env.get("HOST", "").strip() or "0.0.0.0"  # noqa: S104
     config_path = Path(env.get("CHATOPS_CONFIG", "").strip() or "chatops.yml")
-    unknown = _unknown_and_placeholders(reading.env, reading.read | ALSO_KNOWN, problems)
-
     heartbeat = _seconds(env, "CHATOPS_HEARTBEAT_SECONDS", 2.0, 0.1, problems)
     holder_dead = _seconds(env, "CHATOPS_HOLDER_DEAD_SECONDS", 10.0, 0.5, problems)
     if holder_dead <= heartbeat:
@@ -385,15 +375,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             f"CHATOPS_OUTAGE_HORIZON_HOURS must be hours (above 0, up to 720), got {horizon_raw!r}"
         )
         horizon = 24.0
-    attempts_raw = env.get("CHATOPS_MAX_ATTEMPTS", "").strip() or "5"
-    max_attempts = 5
-    if not attempts_raw.isdigit() or not 1 <= int(attempts_raw) <= 100:
-        problems.append(
-            f"CHATOPS_MAX_ATTEMPTS must be a whole number from 1 to 100, got {attempts_raw!r}"
-        )
-    else:
-        max_attempts = int(attempts_raw)
+    max_attempts = _whole(env, "CHATOPS_MAX_ATTEMPTS", 5, 1, 100, problems)
 
+    # Last: every name read above is known, so none of ours is taken for a typo.
+    unknown = _unknown_and_placeholders(reading.env, reading.read | ALSO_KNOWN, problems)
     if problems:
         raise SettingsError(problems)
     return Settings(

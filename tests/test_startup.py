@@ -127,6 +127,33 @@ def test_variables_that_look_like_ours_are_reported_with_the_closest_name() -> N
     }
 
 
+def test_every_setting_the_bridge_reads_is_known_not_a_typo() -> None:
+    """Names are known because load_settings read them: one read after the look-alike check
+    would be reported as a typo of itself."""
+    ours = {
+        name: value
+        for name, value in {
+            "CHATOPS_SWEEP_SECONDS": "3",
+            "CHATOPS_STALE_AFTER_SECONDS": "30",
+            "CHATOPS_LEASE_SECONDS": "120",
+            "CHATOPS_LEADER_CHECK_SECONDS": "5",
+            "CHATOPS_JOB_WORKERS": "4",
+            "CHATOPS_MAX_HEADERS": "100",
+            "CHATOPS_MAX_HEADER_BYTES": "32768",
+            "CHATOPS_HEADER_TIMEOUT_SECONDS": "10",
+            "CHATOPS_KEEPALIVE_SECONDS": "30",
+            "CHATOPS_MAX_CONNECTIONS": "100",
+            "CHATOPS_HEARTBEAT_SECONDS": "2",
+            "CHATOPS_HOLDER_DEAD_SECONDS": "10",
+            "CHATOPS_OUTAGE_HORIZON_HOURS": "24",
+            "CHATOPS_MAX_ATTEMPTS": "5",
+            "CHATOPS_LOG_FORMAT": "json",
+            "LOG_LEVEL": "INFO",
+        }.items()
+    }
+    assert dict(load_settings({**GOOD, **ours}).unknown_variables) == {}
+
+
 def test_log_level_setting() -> None:
     assert load_settings(GOOD).log_level == "INFO"
     assert load_settings({**GOOD, "LOG_LEVEL": "debug"}).log_level == "DEBUG"
