@@ -14,11 +14,10 @@ from typing import Any
 
 from bot.deps import Deps
 from bot.markdown import has_metrics, render_comment
-from bot.metrics import Metrics
 from bot.provenance import author_of, commit_of, same_commit, trusted_as
 from bot.slack import SlackFailure
 from bot.store import PENDING_APPROVAL
-from handlers.thread import refresh_root
+from handlers.lifecycle import refresh_root
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +100,8 @@ def _refuse_untrusted(deps: Deps, repo: str, number: int, comment: dict[str, Any
     # Once per comment: the poller sees the same comment on every cycle.
     if not deps.store.first_time(f"untrusted-metrics:{repo}:{comment.get('id')}"):
         return
-    metrics = deps.extras.get("metrics")
-    if isinstance(metrics, Metrics):
-        metrics.untrusted_metrics.inc()
+    if deps.metrics is not None:
+        deps.metrics.untrusted_metrics.inc()
     user = author_of(comment)
     # Ids only: neither the comment's text nor anything else its author wrote is logged.
     log.info(

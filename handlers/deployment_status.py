@@ -22,8 +22,8 @@ from bot.github import GitHubError, NotFound, Retryable, RunInfo, run_from_paylo
 from bot.markdown import escape_mrkdwn
 from bot.store import FAILED, SUCCEEDED, WAITING_FOR_RUNS, Request
 from handlers.deploy import deployment_line
-from handlers.thread import refresh_root, reply_once
-from handlers.workflow_run import CLOCK_SKEW, request_id_in_title, title_match
+from handlers.lifecycle import CLOCK_SKEW, refresh_root, reply_once, request_id_in_title
+from handlers.workflow_run import title_match
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from bot import logs
+from bot import logs, messages
+from bot.config import Access
 from bot.deps import Deps
 from bot.github import (
     GitHubError,
@@ -16,10 +17,12 @@ from bot.github import (
     Retryable,
     ValidationFailed,
 )
+from bot.markdown import escape_mrkdwn
 from bot.messages import status_label
 from bot.refs import UsageError, parse_pull_ref
 from bot.slack import SlackFailure
 from bot.store import ACCEPTED, DUPLICATE, TRIGGERED, NewRequest, OverLimit, Request
+from handlers import schedules
 from handlers.common import (
     count_command,
     github_permission_refusal,
@@ -27,11 +30,17 @@ from handlers.common import (
     refused,
     resolve_repo,
 )
-from handlers.help import answer_help_or_status
+from handlers.kinds import RequestKind
+from handlers.lifecycle import (
+    dispatch_once,
+    ensure_root,
+    fail,
+    fail_or_wait,
+    retry_or_give_up,
+    settle,
+)
 from handlers.schedules import USER_ID as SCHEDULE_USER
-from handlers.status import thread_url
-from handlers.thread import ensure_root, fail, fail_or_wait, retry_or_give_up
-from handlers.workflow_run import dispatch_once, settle
+from handlers.status import LIMIT, status_list, thread_url
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +76,6 @@ def handle_command(deps: Deps, command: dict[str, Any], ack: Ack) -> Request | N
     user_id = str(command.get("user_id") or "")
     channel_id = str(command.get("channel_id") or "")
     cmd = deps.config.commands.evaluate
-    if answer_help_or_status(deps, "evaluate", text, user_id, channel_id, ack):
-        return None
     # The rate limit is enforced by create_request below, in the same statement as the insert.
     if refused(deps, "evaluate", cmd, user_id, channel_id, ack, check_rate=False):
         return None
@@ -312,3 +319,70 @@ def dispatch_payload(req: Request) -> dict[str, Any]:
         "slack_channel": req.channel_id,
         "slack_thread_ts": req.root_ts,
     }
+
+
+def access(deps: Deps) -> Access:
+    return deps.config.commands.evaluate
+
+
+def what(req: Request, web_base: str) -> str:
+    """An evaluation in a few words: "evaluation of acme/ml#42" (linked)."""
+    if req.pr_number is None:
+        return f"{escape_mrkdwn(req.kind)} in `{req.repo}`"
+    url = req.details.get("pr_url") or messages.pr_url(req, web_base)
+    return "evaluation of " + messages.link(str(url), f"{req.repo}#{req.pr_number}")
+
+
+def root(deps: Deps, req: Request) -> messages.Message:
+    """The thread root; a scheduled evaluation's says which schedule fired it."""
+    if req.details.get("schedule"):
+        return schedules.root(deps, req)
+    return messages.evaluate_root(req, web_base=deps.web_base)
+
+
+def rerun_text(req: Request) -> str | None:
+    """`/evaluate` text that asks for the same evaluation again."""
+    return f"{req.repo}#{req.pr_number}" if req.pr_number is not None else None
+
+
+def evaluate_status(deps: Deps, text: str, channel_id: str) -> str:
+    """No argument: the newest evaluations started in this channel. A PR: its evaluations."""
+    text = text.strip()
+    if not text:
+        reqs = deps.store.find(kind="evaluate", channel_id=channel_id, limit=LIMIT)
+        return status_list(
+            "Latest evaluations in this channel",
+            reqs,
+            empty="None yet: start one with `/evaluate <pr>`.",
+            web_base=deps.web_base,
+        )
+    try:
+        ref = parse_pull_ref(text, allowed_hosts=deps.web_hosts)
+        repo = resolve_repo(deps, ref.repo, channel_id)
+    except UsageError as exc:
+        return f":warning: {exc}\n*Usage:* `/evaluate status` or `/evaluate status <pr>`."
+    # Only this channel's requests: a listing must not show what was asked in a private channel.
+    reqs = deps.store.find(
+        kind="evaluate", repo=repo, pr_number=ref.number, channel_id=channel_id, limit=LIMIT
+    )
+    return status_list(
+        f"Latest evaluations of {repo}#{ref.number} in this channel",
+        reqs,
+        empty=f"None yet: start one with `/evaluate {repo}#{ref.number}`.",
+        web_base=deps.web_base,
+    )
+
+
+KIND = RequestKind(
+    name="evaluate",
+    command="/evaluate",
+    access=access,
+    handle_command=handle_command,
+    usage=usage,
+    status_list=evaluate_status,
+    carry_out=carry_out,
+    root=root,
+    what=what,
+    rerun_text=rerun_text,
+    workflow=lambda deps: deps.config.commands.evaluate.workflow,
+)

@@ -31,8 +31,15 @@ from bot.github import GitHubError, Retryable
 from bot.markdown import escape_mrkdwn
 from bot.slack import SlackFailure
 from bot.store import ACCEPTED, TRIGGERED, NewRequest, Request
-from handlers.thread import ensure_root, fail, fail_or_wait, retry_or_give_up
-from handlers.workflow_run import dispatch_once, settle
+from handlers.kinds import RequestKind
+from handlers.lifecycle import (
+    dispatch_once,
+    ensure_root,
+    fail,
+    fail_or_wait,
+    retry_or_give_up,
+    settle,
+)
 
 if TYPE_CHECKING:
     from bot.scheduler import Housekeeping
@@ -209,3 +216,12 @@ def root(deps: Deps, req: Request) -> messages.Message:
         blocks.append(messages.context(str(d["runs_summary"])))
     blocks.append(messages.context(f"request `{req.id}` · trigger: {req.trigger}"))
     return {"text": f"Scheduled {name} ({cron}) fired: {req.status}", "blocks": blocks}
+
+
+def what(req: Request, web_base: str) -> str:
+    """A scheduled dispatch in a few words: "schedule in `acme/ml`"."""
+    return f"{escape_mrkdwn(req.kind)} in `{req.repo}`"
+
+
+# Created by the cron jobs, not by a command: no usage, no rerun from its thread.
+KIND = RequestKind(name="schedule", carry_out=carry_out, root=root, what=what)
