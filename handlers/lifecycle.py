@@ -30,11 +30,10 @@ from bot.store import (
     Request,
     RunRecord,
 )
-from handlers import kinds
+from handlers import details, kinds
+from handlers.details import ThreadDetails
 
 log = logging.getLogger(__name__)
-
-ROOT_HASH = "root_hash"  # details key: digest of the root message Slack shows now
 
 
 def tell(deps: Deps, req: Request, text: str, *, hint: str | None = None) -> None:
@@ -73,7 +72,7 @@ def refresh_root(deps: Deps, req: Request, *, trailing: bool = False) -> None:
         return
     msg = root_message(deps, current)
     digest = message_digest(msg)
-    if current.details.get(ROOT_HASH) == digest:
+    if details.thread(current).get("root_hash") == digest:
         return
     interval = deps.config.rate_limits.root_edit_seconds
     if interval > 0 and not trailing and current.status not in FINAL_STATES:
@@ -88,7 +87,7 @@ def refresh_root(deps: Deps, req: Request, *, trailing: bool = False) -> None:
     except SlackFailure as exc:
         log.warning("root update failed", extra={"request_id": req.id, "error": exc.error})
         return
-    deps.store.merge_details(req.id, {ROOT_HASH: digest})
+    details.merge(deps, req.id, ThreadDetails(root_hash=digest))
 
 
 def _edit_later(deps: Deps, req: Request, delay: float) -> None:
@@ -156,7 +155,7 @@ def ensure_root(deps: Deps, req: Request) -> Request:
             deps.store.forget(key)  # Slack refused it: nothing was posted
         raise
     deps.store.update(req.id, root_ts=ts)
-    deps.store.merge_details(req.id, {ROOT_HASH: message_digest(msg)})
+    details.merge(deps, req.id, ThreadDetails(root_hash=message_digest(msg)))
     return deps.store.get(req.id) or req
 
 
@@ -313,7 +312,7 @@ def settle(deps: Deps, req: Request) -> None:
         status=status,
         finished_at=finished_at,
     )
-    deps.store.merge_details(req.id, {"runs_summary": summary})
+    details.merge(deps, req.id, ThreadDetails(runs_summary=summary))
     if changed and status != req.status and status in (SUCCEEDED, FAILED):
         deps.store.audit(
             actor="github",

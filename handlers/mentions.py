@@ -11,8 +11,9 @@ from bot import logs
 from bot.deps import Deps
 from bot.slack import SlackFailure
 from bot.store import CANCELLED, OPEN_STATES, PENDING_APPROVAL, Request
-from handlers import kinds, status
+from handlers import details, kinds, status
 from handlers.common import count_command
+from handlers.details import ThreadDetails
 from handlers.help import SHORT_HELP, help_text
 from handlers.lifecycle import refresh_root, stop_runs
 
@@ -146,7 +147,7 @@ def cancel(deps: Deps, req: Request, user_id: str) -> None:
         said = f"Request `{req.id}` just became {current.status}; nothing was cancelled."
         _ephemeral(deps, req.channel_id, user_id, said, req.root_ts)
         return
-    deps.store.merge_details(req.id, {"cancelled_by": user_id})
+    details.merge(deps, req.id, ThreadDetails(cancelled_by=user_id))
     was = "approval request" if req.status == PENDING_APPROVAL else "request"
     deps.store.audit(
         actor=user_id, action=f"{req.kind}.cancelled", outcome="cancelled", request_id=req.id

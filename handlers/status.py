@@ -8,7 +8,7 @@ from typing import Any
 from bot import messages
 from bot.markdown import escape_mrkdwn
 from bot.store import Request, RunRecord
-from handlers import kinds
+from handlers import details, kinds
 
 LIMIT = 10
 
@@ -42,7 +42,7 @@ def request_line(req: Request, web_base: str = "https://github.com") -> str:
         f"• {rid} {what(req, web_base)} — {messages.status_label(req.status)} · "
         f"<@{req.user_id}> · {slack_date(req.created_at)}"
     )
-    runs = req.details.get("runs_summary")
+    runs = details.thread(req).get("runs_summary")
     if runs:
         line += f" · {runs}"
     return line
@@ -72,8 +72,9 @@ def status_reply(req: Request, runs: list[RunRecord], *, web_base: str) -> messa
     state = f"*Status:* {messages.status_label(req.status)}"
     if req.error and req.status == "error":
         state += f" — {escape_mrkdwn(req.error)[:500]}"
-    if req.details.get("cancelled_by"):
-        state += f" by <@{req.details['cancelled_by']}>"
+    cancelled_by = details.thread(req).get("cancelled_by")
+    if cancelled_by:
+        state += f" by <@{cancelled_by}>"
     elif req.decided_by:
         state += f" · decided by <@{req.decided_by}>"
     if req.finished_at:

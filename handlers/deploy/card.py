@@ -10,6 +10,8 @@ from bot.config import ApprovalPolicy
 from bot.deps import Deps
 from bot.markdown import escape_mrkdwn, render_comment
 from bot.store import EXPIRED, PENDING_APPROVAL, REJECTED, Request
+from handlers import details
+from handlers.deploy.facts import DeployDetails, details_of
 from handlers.deploy.policy import (
     NO_APPROVAL,
     approved_by,
@@ -69,7 +71,7 @@ def short(text: str | None, n: int = 60) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def warnings_for(details: dict[str, Any]) -> list[str]:
+def warnings_for(details: DeployDetails) -> list[str]:
     """The card's warnings about the run (pure; from the facts gathered by the worker)."""
     run = details.get("run")
     if not isinstance(run, dict):
@@ -236,7 +238,7 @@ def render_card(
     web_base: str = "https://github.com",
 ) -> Message:
     """The approval card (the thread root of a deploy), from the request's state alone."""
-    d = req.details
+    d = details_of(req)
     repo = messages.link(f"{web_base}/{req.repo}", req.repo)
     blocks: list[dict[str, Any]] = [
         messages.section(
@@ -274,8 +276,9 @@ def render_card(
         status += "\n" + deployment_line(str(d["deployment_state"]), env, d.get("deployment_url"))
     blocks.append(messages.section(status))
     blocks += _decision_blocks(req, policy, approvals)
-    if d.get("runs_summary"):
-        blocks.append(messages.context(str(d["runs_summary"])))
+    runs_summary = details.thread(req).get("runs_summary")
+    if runs_summary:
+        blocks.append(messages.context(runs_summary))
     rule = (
         f"needs {policy.required} approval{'s' if policy.required > 1 else ''} from "
         f"{who_can_approve(policy, exclude=excluded_self(policy, req.user_id))}"

@@ -11,7 +11,9 @@ from bot.github import GitHubError, NotFound, Retryable
 from bot.provenance import newest, same_commit, trusted_as
 from bot.slack import SlackFailure
 from bot.store import APPROVED, PENDING_APPROVAL, TRIGGERED, Request
+from handlers import details, evaluate
 from handlers.common import github_permission_refusal
+from handlers.deploy.facts import DeployDetails, details_of
 from handlers.deploy.policy import approved_by
 from handlers.lifecycle import (
     dispatch_once,
@@ -50,7 +52,7 @@ def _post_card(deps: Deps, req: Request) -> Request | None:
         if refusal:
             fail(deps, req, refusal)
             return None
-        if not req.details.get("facts_checked"):
+        if not details_of(req).get("facts_checked"):
             _gather_facts(deps, req)
             req = deps.store.get(req.id) or req
     except Retryable as exc:
@@ -76,7 +78,7 @@ def _post_card(deps: Deps, req: Request) -> Request | None:
 
 def _gather_facts(deps: Deps, req: Request) -> None:
     """What the card shows about a GitHub run: its facts, its PR's head, relayed metrics."""
-    facts: dict[str, Any] = {"facts_checked": True}
+    facts = DeployDetails(facts_checked=True)
     if req.run_ref and GITHUB_RUN_ID.match(req.run_ref):
         run = deps.github.get_run(req.repo, int(req.run_ref))
         facts["run"] = {
@@ -99,7 +101,7 @@ def _gather_facts(deps: Deps, req: Request) -> None:
         if metrics:
             facts["metrics"] = metrics
         deps.store.update(req.id, head_sha=run.head_sha or None)
-    deps.store.merge_details(req.id, facts)
+    details.merge(deps, req.id, facts)
 
 
 def _relayed_metrics(
@@ -115,7 +117,8 @@ def _relayed_metrics(
         evaluations += deps.store.find(repo=repo, pr_number=number, kind="evaluate", limit=20)
     found: dict[Any, dict[str, Any]] = {}
     for other in evaluations:
-        for entry in other.details.get("metrics_comments") or []:
+        entries: list[Any] = evaluate.details_of(other).get("metrics_comments") or []
+        for entry in entries:
             if not isinstance(entry, dict) or not entry.get("body") or not entry.get("trusted_as"):
                 continue
             if not same_commit(str(entry.get("commit") or ""), sha):
