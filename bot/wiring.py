@@ -124,7 +124,8 @@ class Bridge:
             web_base=web_base,
             web_hosts=web_hosts,
             # health: App Home shows the same report as GET /healthz.
-            extras={"metrics": self.metrics, "health": self.health},
+            metrics=self.metrics,
+            health=self.health,
         )
         self.router = Router()
         handlers.register_github(self.router, self.deps)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from slack_bolt import Ack, App
@@ -13,30 +14,50 @@ from handlers import (
     deploy,
     deployment_status,
     evaluate,
+    help,
     home,
+    kinds,
+    lifecycle,
     mentions,
     meta,
     pull_request,
     schedules,
-    thread,
     workflow_run,
 )
+from handlers.kinds import RequestKind, SlackAction, SlackView
 
 if TYPE_CHECKING:
     from bot.scheduler import Housekeeping
 
-SLASH_COMMANDS = ("/evaluate", "/deploy")
-ACTION_IDS: tuple[str, ...] = (deploy.ACTION_APPROVE, deploy.ACTION_REJECT)
-VIEW_CALLBACKS: tuple[str, ...] = (deploy.VIEW_REJECT,)
+# The kinds of request, one line each (help lists their commands in this order).
+kinds.register(evaluate.KIND)
+kinds.register(deploy.KIND)
+kinds.register(schedules.KIND)
+
 SLACK_EVENTS: tuple[str, ...] = ("app_home_opened", "app_mention")
+
+
+def slash_commands() -> tuple[str, ...]:
+    return tuple(str(k.command) for k in kinds.REGISTRY.commands())
+
+
+def action_ids() -> tuple[str, ...]:
+    return tuple(a.action_id for k in kinds.REGISTRY.all() for a in k.actions)
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    # Read at use, not at import: a kind registered later (tests/test_kinds.py) is included.
+    if name == "SLASH_COMMANDS":
+        return slash_commands()
+    if name == "ACTION_IDS":
+        return action_ids()
+    raise AttributeError(name)
 
 
 def register_slack(app: App, deps: Deps) -> None:
     """Slash commands, buttons, modals, events. Listeners ack inline (process_before_response)."""
-
-    @app.command("/evaluate")
-    def _evaluate(ack: Ack, command: dict[str, Any]) -> None:
-        evaluate.handle_command(deps, command, ack)
+    for kind in kinds.REGISTRY.all():
+        _register_kind(app, deps, kind)
 
     @app.event("app_mention")
     def _mention(body: dict[str, Any], event: dict[str, Any]) -> None:
@@ -46,25 +67,42 @@ def register_slack(app: App, deps: Deps) -> None:
     def _home_opened(event: dict[str, Any]) -> None:
         home.on_home_opened(deps, event)
 
-    @app.command("/deploy")
-    def _deploy(ack: Ack, command: dict[str, Any]) -> None:
-        deploy.handle_command(deps, command, ack)
 
-    @app.action(deploy.ACTION_APPROVE)
-    def _deploy_approve(ack: Ack, body: dict[str, Any]) -> None:
+def _register_kind(app: App, deps: Deps, kind: RequestKind) -> None:
+    """A kind's slash command (help and status answered first), actions and views."""
+    if kind.command:
+        app.command(kind.command)(_command_listener(deps, kind))
+    for action in kind.actions:
+        app.action(action.action_id)(_action_listener(deps, action))
+    for view in kind.views:
+        app.view(view.callback_id)(_view_listener(deps, view))
+
+
+def _command_listener(deps: Deps, kind: RequestKind) -> Callable[..., None]:
+    def listener(ack: Ack, command: dict[str, Any]) -> None:
+        help.on_command(deps, kind, command, ack)
+
+    return listener
+
+
+def _action_listener(deps: Deps, action: SlackAction) -> Callable[..., None]:
+    def listener(ack: Ack, body: dict[str, Any]) -> None:
         ack()
-        deploy.on_approve(deps, body)
-        home.after_click(deps, body)  # clicked in the App Home: show the tab's new state
+        action.listener(deps, body)
+        if action.refreshes_home:
+            home.after_click(deps, body)  # clicked in the App Home: show the tab's new state
 
-    @app.action(deploy.ACTION_REJECT)
-    def _deploy_reject(ack: Ack, body: dict[str, Any]) -> None:
-        ack()
-        deploy.on_reject_click(deps, body)
+    return listener
 
-    @app.view(deploy.VIEW_REJECT)
-    def _deploy_reject_reason(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
-        deploy.on_reject_submit(deps, body, view, ack)
-        home.after_click(deps, body, any_surface=True)  # the modal may come from the Home tab
+
+def _view_listener(deps: Deps, spec: SlackView) -> Callable[..., None]:
+    # Bolt passes listener arguments by name: the submitted view must be called `view`.
+    def listener(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
+        spec.listener(deps, body, view, ack)
+        if spec.refreshes_home:
+            home.after_click(deps, body, any_surface=True)  # a modal may come from the Home tab
+
+    return listener
 
 
 def register_github(router: Router, deps: Deps) -> None:
@@ -83,11 +121,14 @@ def register_github(router: Router, deps: Deps) -> None:
 
 def register_jobs(deps: Deps) -> None:
     """What carries out each kind of stored request, off the request thread."""
-    deps.jobs.register("evaluate", lambda req: evaluate.carry_out(deps, req))
-    deps.jobs.register("deploy", lambda req: deploy.carry_out(deps, req))
-    deps.jobs.register("schedule", lambda req: schedules.carry_out(deps, req))
+    for kind in kinds.REGISTRY.all():
+        deps.jobs.register(kind.name, _worker(deps, kind))
     # A request given up (attempts cap, or a peer down past the outage horizon) is told.
-    deps.jobs.on_give_up(lambda req, what, attempts: thread.give_up(deps, req, what, attempts))
+    deps.jobs.on_give_up(lambda req, what, attempts: lifecycle.give_up(deps, req, what, attempts))
+
+
+def _worker(deps: Deps, kind: RequestKind) -> Callable[[Any], None]:
+    return lambda req: kind.carry_out(deps, req)
 
 
 def register_schedules(housekeeping: Housekeeping, deps: Deps) -> None:
@@ -96,10 +137,7 @@ def register_schedules(housekeeping: Housekeeping, deps: Deps) -> None:
 
 
 def register_housekeeping(housekeeping: Housekeeping, deps: Deps) -> None:
-    """Periodic jobs (fixed ids; state in the database, so a restart catches up)."""
-    housekeeping.add_interval(
-        deploy.EXPIRY_JOB,
-        lambda: deploy.expire_due(deps),
-        deploy.EXPIRY_EVERY_SECONDS,
-        now=True,
-    )
+    """Periodic jobs of the kinds (fixed ids; state in the database, so a restart catches up)."""
+    for kind in kinds.REGISTRY.all():
+        if kind.housekeeping is not None:
+            kind.housekeeping(housekeeping, deps)

@@ -10,15 +10,17 @@ either. It is counted (chatops_untrusted_metrics_comments_total) and logged by i
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 from bot.deps import Deps
 from bot.markdown import has_metrics, render_comment
-from bot.metrics import Metrics
 from bot.provenance import author_of, commit_of, same_commit, trusted_as
 from bot.slack import SlackFailure
 from bot.store import PENDING_APPROVAL
-from handlers.thread import refresh_root
+from handlers.deploy.facts import DeployDetails, LaterMetrics
+from handlers.deploy.facts import details_of as deploy_details
+from handlers.evaluate import EvaluateDetails, MetricsEntry
+from handlers.lifecycle import refresh_root
 
 log = logging.getLogger(__name__)
 
@@ -73,37 +75,36 @@ def relay_comment(deps: Deps, repo: str, number: int, comment: dict[str, Any]) -
     except SlackFailure:
         deps.store.forget(key)
         raise
-    entry = {
-        "id": comment.get("id"),
-        "comment_url": url,
-        "author": author,
-        "author_type": str(user.get("type") or ""),
-        "author_association": str(comment.get("author_association") or ""),
-        "trusted_as": trust,
-        "created_at": str(comment.get("created_at") or ""),
+    entry = MetricsEntry(
+        id=comment.get("id"),
+        comment_url=url,
+        author=author,
+        author_type=str(user.get("type") or ""),
+        author_association=str(comment.get("author_association") or ""),
+        trusted_as=trust,
+        created_at=str(comment.get("created_at") or ""),
         # The commit the comment names (chatops:data head_sha), else the PR head the request
         # was made for: what ties these metrics to one run's commit on a deploy card.
-        "commit": commit_of(body) or req.head_sha,
-        "body": body[:MAX_METRICS_BODY],
-    }
+        commit=commit_of(body) or req.head_sha,
+        body=body[:MAX_METRICS_BODY],
+    )
     deps.store.change_details(req.id, lambda d: _with_entry(d, entry))
     _flag_on_pending_cards(deps, repo, entry)
     return True
 
 
-def _with_entry(details: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
-    kept = [e for e in details.get("metrics_comments") or [] if isinstance(e, dict)]
-    kept = [e for e in kept if e.get("id") != entry["id"]] + [entry]
-    return {**details, "metrics_comments": kept[-MAX_METRICS_KEPT:]}
+def _with_entry(details: dict[str, Any], entry: MetricsEntry) -> dict[str, Any]:
+    known = cast(EvaluateDetails, details).get("metrics_comments") or []
+    kept = [e for e in known if isinstance(e, dict) and e.get("id") != entry.get("id")]
+    return {**details, **EvaluateDetails(metrics_comments=[*kept, entry][-MAX_METRICS_KEPT:])}
 
 
 def _refuse_untrusted(deps: Deps, repo: str, number: int, comment: dict[str, Any]) -> None:
     # Once per comment: the poller sees the same comment on every cycle.
     if not deps.store.first_time(f"untrusted-metrics:{repo}:{comment.get('id')}"):
         return
-    metrics = deps.extras.get("metrics")
-    if isinstance(metrics, Metrics):
-        metrics.untrusted_metrics.inc()
+    if deps.metrics is not None:
+        deps.metrics.untrusted_metrics.inc()
     user = author_of(comment)
     # Ids only: neither the comment's text nor anything else its author wrote is logged.
     log.info(
@@ -118,21 +119,27 @@ def _refuse_untrusted(deps: Deps, repo: str, number: int, comment: dict[str, Any
     )
 
 
-def _flag_on_pending_cards(deps: Deps, repo: str, entry: dict[str, Any]) -> None:
+def _flag_on_pending_cards(deps: Deps, repo: str, entry: MetricsEntry) -> None:
     """A deploy card keeps the metrics it was posted with (an approver may have read them);
     a newer metrics comment for the same commit is named on the card instead of replacing
     them."""
     for req in deps.store.find(repo=repo, kind="deploy", statuses=(PENDING_APPROVAL,), limit=20):
-        shown = req.details.get("metrics")
-        if not isinstance(shown, dict) or shown.get("id") == entry["id"]:
+        shown = deploy_details(req).get("metrics")
+        if not isinstance(shown, dict) or shown.get("id") == entry.get("id"):
             continue
-        if not same_commit(str(shown.get("head_sha") or ""), str(entry["commit"] or "")):
+        if not same_commit(str(shown.get("head_sha") or ""), str(entry.get("commit") or "")):
             continue
-        later = {k: entry[k] for k in ("id", "comment_url", "author", "created_at")}
+        later = LaterMetrics(
+            id=entry.get("id"),
+            comment_url=entry.get("comment_url", ""),
+            author=entry.get("author", ""),
+            created_at=entry.get("created_at", ""),
+        )
 
-        def add_later(d: dict[str, Any], later: dict[str, Any] = later) -> dict[str, Any]:
-            kept = [e for e in d.get("metrics_later") or [] if e.get("id") != later["id"]]
-            return {**d, "metrics_later": [*kept, later][-MAX_METRICS_KEPT:]}
+        def add_later(d: dict[str, Any], later: LaterMetrics = later) -> dict[str, Any]:
+            known = cast(DeployDetails, d).get("metrics_later") or []
+            kept = [e for e in known if e.get("id") != later.get("id")]
+            return {**d, **DeployDetails(metrics_later=[*kept, later][-MAX_METRICS_KEPT:])}
 
         deps.store.change_details(req.id, add_later)
         refresh_root(deps, deps.store.get(req.id) or req)

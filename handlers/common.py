@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from bot.config import Access
 from bot.deps import Deps
 from bot.markdown import escape_mrkdwn
-from bot.metrics import Metrics
 from bot.refs import UsageError
 from bot.slack import SlackFailure
 
@@ -20,9 +20,8 @@ def count_command(deps: Deps, command: str, outcome: str) -> None:
     """chatops_commands_total{command, outcome}: help, status, accepted, duplicate, refused,
     rate_limited, usage_error, already_running (and for mentions: the word, e.g.
     command="mention rerun")."""
-    metrics = deps.extras.get("metrics")
-    if isinstance(metrics, Metrics):
-        metrics.commands.labels(command, outcome).inc()
+    if deps.metrics is not None:
+        deps.metrics.commands.labels(command, outcome).inc()
 
 
 def resolve_repo(deps: Deps, explicit: str | None, channel_id: str) -> str:
@@ -42,6 +41,31 @@ def resolve_repo(deps: Deps, explicit: str | None, channel_id: str) -> str:
             "in chatops.yml). Ask an admin of this bridge to add it there."
         )
     return repo
+
+
+@dataclass(frozen=True)
+class Membership:
+    """Whether a person is one of `users` or in one of `groups`; `unchecked`: the groups whose
+    lookup failed before the person was found (group id, Slack's error)."""
+
+    listed: bool
+    unchecked: tuple[tuple[str, str], ...] = ()
+
+
+def membership(deps: Deps, user_id: str, users: Sequence[str], groups: Sequence[str]) -> Membership:
+    """The one check of "this user, or a member of these usergroups" (command access rules
+    and deploy approvers alike). Slack's lookups are bounded and cached (bot/slack.py)."""
+    if user_id in users:
+        return Membership(True)
+    unchecked: list[tuple[str, str]] = []
+    for group in groups:
+        try:
+            if user_id in deps.slack.usergroup_members(group):
+                return Membership(True)
+        except SlackFailure as exc:
+            log.warning("usergroup lookup failed", extra={"group": group, "error": exc.error})
+            unchecked.append((group, exc.error))
+    return Membership(False, tuple(unchecked))
 
 
 def who_can(access: Access) -> str:
@@ -66,18 +90,11 @@ def access_refusal(
         )
     if not access.allowed_users and not access.allowed_usergroups:
         return None
-    if user_id in access.allowed_users:
+    found = membership(deps, user_id, access.allowed_users, access.allowed_usergroups)
+    if found.listed:
         return None
-    unchecked = []
-    slow = False
-    for group in access.allowed_usergroups:
-        try:
-            if user_id in deps.slack.usergroup_members(group):
-                return None
-        except SlackFailure as exc:
-            log.warning("usergroup lookup failed", extra={"group": group, "error": exc.error})
-            unchecked.append(f"<!subteam^{group}> (Slack answered `{exc.error}`)")
-            slow = slow or exc.error.startswith("connection") or exc.error == "ratelimited"
+    unchecked = [f"<!subteam^{g}> (Slack answered `{error}`)" for g, error in found.unchecked]
+    slow = any(e.startswith("connection") or e == "ratelimited" for _, e in found.unchecked)
     text = (
         f"You are not allowed to run `/{command}` (rules `commands.{command}.allowed_users` / "
         f"`allowed_usergroups`). Ask {who_can(access)} to run it, or an admin of this bridge to "

@@ -21,9 +21,12 @@ from bot.deps import Deps
 from bot.github import GitHubError, NotFound, Retryable, RunInfo, run_from_payload
 from bot.markdown import escape_mrkdwn
 from bot.store import FAILED, SUCCEEDED, WAITING_FOR_RUNS, Request
+from handlers import details
 from handlers.deploy import deployment_line
-from handlers.thread import refresh_root, reply_once
-from handlers.workflow_run import CLOCK_SKEW, request_id_in_title, title_match
+from handlers.deploy.facts import DeployDetails
+from handlers.deploy.facts import details_of as deploy_details
+from handlers.lifecycle import CLOCK_SKEW, refresh_root, reply_once, request_id_in_title
+from handlers.workflow_run import title_match
 
 log = logging.getLogger(__name__)
 
@@ -138,15 +141,13 @@ def relay_deployment_status(
     reply_once(deps, req, f"deployment:{req.id}:{deployment.get('id')}:{state}", msg)
     status_id = int(status.get("id") or 0)
     current = deps.store.get(req.id) or req
-    if status_id < int(current.details.get("deployment_status_id") or 0):
+    if status_id < int(deploy_details(current).get("deployment_status_id") or 0):
         return  # an older status arrived late: the card keeps the newer one
-    deps.store.merge_details(
-        req.id,
-        {
-            "deployment_status_id": status_id,
-            "deployment_state": state,
-            "deployment_environment": environment,
-            "deployment_url": url or None,
-        },
+    newest = DeployDetails(
+        deployment_status_id=status_id,
+        deployment_state=state,
+        deployment_environment=environment,
+        deployment_url=url or None,
     )
+    details.merge(deps, req.id, newest)
     refresh_root(deps, req)

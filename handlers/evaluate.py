@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypedDict, cast
 
-from bot import logs
+from bot import logs, messages
+from bot.config import Access
 from bot.deps import Deps
 from bot.github import (
     GitHubError,
@@ -16,10 +17,12 @@ from bot.github import (
     Retryable,
     ValidationFailed,
 )
+from bot.markdown import escape_mrkdwn
 from bot.messages import status_label
 from bot.refs import UsageError, parse_pull_ref
 from bot.slack import SlackFailure
 from bot.store import ACCEPTED, DUPLICATE, TRIGGERED, NewRequest, OverLimit, Request
+from handlers import details, schedules
 from handlers.common import (
     count_command,
     github_permission_refusal,
@@ -27,15 +30,58 @@ from handlers.common import (
     refused,
     resolve_repo,
 )
-from handlers.help import answer_help_or_status
+from handlers.kinds import RequestKind
+from handlers.lifecycle import (
+    dispatch_once,
+    ensure_root,
+    fail,
+    fail_or_wait,
+    retry_or_give_up,
+    settle,
+)
 from handlers.schedules import USER_ID as SCHEDULE_USER
-from handlers.status import thread_url
-from handlers.thread import ensure_root, fail, fail_or_wait, retry_or_give_up
-from handlers.workflow_run import dispatch_once, settle
+from handlers.status import LIMIT, status_list, thread_url
 
 log = logging.getLogger(__name__)
 
 Ack = Callable[..., Any]
+
+
+class LabelPlan(TypedDict):
+    """What the first labelling attempt saw (`had` the label) and how far it got."""
+
+    had: bool
+    removed: bool
+
+
+class MetricsEntry(TypedDict, total=False):
+    """A trusted metrics comment relayed into an evaluation's thread (handlers/comments.py),
+    kept so a deploy card can show the newest one for its run's commit."""
+
+    id: int | None
+    comment_url: str
+    author: str
+    author_type: str
+    author_association: str
+    trusted_as: str
+    created_at: str
+    commit: str | None  # the commit the comment names, else the PR head evaluated
+    body: str
+
+
+class EvaluateDetails(TypedDict, total=False):
+    pr_title: str
+    pr_url: str
+    head_ref: str
+    label: LabelPlan  # see _apply_label
+    duplicate_of: str  # the request that holds the same PR + head SHA
+    duplicate_sha: str
+    metrics_comments: list[MetricsEntry]
+
+
+def details_of(req: Request) -> EvaluateDetails:
+    return cast(EvaluateDetails, req.details)
+
 
 USAGE = (
     "*Usage:* `/evaluate <pr>` — for example `/evaluate 42`, `/evaluate #42`, "
@@ -67,8 +113,6 @@ def handle_command(deps: Deps, command: dict[str, Any], ack: Ack) -> Request | N
     user_id = str(command.get("user_id") or "")
     channel_id = str(command.get("channel_id") or "")
     cmd = deps.config.commands.evaluate
-    if answer_help_or_status(deps, "evaluate", text, user_id, channel_id, ack):
-        return None
     # The rate limit is enforced by create_request below, in the same statement as the insert.
     if refused(deps, "evaluate", cmd, user_id, channel_id, ack, check_rate=False):
         return None
@@ -125,7 +169,7 @@ def carry_out(deps: Deps, req: Request) -> None:
     assert req.pr_number is not None
     try:
         # A scheduled evaluation was set up in chatops.yml by an operator: no person to check.
-        scheduled = bool(req.details.get("schedule"))
+        scheduled = schedules.scheduled(req)
         refusal = None if scheduled else github_permission_refusal(deps, cmd, req.repo, req.user_id)
         if refusal:
             fail(deps, req, refusal)
@@ -169,11 +213,11 @@ def carry_out(deps: Deps, req: Request) -> None:
         if holder is not None:
             _settle_as_duplicate(deps, req, holder, pull.head_sha)
             return
-        if not req.details.get("pr_title"):
-            deps.store.merge_details(
-                req.id,
-                {"pr_title": pull.title, "pr_url": pull.html_url, "head_ref": pull.head_ref},
+        if not details_of(req).get("pr_title"):
+            facts = EvaluateDetails(
+                pr_title=pull.title, pr_url=pull.html_url, head_ref=pull.head_ref
             )
+            details.merge(deps, req.id, facts)
         req = deps.store.get(req.id) or req
     try:
         req = ensure_root(deps, req)
@@ -206,12 +250,12 @@ def carry_out(deps: Deps, req: Request) -> None:
 
 def _settle_as_duplicate(deps: Deps, req: Request, holder: Request, head_sha: str) -> None:
     """End `req` without a root or a label: `holder` evaluates the same PR and SHA already."""
-    details = {**req.details, "duplicate_of": holder.id, "duplicate_sha": head_sha}
+    marked = {**req.details, **EvaluateDetails(duplicate_of=holder.id, duplicate_sha=head_sha)}
     if not deps.store.update(
         req.id,
         only_if_status=(ACCEPTED,),
         status=DUPLICATE,
-        details=details,
+        details=marked,
         finished_at=deps.clock(),
     ):
         return  # cancelled meanwhile: nothing to tell
@@ -242,14 +286,14 @@ def _tell_duplicates(deps: Deps, holder: Request) -> None:
         since=holder.created_at - 3600,
         limit=200,
     ):
-        if dup.details.get("duplicate_of") == holder.id:
+        if details_of(dup).get("duplicate_of") == holder.id:
             _tell_already_running(deps, dup, holder)
 
 
 def _tell_already_running(deps: Deps, dup: Request, holder: Request) -> None:
     if not deps.store.first_time(f"{dup.id}:already-running"):
         return
-    sha = str(dup.details.get("duplicate_sha") or holder.head_sha or "")[:7]
+    sha = str(details_of(dup).get("duplicate_sha") or holder.head_sha or "")[:7]
     what = f"`{dup.repo}#{dup.pr_number}` at `{sha}`"
     if holder.root_ts:
         link = f"<{thread_url(holder.channel_id, holder.root_ts)}|request {holder.id}>"
@@ -289,16 +333,16 @@ def _apply_label(deps: Deps, req: Request, label: str) -> None:
     n = req.pr_number
     assert n is not None
     present = label in deps.github.labels(req.repo, n)
-    plan = req.details.get("label")
+    plan = details_of(req).get("label")
     if plan is None:
-        plan = {"had": present, "removed": False}
-        deps.store.merge_details(req.id, {"label": plan})
+        plan = LabelPlan(had=present, removed=False)
+        details.merge(deps, req.id, EvaluateDetails(label=plan))
         deps.store.update(req.id, action_started_at=deps.clock())
     elif present and (not plan.get("had") or plan.get("removed")):
         return
     if present:
         deps.github.remove_label(req.repo, n, label)
-        deps.store.merge_details(req.id, {"label": {"had": True, "removed": True}})
+        details.merge(deps, req.id, EvaluateDetails(label=LabelPlan(had=True, removed=True)))
     deps.github.add_label(req.repo, n, label)
 
 
@@ -312,3 +356,73 @@ def dispatch_payload(req: Request) -> dict[str, Any]:
         "slack_channel": req.channel_id,
         "slack_thread_ts": req.root_ts,
     }
+
+
+def access(deps: Deps) -> Access:
+    return deps.config.commands.evaluate
+
+
+def what(req: Request, web_base: str) -> str:
+    """An evaluation in a few words: "evaluation of acme/ml#42" (linked)."""
+    if req.pr_number is None:
+        return f"{escape_mrkdwn(req.kind)} in `{req.repo}`"
+    url = details_of(req).get("pr_url") or messages.pr_url(req, web_base)
+    return "evaluation of " + messages.link(str(url), f"{req.repo}#{req.pr_number}")
+
+
+def root(deps: Deps, req: Request) -> messages.Message:
+    """The thread root; a scheduled evaluation's says which schedule fired it."""
+    if schedules.scheduled(req):
+        url = details_of(req).get("pr_url") or messages.pr_url(req, deps.web_base)
+        head = f" at `{req.head_sha[:7]}`" if req.head_sha else ""
+        line = f"Evaluation of {messages.link(url, f'{req.repo}#{req.pr_number}')}{head}"
+        return schedules.root(deps, req, what=line)
+    return messages.evaluate_root(req, web_base=deps.web_base)
+
+
+def rerun_text(req: Request) -> str | None:
+    """`/evaluate` text that asks for the same evaluation again."""
+    return f"{req.repo}#{req.pr_number}" if req.pr_number is not None else None
+
+
+def evaluate_status(deps: Deps, text: str, channel_id: str) -> str:
+    """No argument: the newest evaluations started in this channel. A PR: its evaluations."""
+    text = text.strip()
+    if not text:
+        reqs = deps.store.find(kind="evaluate", channel_id=channel_id, limit=LIMIT)
+        return status_list(
+            "Latest evaluations in this channel",
+            reqs,
+            empty="None yet: start one with `/evaluate <pr>`.",
+            web_base=deps.web_base,
+        )
+    try:
+        ref = parse_pull_ref(text, allowed_hosts=deps.web_hosts)
+        repo = resolve_repo(deps, ref.repo, channel_id)
+    except UsageError as exc:
+        return f":warning: {exc}\n*Usage:* `/evaluate status` or `/evaluate status <pr>`."
+    # Only this channel's requests: a listing must not show what was asked in a private channel.
+    reqs = deps.store.find(
+        kind="evaluate", repo=repo, pr_number=ref.number, channel_id=channel_id, limit=LIMIT
+    )
+    return status_list(
+        f"Latest evaluations of {repo}#{ref.number} in this channel",
+        reqs,
+        empty=f"None yet: start one with `/evaluate {repo}#{ref.number}`.",
+        web_base=deps.web_base,
+    )
+
+
+KIND = RequestKind(
+    name="evaluate",
+    command="/evaluate",
+    access=access,
+    handle_command=handle_command,
+    usage=usage,
+    status_list=evaluate_status,
+    carry_out=carry_out,
+    root=root,
+    what=what,
+    rerun_text=rerun_text,
+    workflow=lambda deps: deps.config.commands.evaluate.workflow,
+)

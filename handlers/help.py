@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from bot.config import Access
 from bot.deps import Deps
+from handlers import kinds
 from handlers.common import access_refusal, count_command
 
-COMMANDS = ("evaluate", "deploy")
+Ack = Callable[..., Any]
 
 THREAD_HELP = (
     "*In the thread of a request*, mention me: `@chatops-bridge status` (its state and links), "
@@ -24,41 +24,18 @@ SHORT_HELP = (
 )
 
 
-def _access(deps: Deps, command: str) -> Access:
-    cmds = deps.config.commands
-    return cmds.evaluate if command == "evaluate" else cmds.deploy
-
-
-def _usage(deps: Deps, command: str, channel_id: str) -> str:
-    if command == "evaluate":
-        from handlers import evaluate
-
-        return evaluate.usage(deps, channel_id)
-    from handlers import deploy
-
-    approvals = []
-    cmd = deps.config.commands.deploy
-    for env in cmd.environments:
-        policy = cmd.policy_for(env)
-        if policy is None:
-            approvals.append(f"`{env}`: no approval")
-        else:
-            n = policy.required
-            who = deploy.who_can_approve(policy)
-            approvals.append(f"`{env}`: {n} approval{'s' if n > 1 else ''} from {who}")
-    return deploy.usage(deps, channel_id) + "\nApprovals: " + "; ".join(approvals) + "."
-
-
 def help_text(deps: Deps, user_id: str, channel_id: str, command: str | None = None) -> str:
     """Usage and examples of every command this user may run in this channel (the asked-for
     command first), the repository used here, and why any other command is not available."""
-    order = sorted(COMMANDS, key=lambda c: c != command)
+    order = sorted(kinds.REGISTRY.commands(), key=lambda k: k.name != command)
     allowed: list[str] = []
     refused: list[str] = []
-    for name in order:
-        refusal = access_refusal(deps, name, _access(deps, name), user_id, channel_id)
+    for kind in order:
+        assert kind.access and kind.usage  # RequestKind checks it for kinds with a command
+        name = kind.name
+        refusal = access_refusal(deps, name, kind.access(deps), user_id, channel_id)
         if refusal is None:
-            allowed.append(f"*`/{name}`*\n{_usage(deps, name, channel_id)}")
+            allowed.append(f"*`/{name}`*\n{kind.usage(deps, channel_id)}")
         else:
             refused.append(f"• `/{name}`: {refusal}")
     repo = deps.config.repository_for(channel_id)
@@ -79,7 +56,7 @@ def help_text(deps: Deps, user_id: str, channel_id: str, command: str | None = N
 
 
 def answer_help_or_status(
-    deps: Deps, command: str, text: str, user_id: str, channel_id: str, ack: Callable[..., Any]
+    deps: Deps, command: str, text: str, user_id: str, channel_id: str, ack: Ack
 ) -> bool:
     """`/<command>`, `/<command> help` and `/<command> status …` are answered at once (before
     the access checks: they start nothing). Returns whether the text was one of them."""
@@ -90,9 +67,19 @@ def answer_help_or_status(
         return True
     if word != "status":
         return False
-    from handlers import status
-
-    listing = status.evaluate_status if command == "evaluate" else status.deploy_status
+    listing = kinds.REGISTRY.by_command(command).status_list
+    assert listing is not None  # RequestKind checks it for kinds with a command
     count_command(deps, command, "status")
     ack(text=listing(deps, text[len(word) :].strip(), channel_id), response_type="ephemeral")
     return True
+
+
+def on_command(deps: Deps, kind: kinds.RequestKind, command: dict[str, Any], ack: Ack) -> None:
+    """A kind's slash command: help and status answered here, the rest by the kind."""
+    text = str(command.get("text") or "").strip()
+    user_id = str(command.get("user_id") or "")
+    channel_id = str(command.get("channel_id") or "")
+    if answer_help_or_status(deps, kind.name, text, user_id, channel_id, ack):
+        return
+    assert kind.handle_command is not None
+    kind.handle_command(deps, command, ack)

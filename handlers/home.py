@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 from typing import Any
 
 from bot import messages
 from bot.deps import Deps
 from bot.github import GitHubError
-from bot.markdown import escape_mrkdwn
 from bot.slack import SlackFailure
-from bot.store import PENDING_APPROVAL, Request
-from handlers.status import request_line, slack_date, thread_url
+from bot.store import Request
+from handlers import kinds
+from handlers.status import request_line, slack_date
 
 log = logging.getLogger(__name__)
 
@@ -28,23 +27,6 @@ Block = dict[str, Any]
 
 def header(text: str) -> Block:
     return {"type": "header", "text": {"type": "plain_text", "text": text[:150]}}
-
-
-def approval_blocks(req: Request, buttons: Block) -> list[Block]:
-    """A pending deploy and the channel card's own Approve/Reject buttons (same action ids, so
-    the same handlers answer). block_id made unique: a view may hold several of them."""
-    summary = (
-        f":raised_hand: *Deploy of run `{escape_mrkdwn(str(req.run_ref))[:60]}` to "
-        f"{req.environment}* in `{req.repo}`, asked by <@{req.user_id}> "
-        f"{slack_date(req.created_at)}"
-    )
-    if req.expires_at:
-        summary += f" · expires {slack_date(req.expires_at)}"
-    if req.root_ts:
-        summary += f" · <{thread_url(req.channel_id, req.root_ts)}|open the card>"
-    actions = copy.deepcopy(buttons)
-    actions["block_id"] = f"{buttons.get('block_id') or 'decision'}:{req.id}"
-    return [messages.section(summary), actions]
 
 
 def health_lines(health: dict[str, Any], installations: str) -> str:
@@ -71,7 +53,7 @@ def health_lines(health: dict[str, Any], installations: str) -> str:
 
 def home_view(
     *,
-    approvals: list[tuple[Request, Block]],
+    approvals: list[list[Block]],
     recent: list[Request],
     health: dict[str, Any],
     installations: str,
@@ -81,8 +63,8 @@ def home_view(
     """The Home tab (≤ 100 blocks: two per approval, at most 10 of them, plus 12)."""
     blocks: list[Block] = [header("Waiting for your approval")]
     if approvals:
-        for req, buttons in approvals[:MAX_APPROVALS]:
-            blocks += approval_blocks(req, buttons)
+        for item in approvals[:MAX_APPROVALS]:
+            blocks += item
     else:
         blocks.append(messages.context("Nothing is waiting for your approval."))
     blocks += [{"type": "divider"}, header("Your recent requests")]
@@ -114,45 +96,34 @@ def home_view(
 # -- gathering and publishing -----------------------------------------------------------------
 
 
-def pending_for(deps: Deps, user_id: str) -> list[tuple[Request, Block]]:
-    """Pending deploys this person may approve now and has not approved yet."""
-    from handlers import deploy
-
-    out: list[tuple[Request, Block]] = []
-    now = deps.clock()
-    for req in deps.store.find(kind="deploy", statuses=(PENDING_APPROVAL,), limit=50):
-        if req.expires_at is not None and req.expires_at <= now:
-            continue
-        policy = deps.config.commands.deploy.policy_for(req.environment or "")
-        if user_id in deps.store.approvers_of(req.id):
-            continue
-        if deploy.approval_refusal(deps, req, policy, user_id) is not None:
-            continue
-        # The channel card's own actions block (deploy.py builds it; same action ids).
-        out.append((req, deploy.approval_buttons(req)))
-        if len(out) >= MAX_APPROVALS:
-            break
-    return out
+def pending_for(deps: Deps, user_id: str) -> list[list[Block]]:
+    """Requests waiting for this person's decision, as each kind finds them (deploys: pending
+    approvals this person may give now and has not given yet), each drawn by its kind as a
+    few blocks with its buttons (two per item: the view's 100-block limit holds)."""
+    out: list[list[Block]] = []
+    for kind in kinds.REGISTRY.all():
+        if kind.awaiting is not None:
+            out += kind.awaiting(deps, user_id)
+    return out[:MAX_APPROVALS]
 
 
 def installations_line(deps: Deps) -> str:
     """How many App installations GitHub lists; cached, as the tab opens often."""
     now = deps.clock()
-    cached = deps.extras.get("home_installations")
-    if isinstance(cached, tuple) and now - cached[0] < INSTALLATIONS_CACHE_SECONDS:
-        return str(cached[1])
+    cached = deps.caches.installations
+    if cached.value is not None and now - cached.at < INSTALLATIONS_CACHE_SECONDS:
+        return cached.value
     try:
         n = len(deps.github.installations())
         line = f"{n} installation{'s' if n != 1 else ''} reachable"
     except GitHubError as exc:
         line = f"unreachable ({exc.message})"
-    deps.extras["home_installations"] = (now, line)
+    cached.at, cached.value = now, line
     return line
 
 
 def build_home(deps: Deps, user_id: str) -> dict[str, Any]:
-    health_fn = deps.extras.get("health")
-    health: dict[str, Any] = health_fn() if callable(health_fn) else {}
+    health: dict[str, Any] = deps.health() if deps.health is not None else {}
     return home_view(
         approvals=pending_for(deps, user_id),
         recent=deps.store.find(user_id=user_id, limit=RECENT),

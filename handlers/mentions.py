@@ -9,13 +9,13 @@ from typing import Any
 
 from bot import logs
 from bot.deps import Deps
-from bot.github import GitHubError, PermissionDenied
 from bot.slack import SlackFailure
 from bot.store import CANCELLED, OPEN_STATES, PENDING_APPROVAL, Request
-from handlers import status
+from handlers import details, kinds, status
 from handlers.common import count_command
+from handlers.details import ThreadDetails
 from handlers.help import SHORT_HELP, help_text
-from handlers.thread import refresh_root
+from handlers.lifecycle import refresh_root, stop_runs
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def _act(deps: Deps, event_id: str, event: dict[str, Any], user_id: str, channel
     req = deps.store.request_by_thread(channel_id, str(thread_ts)) if thread_ts else None
     if req is None:
         count_command(deps, "mention", "outside_request")
-        _whisper(deps, channel_id, user_id, SHORT_HELP, thread_ts)
+        _ephemeral(deps, channel_id, user_id, SHORT_HELP, thread_ts)
         return
     logs.bind(request_id=req.id)
     if word not in WORDS or word == "help":
@@ -62,7 +62,7 @@ def _act(deps: Deps, event_id: str, event: dict[str, Any], user_id: str, channel
         text = help_text(deps, user_id, req.channel_id)
         if word not in WORDS and word:
             text = f"I do not know `{word[:30]}`.\n\n{text}"
-        _whisper(deps, channel_id, user_id, text, thread_ts)
+        _ephemeral(deps, channel_id, user_id, text, thread_ts)
         return
     if word == "status":
         count_command(deps, "mention status", "ok")
@@ -74,7 +74,7 @@ def _act(deps: Deps, event_id: str, event: dict[str, Any], user_id: str, channel
         cancel(deps, req, user_id)
 
 
-def _whisper(deps: Deps, channel_id: str, user_id: str, text: str, thread_ts: Any = None) -> None:
+def _ephemeral(deps: Deps, channel_id: str, user_id: str, text: str, thread_ts: Any = None) -> None:
     try:
         deps.slack.ephemeral(channel_id, user_id, text, thread_ts=thread_ts or None)
     except SlackFailure as exc:
@@ -88,17 +88,12 @@ def _say(deps: Deps, req: Request, text: str) -> None:
 def rerun(deps: Deps, req: Request, user_id: str, event_id: str) -> None:
     """The same request again, through the same code path as the slash command (its checks,
     its store.create_request and jobs.submit); the event id is its idempotency key."""
-    if req.kind == "evaluate" and req.pr_number is not None:
-        from handlers import evaluate
-
-        handle, text = evaluate.handle_command, f"{req.repo}#{req.pr_number}"
-    elif req.kind == "deploy" and req.run_ref and req.environment:
-        from handlers import deploy
-
-        handle, text = deploy.handle_command, f"{req.repo}@{req.run_ref} {req.environment}"
-    else:
+    kind = kinds.get(req.kind)
+    text = kind.rerun_text(req)
+    handle = kind.handle_command
+    if text is None or handle is None:
         count_command(deps, "mention rerun", "refused")
-        _whisper(
+        _ephemeral(
             deps,
             req.channel_id,
             user_id,
@@ -120,21 +115,14 @@ def rerun(deps: Deps, req: Request, user_id: str, event_id: str) -> None:
     answer = said[-1] if said else ""
     if new is None:  # refused (access, rate limit) or no longer valid: tell only the asker
         count_command(deps, "mention rerun", "refused")
-        _whisper(deps, req.channel_id, user_id, answer, req.root_ts)
+        _ephemeral(deps, req.channel_id, user_id, answer, req.root_ts)
         return
     count_command(deps, "mention rerun", "accepted")
     _say(deps, req, f":repeat: <@{user_id}> asked for this again: request `{new.id}`.\n{answer}")
 
 
 def _may_cancel(deps: Deps, req: Request, user_id: str) -> bool:
-    if user_id == req.user_id:
-        return True
-    if req.kind != "deploy":
-        return False
-    from handlers import deploy
-
-    policy = deps.config.commands.deploy.policy_for(req.environment or "")
-    return policy is not None and deploy.rejection_refusal(deps, req, policy, user_id) is None
+    return user_id == req.user_id or kinds.get(req.kind).may_cancel(deps, req, user_id)
 
 
 def cancel(deps: Deps, req: Request, user_id: str) -> None:
@@ -142,13 +130,13 @@ def cancel(deps: Deps, req: Request, user_id: str) -> None:
     if not req.is_open:
         count_command(deps, "mention cancel", "already_final")
         said = f"Request `{req.id}` is already {req.status}; there is nothing to cancel."
-        _whisper(deps, req.channel_id, user_id, said, req.root_ts)
+        _ephemeral(deps, req.channel_id, user_id, said, req.root_ts)
         return
     if not _may_cancel(deps, req, user_id):
         count_command(deps, "mention cancel", "refused")
-        who = f"<@{req.user_id}> (who asked)" + (" or an approver" if req.kind == "deploy" else "")
+        who = f"<@{req.user_id}> (who asked)" + kinds.get(req.kind).cancel_who
         said = f"Only {who} can cancel request `{req.id}`."
-        _whisper(deps, req.channel_id, user_id, said, req.root_ts)
+        _ephemeral(deps, req.channel_id, user_id, said, req.root_ts)
         return
     # Not decided_by: that names who approved or rejected (deploy cards and replies say so).
     if not deps.store.update(
@@ -157,42 +145,15 @@ def cancel(deps: Deps, req: Request, user_id: str) -> None:
         current = deps.store.get(req.id) or req
         count_command(deps, "mention cancel", "already_final")
         said = f"Request `{req.id}` just became {current.status}; nothing was cancelled."
-        _whisper(deps, req.channel_id, user_id, said, req.root_ts)
+        _ephemeral(deps, req.channel_id, user_id, said, req.root_ts)
         return
-    deps.store.merge_details(req.id, {"cancelled_by": user_id})
+    details.merge(deps, req.id, ThreadDetails(cancelled_by=user_id))
     was = "approval request" if req.status == PENDING_APPROVAL else "request"
     deps.store.audit(
         actor=user_id, action=f"{req.kind}.cancelled", outcome="cancelled", request_id=req.id
     )
     count_command(deps, "mention cancel", "cancelled")
     notes = [f":black_square_for_stop: <@{user_id}> cancelled this {was}."]
-    notes += _cancel_runs(deps, req)
+    notes += stop_runs(deps, req)
     refresh_root(deps, req)
     _say(deps, req, "\n".join(notes))
-
-
-def _cancel_runs(deps: Deps, req: Request) -> list[str]:
-    """Stop the request's workflow runs that are still going (needs `actions: write`)."""
-    notes = [
-        stop_run(deps, req, int(run.run_id), run.name or f"run {run.run_id}")
-        for run in deps.store.runs_of(req.id)
-        if run.status != "completed"
-    ]
-    return [n for n in notes if n]
-
-
-def stop_run(deps: Deps, req: Request, run_id: int, name: str) -> str | None:
-    """Ask GitHub to cancel one run; what to say in the thread (None: it had finished)."""
-    try:
-        deps.github.cancel_run(req.repo, run_id)
-    except PermissionDenied:
-        return (
-            f":warning: I could not cancel the workflow run {name}: the GitHub App needs "
-            "the `actions: write` permission. Cancel it on GitHub, or ask an owner to "
-            "grant the permission."
-        )
-    except GitHubError as exc:
-        if exc.status == 409:  # GitHub: the run finished meanwhile
-            return None
-        return f":warning: I could not cancel the workflow run {name}: {exc.message}"
-    return f"Asked GitHub to cancel the workflow run {name}."

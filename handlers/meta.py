@@ -1,4 +1,4 @@
-"""`ping` and `installation*` events: keep the App's view of installations fresh."""
+"""`installation*` events: keep the App's view of installations fresh."""
 
 from __future__ import annotations
 
@@ -8,12 +8,6 @@ from typing import Any
 from bot.deps import Deps
 
 log = logging.getLogger(__name__)
-
-
-def on_ping(deps: Deps, payload: dict[str, Any]) -> None:
-    log.info(
-        "GitHub webhook ping", extra={"hook_id": payload.get("hook_id"), "zen": payload.get("zen")}
-    )
 
 
 def on_installation_change(deps: Deps, payload: dict[str, Any]) -> None:

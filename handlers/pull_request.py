@@ -7,7 +7,7 @@ from typing import Any
 from bot import messages
 from bot.deps import Deps
 from bot.store import WAITING_FOR_RUNS
-from handlers.thread import reply_once
+from handlers.lifecycle import reply_once
 
 
 def on_synchronize(deps: Deps, payload: dict[str, Any]) -> None:

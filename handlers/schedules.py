@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from bot import messages
 from bot.config import Schedule
@@ -31,8 +31,16 @@ from bot.github import GitHubError, Retryable
 from bot.markdown import escape_mrkdwn
 from bot.slack import SlackFailure
 from bot.store import ACCEPTED, TRIGGERED, NewRequest, Request
-from handlers.thread import ensure_root, fail, fail_or_wait, retry_or_give_up
-from handlers.workflow_run import dispatch_once, settle
+from handlers import details
+from handlers.kinds import RequestKind
+from handlers.lifecycle import (
+    dispatch_once,
+    ensure_root,
+    fail,
+    fail_or_wait,
+    retry_or_give_up,
+    settle,
+)
 
 if TYPE_CHECKING:
     from bot.scheduler import Housekeeping
@@ -43,6 +51,25 @@ CATCH_UP_SECONDS = 3600  # a due time missed by up to an hour still fires (once)
 ON_TIME_SECONDS = 60  # a schedule's very first due time fires only if found this soon
 CATCH_UP_JOB = "schedules-catch-up"
 USER_ID = "schedule"  # the requests.user_id of scheduled requests: no person asked
+
+
+class ScheduleDetails(TypedDict, total=False):
+    """Keys of a request a schedule fired (kind "schedule", or a scheduled evaluation)."""
+
+    schedule: str  # the schedule's name
+    cron: str
+    timezone: str
+    due: float  # the due time it fired for (UNIX seconds)
+    client_payload: dict[str, Any]  # the schedule's own client_payload, sent with the dispatch
+
+
+def details_of(req: Request) -> ScheduleDetails:
+    return cast(ScheduleDetails, req.details)
+
+
+def scheduled(req: Request) -> bool:
+    """Whether a schedule fired this request (no person asked for it)."""
+    return bool(details_of(req).get("schedule"))
 
 
 # -- when ---------------------------------------------------------------------------------
@@ -129,19 +156,19 @@ def _iso(ts: float) -> str:
 def _new_request(deps: Deps, schedule: Schedule, due: float) -> NewRequest:
     repo = schedule.repository or deps.config.repository_for(schedule.channel)
     assert repo, "config validation requires a repository for every schedule"
-    details: dict[str, Any] = {
-        "schedule": schedule.name,
-        "cron": schedule.cron,
-        "timezone": schedule.timezone,
-        "due": due,
-        "client_payload": dict(schedule.client_payload),
-    }
+    details = ScheduleDetails(
+        schedule=schedule.name,
+        cron=schedule.cron,
+        timezone=schedule.timezone,
+        due=due,
+        client_payload=dict(schedule.client_payload),
+    )
     common: dict[str, Any] = {
         "repo": repo,
         "channel_id": schedule.channel,
         "user_id": USER_ID,
         "idempotency_key": f"schedule:{schedule.name}:{_iso(due)}",
-        "details": details,
+        "details": dict(details),
     }
     if schedule.command == "evaluate":
         cmd = deps.config.commands.evaluate
@@ -165,9 +192,9 @@ def carry_out(deps: Deps, req: Request) -> None:
         return
     assert req.event_type
     payload = {
-        **(req.details.get("client_payload") or {}),
+        **(details_of(req).get("client_payload") or {}),
         "request_id": req.id,
-        "schedule": req.details.get("schedule"),
+        "schedule": details_of(req).get("schedule"),
         "slack_channel": req.channel_id,
         "slack_thread_ts": req.root_ts,
     }
@@ -190,22 +217,29 @@ def carry_out(deps: Deps, req: Request) -> None:
     settle(deps, req)
 
 
-def root(deps: Deps, req: Request) -> messages.Message:
-    """Thread root of a scheduled request (kind "schedule", or a scheduled evaluation)."""
-    d = req.details
+def root(deps: Deps, req: Request, what: str | None = None) -> messages.Message:
+    """Thread root of a scheduled request: kind "schedule", or another kind's request that a
+    schedule fired, whose kind says what it is (`what`, e.g. a scheduled evaluation)."""
+    d = details_of(req)
     name, cron, tz = d.get("schedule"), d.get("cron"), d.get("timezone") or "UTC"
     headline = f":alarm_clock: *Scheduled `{name}`* (`{cron}` {tz}) fired"
-    if req.kind == "evaluate":
-        url = d.get("pr_url") or messages.pr_url(req, deps.web_base)
-        head = f" at `{req.head_sha[:7]}`" if req.head_sha else ""
-        what = f"Evaluation of {messages.link(url, f'{req.repo}#{req.pr_number}')}{head}"
-    else:
+    if what is None:
         what = f"`{req.event_type}` repository_dispatch to `{req.repo}`"
     status = f"*Status:* {messages.status_label(req.status)}"
     if req.error and req.status == "error":
         status += f" — {escape_mrkdwn(req.error)[:500]}"
     blocks = [messages.section(f"{headline}\n{what}"), messages.section(status)]
-    if d.get("runs_summary"):
-        blocks.append(messages.context(str(d["runs_summary"])))
+    runs_summary = details.thread(req).get("runs_summary")
+    if runs_summary:
+        blocks.append(messages.context(runs_summary))
     blocks.append(messages.context(f"request `{req.id}` · trigger: {req.trigger}"))
     return {"text": f"Scheduled {name} ({cron}) fired: {req.status}", "blocks": blocks}
+
+
+def what(req: Request, web_base: str) -> str:
+    """A scheduled dispatch in a few words: "schedule in `acme/ml`"."""
+    return f"{escape_mrkdwn(req.kind)} in `{req.repo}`"
+
+
+# Created by the cron jobs, not by a command: no usage, no rerun from its thread.
+KIND = RequestKind(name="schedule", carry_out=carry_out, root=root, what=what)

@@ -1,16 +1,14 @@
-"""`/evaluate status [pr]`, `/deploy status [env]` and `@chatops-bridge status`: where requests
-stand, with links to their threads and runs."""
+"""Status lines and the `@chatops-bridge status` reply: where requests stand, with links to
+their threads and runs (each kind's `/<command> status` listing is built from these)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from bot import messages
-from bot.deps import Deps
 from bot.markdown import escape_mrkdwn
-from bot.refs import UsageError, parse_pull_ref
 from bot.store import Request, RunRecord
-from handlers.common import resolve_repo
+from handlers import details, kinds
 
 LIMIT = 10
 
@@ -30,14 +28,9 @@ def slack_date(ts: float) -> str:
 
 
 def what(req: Request, web_base: str = "https://github.com") -> str:
-    """A request in a few words, e.g. "acme/ml#42" or "run `123` → *production*"."""
-    if req.kind == "deploy":
-        run = escape_mrkdwn(str(req.run_ref or "?"))[:60]
-        return f"deploy of run `{run}` → *{escape_mrkdwn(req.environment or '?')}*"
-    if req.pr_number is not None:
-        url = req.details.get("pr_url") or messages.pr_url(req, web_base)
-        return "evaluation of " + messages.link(str(url), f"{req.repo}#{req.pr_number}")
-    return f"{escape_mrkdwn(req.kind)} in `{req.repo}`"
+    """A request in a few words, e.g. "acme/ml#42" or "run `123` → *production*", as its kind
+    says it (UnknownKind for a kind nobody registered)."""
+    return kinds.get(req.kind).what(req, web_base)
 
 
 def request_line(req: Request, web_base: str = "https://github.com") -> str:
@@ -49,7 +42,7 @@ def request_line(req: Request, web_base: str = "https://github.com") -> str:
         f"• {rid} {what(req, web_base)} — {messages.status_label(req.status)} · "
         f"<@{req.user_id}> · {slack_date(req.created_at)}"
     )
-    runs = req.details.get("runs_summary")
+    runs = details.thread(req).get("runs_summary")
     if runs:
         line += f" · {runs}"
     return line
@@ -79,8 +72,9 @@ def status_reply(req: Request, runs: list[RunRecord], *, web_base: str) -> messa
     state = f"*Status:* {messages.status_label(req.status)}"
     if req.error and req.status == "error":
         state += f" — {escape_mrkdwn(req.error)[:500]}"
-    if req.details.get("cancelled_by"):
-        state += f" by <@{req.details['cancelled_by']}>"
+    cancelled_by = details.thread(req).get("cancelled_by")
+    if cancelled_by:
+        state += f" by <@{cancelled_by}>"
     elif req.decided_by:
         state += f" · decided by <@{req.decided_by}>"
     if req.finished_at:
@@ -98,63 +92,3 @@ def status_reply(req: Request, runs: list[RunRecord], *, web_base: str) -> messa
     else:
         blocks.append(messages.context("No workflow run has been seen for it yet."))
     return {"text": f"Request {req.id}: {req.status}", "blocks": blocks}
-
-
-# -- the commands -----------------------------------------------------------------------------
-
-
-def evaluate_status(deps: Deps, text: str, channel_id: str) -> str:
-    """No argument: the newest evaluations started in this channel. A PR: its evaluations."""
-    text = text.strip()
-    if not text:
-        reqs = deps.store.find(kind="evaluate", channel_id=channel_id, limit=LIMIT)
-        return status_list(
-            "Latest evaluations in this channel",
-            reqs,
-            empty="None yet: start one with `/evaluate <pr>`.",
-            web_base=deps.web_base,
-        )
-    try:
-        ref = parse_pull_ref(text, allowed_hosts=deps.web_hosts)
-        repo = resolve_repo(deps, ref.repo, channel_id)
-    except UsageError as exc:
-        return f":warning: {exc}\n*Usage:* `/evaluate status` or `/evaluate status <pr>`."
-    # Only this channel's requests: a listing must not show what was asked in a private channel.
-    reqs = deps.store.find(
-        kind="evaluate", repo=repo, pr_number=ref.number, channel_id=channel_id, limit=LIMIT
-    )
-    return status_list(
-        f"Latest evaluations of {repo}#{ref.number} in this channel",
-        reqs,
-        empty=f"None yet: start one with `/evaluate {repo}#{ref.number}`.",
-        web_base=deps.web_base,
-    )
-
-
-def deploy_status(deps: Deps, text: str, channel_id: str) -> str:
-    """The newest deploys started in this channel, all or to one environment (only this
-    channel's: a listing must not show what was asked in a private channel)."""
-    text = text.strip()
-    if not text:
-        reqs = deps.store.find(kind="deploy", channel_id=channel_id, limit=LIMIT)
-        return status_list(
-            "Latest deploys in this channel",
-            reqs,
-            empty="None yet: start one with `/deploy <run-id> [environment]`.",
-            web_base=deps.web_base,
-        )
-    envs = deps.config.commands.deploy.environments
-    env = {e.lower(): e for e in envs}.get(text.split()[0].lower())
-    if env is None:
-        known = ", ".join(f"`{e}`" for e in envs)
-        return (
-            f":warning: `{escape_mrkdwn(text[:60])}` is not an environment I deploy to. "
-            f"Known environments: {known}.\n*Usage:* `/deploy status [environment]`."
-        )
-    reqs = deps.store.find(kind="deploy", environment=env, channel_id=channel_id, limit=LIMIT)
-    return status_list(
-        f"Latest deploys to {env} from this channel",
-        reqs,
-        empty=f"None yet: start one with `/deploy <run-id> {env}`.",
-        web_base=deps.web_base,
-    )

@@ -3,38 +3,30 @@
 from __future__ import annotations
 
 import logging
-import re
-import time
 from typing import Any
 
 from bot import logs, messages
 from bot.deps import Deps
-from bot.github import GitHubError, Retryable, RunInfo, run_from_payload
-from bot.metrics import Metrics
-from bot.store import (
-    ACCEPTED,
-    CANCELLED,
-    ERROR,
-    FAILED,
-    QUEUED,
-    RUNNING,
-    SUCCEEDED,
-    WAITING_FOR_RUNS,
-    Request,
-    RunRecord,
+from bot.github import RunInfo, run_from_payload
+from bot.store import ACCEPTED, CANCELLED, ERROR, WAITING_FOR_RUNS, Request
+from handlers import kinds
+from handlers.lifecycle import (
+    CLOCK_SKEW,
+    refresh_root,
+    reply_once,
+    request_id_in_title,
+    settle,
+    stop_run,
+    tell,
 )
-from handlers.thread import refresh_root, reply_once, tell
+
+# Re-exported for bot/poller.py, which imports them from here (until the poller feeds the
+# router and shares the lifecycle module's names).
+from handlers.lifecycle import dispatch_runs_query as dispatch_runs_query
+from handlers.lifecycle import iso as iso
 
 log = logging.getLogger(__name__)
 
-# Workflows started by repository_dispatch put the request id first in `run-name`, which
-# GitHub reports as display_title: "chatops 1a2b3c4d5e6f: deploy ..."
-TITLE_RE = re.compile(r"^chatops ([0-9a-f]{12})\b")
-# The bridge's clock (action_started_at) and GitHub's (created_at) are compared. NTP-synced
-# hosts agree within a second; 30 s also tolerates a drifting container clock, and the only
-# runs it lets in are ones created in the 30 s before our own dispatch, which still need the
-# dispatch event, the request id in their title and the configured workflow.
-CLOCK_SKEW = 30.0
 # The only events whose run-name the bridge itself set (client_payload / inputs carry the id);
 # a pull_request or push run's title is a PR title or commit message anyone can write.
 DISPATCH_EVENTS = ("repository_dispatch", "workflow_dispatch")
@@ -42,15 +34,9 @@ DISPATCH_EVENTS = ("repository_dispatch", "workflow_dispatch")
 MATCHABLE = (ACCEPTED, *WAITING_FOR_RUNS)
 
 
-def request_id_in_title(title: str) -> str | None:
-    m = TITLE_RE.match(title or "")
-    return m[1] if m else None
-
-
 def _workflow_matches(deps: Deps, run: RunInfo, kind: str = "evaluate") -> bool:
     """Whether the run is of `commands.<kind>.workflow` (name or file name), when one is set."""
-    cmds = deps.config.commands
-    wanted = {"deploy": cmds.deploy.workflow, "evaluate": cmds.evaluate.workflow}.get(kind)
+    wanted = kinds.get(kind).workflow(deps)
     if not wanted:
         return True
     return wanted in (run.name, (run.path or "").rsplit("/", 1)[-1])
@@ -90,9 +76,8 @@ def title_match(deps: Deps, rid: str, run: RunInfo) -> Request | None:
         "run title names a request it does not belong to",
         extra={"run_id": run.id, "request_id": rid, "reason": why},
     )
-    metrics = deps.extras.get("metrics")
-    if isinstance(metrics, Metrics):
-        metrics.title_matches_rejected.labels(why).inc()
+    if deps.metrics is not None:
+        deps.metrics.title_matches_rejected.labels(why).inc()
     return None
 
 
@@ -152,20 +137,6 @@ def on_workflow_run(deps: Deps, payload: dict[str, Any]) -> None:
         relay_run(deps, req, run)
 
 
-def _aggregate(runs: list[RunRecord]) -> tuple[str, str]:
-    lines = []
-    for r in runs:
-        state = r.conclusion if r.status == "completed" else r.status
-        lines.append(f"{messages.link(r.html_url, r.name or 'run')}: {state}")
-    summary = " · ".join(lines)
-    if any(r.status != "completed" for r in runs):
-        busy = any(r.status == "in_progress" for r in runs)
-        return (RUNNING if busy else QUEUED), summary
-    if runs and all(not messages.is_failure(r.conclusion) for r in runs):
-        return SUCCEEDED, summary
-    return FAILED, summary
-
-
 def relay_run(deps: Deps, req: Request, run: RunInfo) -> None:
     """Record the run's newest state; reply in the thread once per start and once per finish."""
     logs.bind(request_id=req.id)  # the delivery's log lines name the request from here on
@@ -188,8 +159,6 @@ def relay_run(deps: Deps, req: Request, run: RunInfo) -> None:
         # The run started although the request was cancelled (the dispatch or label was
         # already on its way): stop it too, once, instead of following it.
         if run.status != "completed" and deps.store.first_time(f"cancel-late-run:{run_id}"):
-            from handlers.mentions import stop_run
-
             note = stop_run(deps, req, run.id, run.name or f"run {run_id}")
             if note and req.root_ts:
                 said = f"A workflow run started after this request was cancelled. {note}"
@@ -217,85 +186,6 @@ def relay_run(deps: Deps, req: Request, run: RunInfo) -> None:
                     broadcast=failed and prefs.broadcast_failures,
                 )
     settle(deps, req)
-
-
-def settle(deps: Deps, req: Request) -> None:
-    """Derive the request's status from its recorded runs and show it on the root message.
-
-    Also called right after a request becomes `triggered`: a run that GitHub reported before
-    that transition (the webhook can beat the bridge's own database write) is recorded by
-    relay_run but could not move the status yet.
-    """
-    runs = deps.store.runs_of(req.id)
-    if not runs:
-        refresh_root(deps, req)
-        return
-    status, summary = _aggregate(runs)
-    finished_at = deps.clock() if status in (SUCCEEDED, FAILED) else None
-    changed = deps.store.update(
-        req.id,
-        only_if_status=(*WAITING_FOR_RUNS, SUCCEEDED, FAILED),
-        status=status,
-        finished_at=finished_at,
-    )
-    deps.store.merge_details(req.id, {"runs_summary": summary})
-    if changed and status != req.status and status in (SUCCEEDED, FAILED):
-        deps.store.audit(
-            actor="github",
-            action=f"{req.kind}.finished",
-            outcome=status,
-            request_id=req.id,
-            detail=" ".join(r.html_url for r in runs if r.html_url),
-        )
-    refresh_root(deps, req)
-
-
-def iso(ts: float) -> str:
-    """GitHub's timestamp format for query filters (`created`, `since`)."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
-
-def dispatch_runs_query(since: float) -> dict[str, Any]:
-    """List-runs filter for repository_dispatch runs created after `since` (minus clock skew)."""
-    return {
-        "event": "repository_dispatch",
-        "created": ">=" + iso(since - CLOCK_SKEW),
-        "per_page": 100,
-    }
-
-
-def dispatch_seen(deps: Deps, req: Request) -> bool:
-    """Whether GitHub already has a run whose run-name names this request.
-
-    Used before repeating a dispatch whose answer was lost (crash, 502 after the fact): a run
-    is the only trace a repository_dispatch leaves. GitHub creates it a few seconds after the
-    dispatch, so a quick repeat can still dispatch twice; both carry the same request id.
-    """
-    since = req.action_started_at or req.created_at
-    try:
-        found = deps.github.list_runs(req.repo, params=dispatch_runs_query(since))
-    except Retryable:
-        raise
-    except GitHubError as exc:  # cannot look (e.g. no actions:read): repeat, same request id
-        log.warning("cannot list runs", extra={"request_id": req.id, "error": exc.message})
-        return False
-    runs = (found.data or {}).get("workflow_runs") or []
-    return any(request_id_in_title(str(r.get("display_title") or "")) == req.id for r in runs)
-
-
-def dispatch_once(deps: Deps, req: Request, event_type: str, payload: dict[str, Any]) -> None:
-    """Send the request's repository_dispatch; a repeat after a lost answer checks GitHub first.
-
-    action_started_at marks "a dispatch may have been sent": set before the first POST, kept
-    on repeats (it bounds the runs looked at by dispatch_seen).
-    """
-    if req.action_started_at is None:
-        deps.store.update(req.id, action_started_at=deps.clock())
-    elif dispatch_seen(deps, req):
-        return  # an earlier attempt got through: its run is there
-    else:
-        log.warning("repeating a dispatch that may have happened", extra={"request_id": req.id})
-    deps.github.dispatch(req.repo, event_type, payload)
 
 
 def stop_following(deps: Deps, req: Request, hours: int) -> bool:

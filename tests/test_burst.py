@@ -204,3 +204,29 @@ def test_a_rerun_while_the_same_head_is_in_flight_points_to_its_thread(
     assert ALREADY in told["text"] and first.id in told["text"]
     assert len(_roots(slack)) == 1 and len(github.requests_to("POST", r"/labels$")) == 1
     assert not github.requests_to("DELETE", r"/labels/evaluate$")
+
+
+def test_a_burst_of_30_parallel_deploys_is_limited_atomically(
+    make_harness, config_data, clock, github, slack
+) -> None:
+    """/deploy counts and inserts in one step too (create_request(per_minute=...)), so 30 at
+    once from one user store exactly `commands_per_minute`; the rest get the rate-limit text."""
+    h = make_harness(_config(config_data), use_clock=True)
+    gate = threading.Barrier(BURST)
+
+    def send(i: int) -> str:
+        gate.wait()
+        resp = h.slash("/deploy", f"mlflow-run-{i} production")
+        assert resp.status_code == 200
+        return str(resp.json()["text"])
+
+    with ThreadPoolExecutor(BURST) as pool:
+        answers = list(pool.map(send, range(BURST)))
+    _settle([h])
+    asked = [a for a in answers if a.startswith(":raised_hand: Asked for approval")]
+    limited = [a for a in answers if RATE_TEXT in a]
+    stored = h.store.find(kind="deploy", limit=100)
+    print(f"\n{BURST} parallel /deploy: accepted {len(asked)}, rate-limited {len(limited)}")
+    assert len(asked) + len(limited) == BURST, answers
+    assert len(asked) == LIMIT and len(stored) == LIMIT
+    assert {r.status for r in stored} == {"pending_approval"}

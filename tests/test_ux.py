@@ -14,7 +14,7 @@ from slack_sdk.models.views import View
 from webhook_examples import fixture
 
 from handlers.help import SHORT_HELP
-from handlers.thread import refresh_root
+from handlers.lifecycle import refresh_root
 from tests.conftest import CHANNEL, HEAD_SHA, REPO, USER, Harness
 
 APPROVER = "U0APPROVER1"

@@ -1,21 +1,39 @@
-"""The thread of a request: its root message, replies, and telling the requester."""
+"""What every kind of request shares: its thread root, replies, telling, failing, giving up,
+dispatching once, settling from its runs, and stopping them. Imports no kind and no event
+module: a kind's root message comes from the registry (handlers.kinds)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import re
 import threading
+import time
+from typing import Any
 
 from bot import logs, messages
 from bot.deps import Deps
-from bot.github import Retryable
+from bot.github import GitHubError, PermissionDenied, Retryable
 from bot.slack import SlackFailure
-from bot.store import ACCEPTED, APPROVED, ERROR, FINAL_STATES, PENDING_APPROVAL, Request
+from bot.store import (
+    ACCEPTED,
+    APPROVED,
+    ERROR,
+    FAILED,
+    FINAL_STATES,
+    PENDING_APPROVAL,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    WAITING_FOR_RUNS,
+    Request,
+    RunRecord,
+)
+from handlers import details, kinds
+from handlers.details import ThreadDetails
 
 log = logging.getLogger(__name__)
-
-ROOT_HASH = "root_hash"  # details key: digest of the root message Slack shows now
 
 
 def tell(deps: Deps, req: Request, text: str, *, hint: str | None = None) -> None:
@@ -54,7 +72,7 @@ def refresh_root(deps: Deps, req: Request, *, trailing: bool = False) -> None:
         return
     msg = root_message(deps, current)
     digest = message_digest(msg)
-    if current.details.get(ROOT_HASH) == digest:
+    if details.thread(current).get("root_hash") == digest:
         return
     interval = deps.config.rate_limits.root_edit_seconds
     if interval > 0 and not trailing and current.status not in FINAL_STATES:
@@ -69,7 +87,7 @@ def refresh_root(deps: Deps, req: Request, *, trailing: bool = False) -> None:
     except SlackFailure as exc:
         log.warning("root update failed", extra={"request_id": req.id, "error": exc.error})
         return
-    deps.store.merge_details(req.id, {ROOT_HASH: digest})
+    details.merge(deps, req.id, ThreadDetails(root_hash=digest))
 
 
 def _edit_later(deps: Deps, req: Request, delay: float) -> None:
@@ -90,15 +108,8 @@ def _edit_later(deps: Deps, req: Request, delay: float) -> None:
 
 
 def root_message(deps: Deps, req: Request) -> messages.Message:
-    if req.kind == "deploy":
-        from handlers import deploy
-
-        return deploy.card(deps, req)
-    if req.kind == "schedule" or req.details.get("schedule"):
-        from handlers import schedules
-
-        return schedules.root(deps, req)
-    return messages.evaluate_root(req, web_base=deps.web_base)
+    """The thread root (or card) of a request, as its kind draws it (KeyError: unknown kind)."""
+    return kinds.get(req.kind).root(deps, req)
 
 
 def fail(deps: Deps, req: Request, error: str, *, hint: str | None = None) -> None:
@@ -144,7 +155,7 @@ def ensure_root(deps: Deps, req: Request) -> Request:
             deps.store.forget(key)  # Slack refused it: nothing was posted
         raise
     deps.store.update(req.id, root_ts=ts)
-    deps.store.merge_details(req.id, {ROOT_HASH: message_digest(msg)})
+    details.merge(deps, req.id, ThreadDetails(root_hash=message_digest(msg)))
     return deps.store.get(req.id) or req
 
 
@@ -201,3 +212,140 @@ def give_up(deps: Deps, req: Request, what: str, attempts: int) -> None:
         hint="Nothing more will happen for this request. Run the command again; if it fails "
         f"the same way, tell the bridge's admins (request id `{req.id}` is in their logs).",
     )
+
+
+# -- GitHub side: dispatch once, settle from the runs, stop them --------------------------------
+
+# Workflows started by repository_dispatch put the request id first in `run-name`, which
+# GitHub reports as display_title: "chatops 1a2b3c4d5e6f: deploy ..."
+TITLE_RE = re.compile(r"^chatops ([0-9a-f]{12})\b")
+# The bridge's clock (action_started_at) and GitHub's (created_at) are compared. NTP-synced
+# hosts agree within a second; 30 s also tolerates a drifting container clock, and the only
+# runs it lets in are ones created in the 30 s before our own dispatch, which still need the
+# dispatch event, the request id in their title and the configured workflow.
+CLOCK_SKEW = 30.0
+
+
+def request_id_in_title(title: str) -> str | None:
+    m = TITLE_RE.match(title or "")
+    return m[1] if m else None
+
+
+def iso(ts: float) -> str:
+    """GitHub's timestamp format for query filters (`created`, `since`)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def dispatch_runs_query(since: float) -> dict[str, Any]:
+    """List-runs filter for repository_dispatch runs created after `since` (minus clock skew)."""
+    return {
+        "event": "repository_dispatch",
+        "created": ">=" + iso(since - CLOCK_SKEW),
+        "per_page": 100,
+    }
+
+
+def dispatch_seen(deps: Deps, req: Request) -> bool:
+    """Whether GitHub already has a run whose run-name names this request.
+
+    Used before repeating a dispatch whose answer was lost (crash, 502 after the fact): a run
+    is the only trace a repository_dispatch leaves. GitHub creates it a few seconds after the
+    dispatch, so a quick repeat can still dispatch twice; both carry the same request id.
+    """
+    since = req.action_started_at or req.created_at
+    try:
+        found = deps.github.list_runs(req.repo, params=dispatch_runs_query(since))
+    except Retryable:
+        raise
+    except GitHubError as exc:  # cannot look (e.g. no actions:read): repeat, same request id
+        log.warning("cannot list runs", extra={"request_id": req.id, "error": exc.message})
+        return False
+    runs = (found.data or {}).get("workflow_runs") or []
+    return any(request_id_in_title(str(r.get("display_title") or "")) == req.id for r in runs)
+
+
+def dispatch_once(deps: Deps, req: Request, event_type: str, payload: dict[str, Any]) -> None:
+    """Send the request's repository_dispatch; a repeat after a lost answer checks GitHub first.
+
+    action_started_at marks "a dispatch may have been sent": set before the first POST, kept
+    on repeats (it bounds the runs looked at by dispatch_seen).
+    """
+    if req.action_started_at is None:
+        deps.store.update(req.id, action_started_at=deps.clock())
+    elif dispatch_seen(deps, req):
+        return  # an earlier attempt got through: its run is there
+    else:
+        log.warning("repeating a dispatch that may have happened", extra={"request_id": req.id})
+    deps.github.dispatch(req.repo, event_type, payload)
+
+
+def _aggregate(runs: list[RunRecord]) -> tuple[str, str]:
+    lines = []
+    for r in runs:
+        state = r.conclusion if r.status == "completed" else r.status
+        lines.append(f"{messages.link(r.html_url, r.name or 'run')}: {state}")
+    summary = " · ".join(lines)
+    if any(r.status != "completed" for r in runs):
+        busy = any(r.status == "in_progress" for r in runs)
+        return (RUNNING if busy else QUEUED), summary
+    if runs and all(not messages.is_failure(r.conclusion) for r in runs):
+        return SUCCEEDED, summary
+    return FAILED, summary
+
+
+def settle(deps: Deps, req: Request) -> None:
+    """Derive the request's status from its recorded runs and show it on the root message.
+
+    Also called right after a request becomes `triggered`: a run that GitHub reported before
+    that transition (the webhook can beat the bridge's own database write) is recorded by
+    relay_run but could not move the status yet.
+    """
+    runs = deps.store.runs_of(req.id)
+    if not runs:
+        refresh_root(deps, req)
+        return
+    status, summary = _aggregate(runs)
+    finished_at = deps.clock() if status in (SUCCEEDED, FAILED) else None
+    changed = deps.store.update(
+        req.id,
+        only_if_status=(*WAITING_FOR_RUNS, SUCCEEDED, FAILED),
+        status=status,
+        finished_at=finished_at,
+    )
+    details.merge(deps, req.id, ThreadDetails(runs_summary=summary))
+    if changed and status != req.status and status in (SUCCEEDED, FAILED):
+        deps.store.audit(
+            actor="github",
+            action=f"{req.kind}.finished",
+            outcome=status,
+            request_id=req.id,
+            detail=" ".join(r.html_url for r in runs if r.html_url),
+        )
+    refresh_root(deps, req)
+
+
+def stop_run(deps: Deps, req: Request, run_id: int, name: str) -> str | None:
+    """Ask GitHub to cancel one run; what to say in the thread (None: it had finished)."""
+    try:
+        deps.github.cancel_run(req.repo, run_id)
+    except PermissionDenied:
+        return (
+            f":warning: I could not cancel the workflow run {name}: the GitHub App needs "
+            "the `actions: write` permission. Cancel it on GitHub, or ask an owner to "
+            "grant the permission."
+        )
+    except GitHubError as exc:
+        if exc.status == 409:  # GitHub: the run finished meanwhile
+            return None
+        return f":warning: I could not cancel the workflow run {name}: {exc.message}"
+    return f"Asked GitHub to cancel the workflow run {name}."
+
+
+def stop_runs(deps: Deps, req: Request) -> list[str]:
+    """Stop the request's workflow runs that are still going (needs `actions: write`)."""
+    notes = [
+        stop_run(deps, req, int(run.run_id), run.name or f"run {run.run_id}")
+        for run in deps.store.runs_of(req.id)
+        if run.status != "completed"
+    ]
+    return [n for n in notes if n]

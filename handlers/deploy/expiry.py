@@ -1,0 +1,47 @@
+"""Pending approvals past their deadline become `expired` (a periodic job, and at click time)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from bot import messages
+from bot.deps import Deps
+from bot.store import EXPIRED, PENDING_APPROVAL, Request
+from handlers.lifecycle import refresh_root
+
+if TYPE_CHECKING:
+    from bot.scheduler import Housekeeping
+
+EXPIRY_JOB = "deploy-expiry"
+EXPIRY_EVERY_SECONDS = 15
+
+
+def expire(deps: Deps, req: Request) -> bool:
+    """pending_approval → expired, once; edits the card. False when something else came first."""
+    if not deps.store.update(
+        req.id, only_if_status=(PENDING_APPROVAL,), status=EXPIRED, finished_at=deps.clock()
+    ):
+        return False
+    deps.store.audit(
+        actor="bridge",
+        action="deploy.expired",
+        outcome="expired",
+        request_id=req.id,
+        detail=f"no decision by {messages.hhmm(req.expires_at or deps.clock())}",
+    )
+    refresh_root(deps, req)
+    return True
+
+
+def expire_due(deps: Deps) -> int:
+    """The scheduled job: expire every pending approval past its deadline (catches up)."""
+    n = 0
+    for req in deps.store.expired_approvals(deps.clock()):
+        if expire(deps, req):
+            n += 1
+    return n
+
+
+def install(hk: Housekeeping, deps: Deps) -> None:
+    """The expiry job (fixed id; state in the database, so a restart catches up)."""
+    hk.add_interval(EXPIRY_JOB, lambda: expire_due(deps), EXPIRY_EVERY_SECONDS, now=True)

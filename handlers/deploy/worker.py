@@ -1,0 +1,195 @@
+"""The deploy job: the run's facts and the card (once), then repository_dispatch (once)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from bot.deps import Deps
+from bot.github import GitHubError, NotFound, Retryable
+from bot.provenance import newest, same_commit, trusted_as
+from bot.slack import SlackFailure
+from bot.store import APPROVED, PENDING_APPROVAL, TRIGGERED, Request
+from handlers import details, evaluate
+from handlers.common import github_permission_refusal
+from handlers.deploy.facts import DeployDetails, details_of
+from handlers.deploy.policy import approved_by
+from handlers.lifecycle import (
+    dispatch_once,
+    ensure_root,
+    fail,
+    fail_or_wait,
+    retry_or_give_up,
+    settle,
+)
+
+GITHUB_RUN_ID = re.compile(r"^[1-9][0-9]{0,19}$")
+
+
+def carry_out(deps: Deps, req: Request) -> None:
+    """The job's steps, each safe to repeat: facts and card (once), then the dispatch (once).
+
+    Claimed for `approved` requests and for `pending_approval` ones whose card is not posted
+    yet (bot/store.py `_needs_work`); a pending request with a card waits for a click.
+    """
+    if req.status == PENDING_APPROVAL and req.root_ts:
+        return
+    if not req.root_ts:
+        posted = _post_card(deps, req)
+        if posted is None:
+            return
+        # A click may have approved the request while the card was being posted.
+        req = deps.store.get(req.id) or posted
+    if req.status == APPROVED:
+        _dispatch(deps, req)
+
+
+def _post_card(deps: Deps, req: Request) -> Request | None:
+    cmd = deps.config.commands.deploy
+    try:
+        refusal = github_permission_refusal(deps, cmd, req.repo, req.user_id)
+        if refusal:
+            fail(deps, req, refusal)
+            return None
+        if not details_of(req).get("facts_checked"):
+            _gather_facts(deps, req)
+            req = deps.store.get(req.id) or req
+    except Retryable as exc:
+        retry_or_give_up(deps, req, exc)
+        return None
+    except NotFound:
+        fail(
+            deps,
+            req,
+            f"Workflow run {req.run_ref} was not found in {req.repo}.",
+            hint="Check the run id, or name the repository: `/deploy owner/repo@<run-id>`.",
+        )
+        return None
+    except GitHubError as exc:
+        fail(deps, req, exc.message)
+        return None
+    try:
+        return ensure_root(deps, req)
+    except SlackFailure as exc:
+        fail_or_wait(deps, req, exc)
+        return None
+
+
+def _gather_facts(deps: Deps, req: Request) -> None:
+    """What the card shows about a GitHub run: its facts, its PR's head, relayed metrics."""
+    facts = DeployDetails(facts_checked=True)
+    if req.run_ref and GITHUB_RUN_ID.match(req.run_ref):
+        run = deps.github.get_run(req.repo, int(req.run_ref))
+        facts["run"] = {
+            "name": run.name,
+            "url": run.html_url,
+            "branch": run.head_branch,
+            "sha": run.head_sha,
+            "status": run.status,
+            "conclusion": run.conclusion,
+        }
+        # A run's commit can fall behind its PR, or (a run of a branch) behind its branch.
+        for number in run.pull_numbers[:1]:
+            pull = deps.github.get_pull(req.repo, number)
+            facts["pr_head"] = {"number": number, "sha": pull.head_sha, "url": pull.html_url}
+        if not run.pull_numbers and run.head_branch:
+            head = deps.github.branch_head(req.repo, run.head_branch)
+            if head:
+                facts["branch_head"] = {"branch": run.head_branch, "sha": head}
+        metrics = _relayed_metrics(deps, req.repo, run.head_sha, run.pull_numbers[:1])
+        if metrics:
+            facts["metrics"] = metrics
+        deps.store.update(req.id, head_sha=run.head_sha or None)
+    details.merge(deps, req.id, facts)
+
+
+def _relayed_metrics(
+    deps: Deps, repo: str, sha: str, pull_numbers: Sequence[int]
+) -> dict[str, Any] | None:
+    """The newest metrics comment for exactly this commit from an author trusted now, with how
+    many there were; None when there is none. Entries recorded before provenance was kept
+    (no "trusted_as") are not shown: nobody checked who wrote them."""
+    if not sha:
+        return None
+    evaluations = deps.store.find(repo=repo, head_sha=sha, kind="evaluate", limit=20)
+    for number in pull_numbers:  # a comment may name this commit after the PR moved on
+        evaluations += deps.store.find(repo=repo, pr_number=number, kind="evaluate", limit=20)
+    found: dict[Any, dict[str, Any]] = {}
+    for other in evaluations:
+        entries: list[Any] = evaluate.details_of(other).get("metrics_comments") or []
+        for entry in entries:
+            if not isinstance(entry, dict) or not entry.get("body") or not entry.get("trusted_as"):
+                continue
+            if not same_commit(str(entry.get("commit") or ""), sha):
+                continue
+            author = {"login": entry.get("author"), "type": entry.get("author_type")}
+            comment = {"user": author, "author_association": entry.get("author_association")}
+            if trusted_as(deps.config.metrics, comment) is None:
+                continue  # the operator no longer trusts this author
+            found[entry.get("id") or entry.get("comment_url")] = entry
+    best = newest(list(found.values()))
+    if best is None:
+        return None
+    earlier = sorted(
+        (e for e in found.values() if e is not best),
+        key=lambda e: (str(e.get("created_at") or ""), int(e.get("id") or 0)),
+        reverse=True,
+    )
+    return {
+        **{k: best.get(k) for k in ("id", "comment_url", "author", "trusted_as", "created_at")},
+        "body": best.get("body"),
+        "head_sha": sha,
+        "count": len(found),
+        "earlier": [
+            {"comment_url": e.get("comment_url"), "author": e.get("author")} for e in earlier[:5]
+        ],
+    }
+
+
+def _dispatch(deps: Deps, req: Request) -> None:
+    """repository_dispatch once: approved → (action_started_at) → POST → triggered.
+
+    Only the lease holder gets here, and only from `approved`. A crash (or a lost answer)
+    between the POST and the status change leaves `approved` with action_started_at set; the
+    retry first looks for a run titled with this request id and, when there is none, sends
+    the same payload again — the same request_id, which the deploy workflow recognises.
+    """
+    event_type = req.event_type or deps.config.commands.deploy.event_type
+    try:
+        dispatch_once(deps, req, event_type, dispatch_payload(deps, req))
+    except Retryable as exc:
+        retry_or_give_up(deps, req, exc)
+        return
+    except GitHubError as exc:
+        fail(deps, req, exc.message)
+        return
+    if deps.store.update(req.id, only_if_status=(APPROVED,), status=TRIGGERED):
+        deps.store.audit(
+            actor="bridge",
+            action="deploy.dispatched",
+            outcome="ok",
+            request_id=req.id,
+            detail=f"{event_type} to {req.repo}, run {req.run_ref}, {req.environment}",
+        )
+    settle(deps, req)
+
+
+def approvers_for_payload(deps: Deps, req: Request) -> list[str]:
+    policy = deps.config.commands.deploy.policy_for(req.environment or "")
+    required = policy.required if policy else 1
+    return approved_by(req, required, deps.store.approvers_of(req.id))
+
+
+def dispatch_payload(deps: Deps, req: Request) -> dict[str, Any]:
+    """Exactly these 7 keys (GitHub allows 10). approved_by: comma-separated Slack user ids,
+    empty when the environment needs no approval."""
+    return {
+        "request_id": req.id,
+        "run_id": req.run_ref,
+        "environment": req.environment,
+        "requested_by": req.user_id,
+        "approved_by": ",".join(approvers_for_payload(deps, req)),
+        "slack_channel": req.channel_id,
+        "slack_thread_ts": req.root_ts,
+    }
