@@ -20,8 +20,9 @@ from bot import logs
 from bot.github import Retryable
 from bot.messages import duration
 from bot.metrics import Metrics
+from bot.model import ACCEPTED, APPROVED, ERROR, PENDING_APPROVAL, Request
 from bot.slack import SlackFailure
-from bot.store import ACCEPTED, APPROVED, ERROR, PENDING_APPROVAL, Request, Store
+from bot.store import Store
 
 log = logging.getLogger(__name__)
 

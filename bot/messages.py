@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from bot.markdown import escape_mrkdwn, slack_link
-from bot.store import Request
+from bot.model import Request
 
 Message = dict[str, Any]  # {"text": fallback, "blocks": [...]}
 

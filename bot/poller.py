@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 from bot.deps import Deps
 from bot.github import Conditional, GitHubError, Retryable, run_from_payload
 from bot.metrics import Metrics
+from bot.model import FAILED, SUCCEEDED, WAITING_FOR_RUNS, Request
 from bot.slack import SlackFailure
-from bot.store import FAILED, SUCCEEDED, WAITING_FOR_RUNS, Request
 from handlers.comments import relay_comment
 from handlers.workflow_run import (
     CLOCK_SKEW,

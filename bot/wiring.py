@@ -25,12 +25,13 @@ from bot.http import bolt_error_response
 from bot.jobs import Jobs, RetryPolicy
 from bot.liveness import Liveness
 from bot.metrics import Metrics
+from bot.model import PENDING_APPROVAL
 from bot.poller import Poller
 from bot.routing import Router
 from bot.scheduler import Housekeeping
 from bot.settings import Settings
 from bot.slack import SlackOut, make_client
-from bot.store import PENDING_APPROVAL, Store
+from bot.store import Store
 from bot.workspace import WorkspaceGuard
 
 log = logging.getLogger(__name__)

@@ -15,9 +15,9 @@ from typing import Any
 from bot.deps import Deps
 from bot.markdown import has_metrics, render_comment
 from bot.metrics import Metrics
+from bot.model import PENDING_APPROVAL
 from bot.provenance import author_of, commit_of, same_commit, trusted_as
 from bot.slack import SlackFailure
-from bot.store import PENDING_APPROVAL
 from handlers.thread import refresh_root
 
 log = logging.getLogger(__name__)

@@ -25,10 +25,10 @@ from bot.config import Access, ApprovalPolicy
 from bot.deps import Deps
 from bot.github import GitHubError, NotFound, Retryable
 from bot.markdown import escape_mrkdwn, render_comment
+from bot.model import APPROVED, EXPIRED, PENDING_APPROVAL, REJECTED, TRIGGERED, NewRequest, Request
 from bot.provenance import newest, same_commit, trusted_as
 from bot.refs import UsageError, parse_deploy_args
 from bot.slack import SlackFailure
-from bot.store import APPROVED, EXPIRED, PENDING_APPROVAL, REJECTED, TRIGGERED, NewRequest, Request
 from handlers.common import (
     count_command,
     github_permission_refusal,

@@ -20,7 +20,7 @@ from bot import messages
 from bot.deps import Deps
 from bot.github import GitHubError, NotFound, Retryable, RunInfo, run_from_payload
 from bot.markdown import escape_mrkdwn
-from bot.store import FAILED, SUCCEEDED, WAITING_FOR_RUNS, Request
+from bot.model import FAILED, SUCCEEDED, WAITING_FOR_RUNS, Request
 from handlers.deploy import deployment_line
 from handlers.thread import refresh_root, reply_once
 from handlers.workflow_run import CLOCK_SKEW, request_id_in_title, title_match

@@ -17,9 +17,10 @@ from bot.github import (
     ValidationFailed,
 )
 from bot.messages import status_label
+from bot.model import ACCEPTED, DUPLICATE, TRIGGERED, NewRequest, Request
 from bot.refs import UsageError, parse_pull_ref
 from bot.slack import SlackFailure
-from bot.store import ACCEPTED, DUPLICATE, TRIGGERED, NewRequest, OverLimit, Request
+from bot.store import OverLimit
 from handlers.common import (
     count_command,
     github_permission_refusal,

@@ -10,8 +10,8 @@ from bot import messages
 from bot.deps import Deps
 from bot.github import GitHubError
 from bot.markdown import escape_mrkdwn
+from bot.model import PENDING_APPROVAL, Request
 from bot.slack import SlackFailure
-from bot.store import PENDING_APPROVAL, Request
 from handlers.status import request_line, slack_date, thread_url
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,8 @@ from typing import Any
 from bot import logs
 from bot.deps import Deps
 from bot.github import GitHubError, PermissionDenied
+from bot.model import CANCELLED, OPEN_STATES, PENDING_APPROVAL, Request
 from bot.slack import SlackFailure
-from bot.store import CANCELLED, OPEN_STATES, PENDING_APPROVAL, Request
 from handlers import status
 from handlers.common import count_command
 from handlers.help import SHORT_HELP, help_text

@@ -6,7 +6,7 @@ from typing import Any
 
 from bot import messages
 from bot.deps import Deps
-from bot.store import WAITING_FOR_RUNS
+from bot.model import WAITING_FOR_RUNS
 from handlers.thread import reply_once
 
 

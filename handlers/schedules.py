@@ -29,8 +29,8 @@ from bot.cron import cron_trigger
 from bot.deps import Deps
 from bot.github import GitHubError, Retryable
 from bot.markdown import escape_mrkdwn
+from bot.model import ACCEPTED, TRIGGERED, NewRequest, Request
 from bot.slack import SlackFailure
-from bot.store import ACCEPTED, TRIGGERED, NewRequest, Request
 from handlers.thread import ensure_root, fail, fail_or_wait, retry_or_give_up
 from handlers.workflow_run import dispatch_once, settle
 

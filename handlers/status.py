@@ -8,8 +8,8 @@ from typing import Any
 from bot import messages
 from bot.deps import Deps
 from bot.markdown import escape_mrkdwn
+from bot.model import Request, RunRecord
 from bot.refs import UsageError, parse_pull_ref
-from bot.store import Request, RunRecord
 from handlers.common import resolve_repo
 
 LIMIT = 10

@@ -10,8 +10,8 @@ import threading
 from bot import logs, messages
 from bot.deps import Deps
 from bot.github import Retryable
+from bot.model import ACCEPTED, APPROVED, ERROR, FINAL_STATES, PENDING_APPROVAL, Request
 from bot.slack import SlackFailure
-from bot.store import ACCEPTED, APPROVED, ERROR, FINAL_STATES, PENDING_APPROVAL, Request
 
 log = logging.getLogger(__name__)
 

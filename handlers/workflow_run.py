@@ -11,7 +11,7 @@ from bot import logs, messages
 from bot.deps import Deps
 from bot.github import GitHubError, Retryable, RunInfo, run_from_payload
 from bot.metrics import Metrics
-from bot.store import (
+from bot.model import (
     ACCEPTED,
     CANCELLED,
     ERROR,
