@@ -167,7 +167,6 @@ class Jobs:
         self._give_up: GiveUpHandler | None = None
         self._inflight = 0
         self._lock = threading.Lock()
-        self.synchronous = False  # tests may run work inline
 
     def register(self, kind: str, worker: RequestWorker) -> None:
         self._workers[kind] = worker
@@ -184,10 +183,6 @@ class Jobs:
             return self._inflight
 
     def _spawn(self, fn: Callable[[], None]) -> Future[None] | None:
-        if self.synchronous:
-            fn()
-            return None
-
         def wrapped() -> None:
             try:
                 fn()
@@ -335,8 +330,7 @@ class Jobs:
             self.metrics.unit_retries.labels(unit, why).inc()
 
     def _retry_later(self, seconds: float, fn: Callable[[], object]) -> None:
-        if not self.synchronous:
-            self._timers.call_later(seconds, fn)
+        self._timers.call_later(seconds, fn)
 
     # -- webhook deliveries -------------------------------------------------------------
     def submit_delivery(self, delivery_id: str, event: str) -> Future[None] | None:

@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
-import contextlib
 import html
 import re
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
-from urllib.parse import urlsplit
+
+from bot.slacktext import (
+    INVISIBLE,
+    context,
+    escape_mrkdwn,
+    is_http_url,
+    misleading_host,
+    section,
+    slack_link,
+)
 
 __all__ = [
     "METRICS_MARKER",
     "Segment",
     "Table",
     "cell_text",
-    "escape_mrkdwn",
     "has_metrics",
-    "misleading_host",
     "render_comment",
-    "slack_link",
     "split_markdown",
     "to_mrkdwn",
 ]
@@ -47,13 +52,6 @@ MAX_AUTHOR_CHARS = 100
 # is several screens of Slack and far more than a metrics comment needs.
 MAX_COMMENT_CHARS = 20_000
 
-# Characters that change how text is shown without being seen: bidi embeddings/overrides
-# (U+202A-U+202E), bidi isolates (U+2066-U+2069) and zero-width characters (U+200B-U+200D,
-# U+2060, U+FEFF). In user text they can reverse a file name or hide a difference between two
-# look-alike words on a card, so they are dropped from everything the bridge relays.
-INVISIBLE = "\u200b-\u200d\u2060\ufeff\u202a-\u202e\u2066-\u2069"
-_INVISIBLE_RE = re.compile(f"[{INVISIBLE}]")
-
 
 @dataclass(frozen=True)
 class Table:
@@ -65,86 +63,6 @@ class Table:
 
 
 Segment: TypeAlias = str | Table
-
-
-# --------------------------------------------------------------------------------------------
-# Escaping
-# --------------------------------------------------------------------------------------------
-
-
-def escape_mrkdwn(text: str) -> str:
-    """The one escaping function for user text in mrkdwn: drop bidi controls and zero-width
-    characters, and escape &, <, > so text can never form a mention, channel link or
-    <url|label> in Slack."""
-    text = _INVISIBLE_RE.sub("", text)
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _slack_url(url: str) -> str:
-    # A "|" inside <url|label> would end the URL and let the rest pose as the label.
-    return escape_mrkdwn(url).replace("|", "%7C")
-
-
-def _is_http_url(url: str) -> bool:
-    # No whitespace or control characters anywhere: Slack would end the link there.
-    return re.match(r"https?://[^\s\x00-\x1f\x7f]+$", url, re.IGNORECASE) is not None
-
-
-# Dots that IDNA treats as dots (ideographic, fullwidth, halfwidth ideographic full stop).
-_DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
-_LABEL_TOKENS = re.compile(r"[^\s<>()\[\]{}\"'`,;!|*_~]+")
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-# A host name: labels of letters, digits and hyphens, and a top-level label of letters. No
-# nested quantifier can backtrack here ([\w-]* cannot cross a dot), so it is linear.
-_HOST_NAME = re.compile(r"(?:[^\W_][\w-]*\.)+[^\W\d_]{2,63}")
-
-
-def _hostname(host: str) -> str:
-    host = host.lower().rstrip(".")
-    # A host that is not IDNA-encodable is compared as it is.
-    with contextlib.suppress(UnicodeError, ValueError):
-        host = host.encode("idna").decode("ascii")
-    return host.removeprefix("www.")
-
-
-def _target_host(url: str) -> str:
-    try:
-        return _hostname(urlsplit(url.strip()).hostname or "")
-    except ValueError:
-        return ""
-
-
-def misleading_host(label: str, url: str) -> str | None:
-    """The host a link really goes to, when its visible label names another place.
-
-    A label "looks like a place" when one of its words is a URL or a host name
-    (`https://github.com/a/b`, `github.com`, `g\\u0456thub.com` with a Cyrillic i); each such word
-    must name the target's own host (www. and IDNA spelling aside). Labels that name no place
-    ("logs", "view on GitHub") may go anywhere: the reader was not told where.
-    """
-    target = _target_host(url)
-    for m in _LABEL_TOKENS.finditer(label.translate(_DOTS)):
-        word = _SCHEME.sub("", m.group(0))
-        # user@host, host:port and host/path all name "host".
-        word = word.rpartition("@")[2]
-        for stop in "/?#":
-            word = word.partition(stop)[0]
-        word = word.partition(":")[0].strip(".")
-        if _HOST_NAME.fullmatch(word) and _hostname(word) != target:
-            return target or "?"
-    return None
-
-
-def slack_link(url: str | None, label: str) -> str:
-    """The one builder of mrkdwn links to user-supplied URLs: <url|label> for an http(s) URL
-    whose label does not name another place; `label (<url|host>)` when it does (the text a
-    reader sees is then the place the link goes); the escaped label alone otherwise."""
-    if not url or not _is_http_url(url):
-        return escape_mrkdwn(label)
-    host = misleading_host(label, url)
-    if host is not None:
-        return f"{escape_mrkdwn(label)} (<{_slack_url(url)}|{escape_mrkdwn(host)}>)"
-    return f"<{_slack_url(url)}|{escape_mrkdwn(label)}>"
 
 
 # --------------------------------------------------------------------------------------------
@@ -497,7 +415,7 @@ def _inline_protect(esc: str, store: _Store) -> str:
 
     def md_link(m: re.Match[str]) -> str:
         bang, label, url = m.group(1), m.group(2), m.group(3)
-        if not _is_http_url(url):
+        if not is_http_url(url):
             return m.group(0)  # left as (escaped) text
         label = _emphasis(label.strip()) or ("image" if bang else "")
         url = url.replace("|", "%7C")
@@ -674,19 +592,6 @@ def _looks_numeric(column: Sequence[str]) -> bool:
     return bool(values) and all(_NUMERIC.match(v) for v in values)
 
 
-def _section(text: str) -> dict[str, Any]:
-    # verbatim: Slack does no auto-linking of @names or #channels in text we did not write.
-    return {"type": "section", "text": {"type": "mrkdwn", "text": text, "verbatim": True}}
-
-
-def _context(text: str) -> dict[str, Any]:
-    return {"type": "context", "elements": [{"type": "mrkdwn", "text": text, "verbatim": True}]}
-
-
-def _see_link(link: str, label: str) -> str:
-    return slack_link(link, label)
-
-
 def _header_cell(text: str) -> dict[str, Any]:
     # raw_text has no styling; a rich_text cell (allowed in table rows) carries the bold.
     return {
@@ -730,7 +635,7 @@ def _table_blocks(table: Table, link: str) -> list[dict[str, Any]]:
         n = len(table.header) - width
         cut.append(f"{n} more column{'s' if n != 1 else ''}")
     if cut:
-        blocks.append(_context(f"… {' and '.join(cut)}: {_see_link(link, 'see the full comment')}"))
+        blocks.append(context(f"… {' and '.join(cut)}: {slack_link(link, 'see the full comment')}"))
     return blocks
 
 
@@ -836,13 +741,13 @@ def render_comment(
     full = len(body)
     body, cut = within_budget(body, budget)
     who = _CONTROL.sub("", author).strip()[:MAX_AUTHOR_CHARS] or "unknown"
-    footer_text = f"{label} by {escape_mrkdwn(who)} · {_see_link(link, 'view on GitHub')}"
+    footer_text = f"{label} by {escape_mrkdwn(who)} · {slack_link(link, 'view on GitHub')}"
     if cut:
         footer_text = (
             f":scissors: Only the first {len(body):,} of {full:,} characters are shown: "
-            f"{_see_link(link, 'read the whole comment on GitHub')}\n{footer_text}"
+            f"{slack_link(link, 'read the whole comment on GitHub')}\n{footer_text}"
         )
-    footer = _context(footer_text)
+    footer = context(footer_text)
     # One block per message stays free for the closing context line.
     capacity = MAX_BLOCKS - 1
 
@@ -865,7 +770,7 @@ def render_comment(
 
     for segment in split_markdown(body):
         if isinstance(segment, str):
-            sections = [_section(t) for t in _split_section_text(to_mrkdwn(segment))]
+            sections = [section(t) for t in _split_section_text(to_mrkdwn(segment))]
             pending.append((segment, sections))
             continue
         table_blocks = _table_blocks(segment, link)
@@ -883,7 +788,7 @@ def render_comment(
 
     messages = [m for m in messages if m.blocks]
     if not messages:
-        blocks = [_section("_The comment was empty._"), footer]
+        blocks = [section("_The comment was empty._"), footer]
         return [{"text": _fallback(f"Empty comment from {who}", ""), "blocks": blocks}]
     messages[-1].blocks.append(footer)
 

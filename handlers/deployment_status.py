@@ -16,14 +16,14 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from bot import messages
+from bot import messages, slacktext
 from bot.deps import Deps
-from bot.github import GitHubError, NotFound, Retryable, RunInfo, run_from_payload
-from bot.markdown import escape_mrkdwn
+from bot.github import CLOCK_SKEW, GitHubError, NotFound, Retryable, RunInfo, run_from_payload
 from bot.model import FAILED, SUCCEEDED, WAITING_FOR_RUNS, Request
+from bot.slacktext import escape_mrkdwn
 from handlers.deploy import deployment_line
 from handlers.thread import refresh_root, reply_once
-from handlers.workflow_run import CLOCK_SKEW, request_id_in_title, title_match
+from handlers.workflow_run import request_id_in_title, title_match
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +116,10 @@ def deployment_reply(
     if description:
         text += f"\n>{escape_mrkdwn(description)[:500]}"
     if log_url:
-        text += f"\n{messages.link(log_url, 'logs')}"
+        text += f"\n{slacktext.slack_link(log_url, 'logs')}"
     return {
         "text": escape_mrkdwn(f"Deployment to {environment}: {state}"),
-        "blocks": [messages.section(text)],
+        "blocks": [slacktext.section(text)],
     }
 
 

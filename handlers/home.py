@@ -6,13 +6,13 @@ import copy
 import logging
 from typing import Any
 
-from bot import messages
+from bot import messages, slacktext
 from bot.deps import Deps
 from bot.github import GitHubError
-from bot.markdown import escape_mrkdwn
 from bot.model import PENDING_APPROVAL, Request
 from bot.slack import SlackFailure
-from handlers.status import request_line, slack_date, thread_url
+from bot.slacktext import escape_mrkdwn, slack_date
+from handlers.status import request_line, thread_url
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def approval_blocks(req: Request, buttons: Block) -> list[Block]:
         summary += f" · <{thread_url(req.channel_id, req.root_ts)}|open the card>"
     actions = copy.deepcopy(buttons)
     actions["block_id"] = f"{buttons.get('block_id') or 'decision'}:{req.id}"
-    return [messages.section(summary), actions]
+    return [slacktext.section(summary), actions]
 
 
 def health_lines(health: dict[str, Any], installations: str) -> str:
@@ -84,7 +84,7 @@ def home_view(
         for req, buttons in approvals[:MAX_APPROVALS]:
             blocks += approval_blocks(req, buttons)
     else:
-        blocks.append(messages.context("Nothing is waiting for your approval."))
+        blocks.append(slacktext.context("Nothing is waiting for your approval."))
     blocks += [{"type": "divider"}, header("Your recent requests")]
     if recent:
         lines, size = [], 0
@@ -94,16 +94,16 @@ def home_view(
                 break
             lines.append(line)
             size += len(line) + 1
-        blocks.append(messages.section("\n".join(lines)))
+        blocks.append(slacktext.section("\n".join(lines)))
     else:
         blocks.append(
-            messages.context("None yet. `/evaluate help` in a channel shows what you may run.")
+            slacktext.context("None yet. `/evaluate help` in a channel shows what you may run.")
         )
     blocks += [
         {"type": "divider"},
         header("Bridge health"),
-        messages.section(health_lines(health, installations)),
-        messages.context(
+        slacktext.section(health_lines(health, installations)),
+        slacktext.context(
             f"Updated {slack_date(now)} · `/evaluate help` or `/deploy help` in a channel lists "
             "what you may run there."
         ),

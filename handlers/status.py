@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot import messages
+from bot import messages, slacktext
 from bot.deps import Deps
-from bot.markdown import escape_mrkdwn
 from bot.model import Request, RunRecord
 from bot.refs import UsageError, parse_pull_ref
+from bot.slacktext import escape_mrkdwn, slack_date
 from handlers.common import resolve_repo
 
 LIMIT = 10
@@ -23,12 +23,6 @@ def thread_url(channel_id: str, ts: str) -> str:
     return f"https://slack.com/archives/{channel_id}/p{ts.replace('.', '')}"
 
 
-def slack_date(ts: float) -> str:
-    """Shown in each reader's own time zone; the fallback is UTC."""
-    fallback = messages.hhmm(ts)
-    return f"<!date^{int(ts)}^{{date_short_pretty}} {{time}}|{fallback}>"
-
-
 def what(req: Request, web_base: str = "https://github.com") -> str:
     """A request in a few words, e.g. "acme/ml#42" or "run `123` → *production*"."""
     if req.kind == "deploy":
@@ -36,7 +30,7 @@ def what(req: Request, web_base: str = "https://github.com") -> str:
         return f"deploy of run `{run}` → *{escape_mrkdwn(req.environment or '?')}*"
     if req.pr_number is not None:
         url = req.details.get("pr_url") or messages.pr_url(req, web_base)
-        return "evaluation of " + messages.link(str(url), f"{req.repo}#{req.pr_number}")
+        return "evaluation of " + slacktext.slack_link(str(url), f"{req.repo}#{req.pr_number}")
     return f"{escape_mrkdwn(req.kind)} in `{req.repo}`"
 
 
@@ -86,17 +80,17 @@ def status_reply(req: Request, runs: list[RunRecord], *, web_base: str) -> messa
     if req.finished_at:
         took = messages.duration(req.finished_at - req.created_at)
         state += f" · finished {slack_date(req.finished_at)} after {took}"
-    blocks: list[dict[str, Any]] = [messages.section(head), messages.section(state)]
+    blocks: list[dict[str, Any]] = [slacktext.section(head), slacktext.section(state)]
     if runs:
         lines = []
         for run in runs[-20:]:
             result = run.conclusion if run.status == "completed" else run.status
             again = f" (attempt {run.attempt})" if run.attempt > 1 else ""
             name = run.name or f"run {run.run_id}"
-            lines.append(f"• {messages.link(run.html_url, name)}: {result}{again}")
-        blocks.append(messages.section("*Workflow runs*\n" + "\n".join(lines)))
+            lines.append(f"• {slacktext.slack_link(run.html_url, name)}: {result}{again}")
+        blocks.append(slacktext.section("*Workflow runs*\n" + "\n".join(lines)))
     else:
-        blocks.append(messages.context("No workflow run has been seen for it yet."))
+        blocks.append(slacktext.context("No workflow run has been seen for it yet."))
     return {"text": f"Request {req.id}: {req.status}", "blocks": blocks}
 
 

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from typing import Any
 
-from bot import logs, messages
+from bot import logs, messages, slacktext
 from bot.deps import Deps
-from bot.github import GitHubError, Retryable, RunInfo, run_from_payload
+from bot.github import (
+    CLOCK_SKEW,
+    GitHubError,
+    Retryable,
+    RunInfo,
+    dispatch_runs_query,
+    run_from_payload,
+)
 from bot.metrics import Metrics
 from bot.model import (
     ACCEPTED,
@@ -30,11 +36,6 @@ log = logging.getLogger(__name__)
 # Workflows started by repository_dispatch put the request id first in `run-name`, which
 # GitHub reports as display_title: "chatops 1a2b3c4d5e6f: deploy ..."
 TITLE_RE = re.compile(r"^chatops ([0-9a-f]{12})\b")
-# The bridge's clock (action_started_at) and GitHub's (created_at) are compared. NTP-synced
-# hosts agree within a second; 30 s also tolerates a drifting container clock, and the only
-# runs it lets in are ones created in the 30 s before our own dispatch, which still need the
-# dispatch event, the request id in their title and the configured workflow.
-CLOCK_SKEW = 30.0
 # The only events whose run-name the bridge itself set (client_payload / inputs carry the id);
 # a pull_request or push run's title is a PR title or commit message anyone can write.
 DISPATCH_EVENTS = ("repository_dispatch", "workflow_dispatch")
@@ -156,7 +157,7 @@ def _aggregate(runs: list[RunRecord]) -> tuple[str, str]:
     lines = []
     for r in runs:
         state = r.conclusion if r.status == "completed" else r.status
-        lines.append(f"{messages.link(r.html_url, r.name or 'run')}: {state}")
+        lines.append(f"{slacktext.slack_link(r.html_url, r.name or 'run')}: {state}")
     summary = " · ".join(lines)
     if any(r.status != "completed" for r in runs):
         busy = any(r.status == "in_progress" for r in runs)
@@ -248,20 +249,6 @@ def settle(deps: Deps, req: Request) -> None:
             detail=" ".join(r.html_url for r in runs if r.html_url),
         )
     refresh_root(deps, req)
-
-
-def iso(ts: float) -> str:
-    """GitHub's timestamp format for query filters (`created`, `since`)."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
-
-def dispatch_runs_query(since: float) -> dict[str, Any]:
-    """List-runs filter for repository_dispatch runs created after `since` (minus clock skew)."""
-    return {
-        "event": "repository_dispatch",
-        "created": ">=" + iso(since - CLOCK_SKEW),
-        "per_page": 100,
-    }
 
 
 def dispatch_seen(deps: Deps, req: Request) -> bool:

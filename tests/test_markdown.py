@@ -17,12 +17,12 @@ from bot.markdown import (
     METRICS_MARKER,
     Table,
     cell_text,
-    escape_mrkdwn,
     has_metrics,
     render_comment,
     split_markdown,
     to_mrkdwn,
 )
+from bot.slacktext import escape_mrkdwn
 
 LINK = "https://github.com/acme/ml/pull/7#issuecomment-1"
 
