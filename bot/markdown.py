@@ -7,8 +7,9 @@ import re
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any
 
+from bot.gfm import Table, closes, fence_open, fenced_flags, split_markdown
 from bot.slacktext import (
     INVISIBLE,
     context,
@@ -21,12 +22,9 @@ from bot.slacktext import (
 
 __all__ = [
     "METRICS_MARKER",
-    "Segment",
-    "Table",
     "cell_text",
     "has_metrics",
     "render_comment",
-    "split_markdown",
     "to_mrkdwn",
 ]
 
@@ -51,192 +49,6 @@ MAX_AUTHOR_CHARS = 100
 # comment can hold the GIL (bench/markdown_adversarial.py prints the figures); 20,000 characters
 # is several screens of Slack and far more than a metrics comment needs.
 MAX_COMMENT_CHARS = 20_000
-
-
-@dataclass(frozen=True)
-class Table:
-    """A GFM table; cells hold their raw markdown (use cell_text() for display)."""
-
-    header: tuple[str, ...]
-    rows: tuple[tuple[str, ...], ...]
-    align: tuple[str | None, ...]
-
-
-Segment: TypeAlias = str | Table
-
-
-# --------------------------------------------------------------------------------------------
-# Fenced code blocks (shared by split_markdown and to_mrkdwn)
-# --------------------------------------------------------------------------------------------
-
-_FENCE_OPEN = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
-_FENCE_CLOSE = re.compile(r"^ {0,3}(`{3,}|~{3,})[ \t]*$")
-
-
-def _fence_open(line: str) -> str | None:
-    m = _FENCE_OPEN.match(line)
-    if m is None:
-        return None
-    fence, info = m.group(1), m.group(2)
-    if fence[0] == "`" and "`" in info:  # GFM: a backtick fence's info string has no backticks
-        return None
-    return fence
-
-
-def _closes(line: str, fence: str) -> bool:
-    m = _FENCE_CLOSE.match(line)
-    return m is not None and m.group(1)[0] == fence[0] and len(m.group(1)) >= len(fence)
-
-
-def _fenced_flags(lines: Sequence[str]) -> list[bool]:
-    """For each line, whether it belongs to a fenced code block (fence lines included)."""
-    flags: list[bool] = []
-    fence: str | None = None
-    for raw in lines:
-        line = raw.rstrip("\r\n")
-        if fence is None:
-            fence = _fence_open(line)
-            flags.append(fence is not None)
-        else:
-            flags.append(True)
-            if _closes(line, fence):
-                fence = None
-    return flags
-
-
-# --------------------------------------------------------------------------------------------
-# Tables
-# --------------------------------------------------------------------------------------------
-
-_DELIMITER_CELL = re.compile(r"^:?-+:?$")
-_BLOCK_START = re.compile(
-    r"^ {0,3}(?:>|#{1,6}(?:[ \t]|$)|`{3,}|~{3,}|<!--|[-*+](?:[ \t]|$)|\d{1,9}[.)](?:[ \t]|$))"
-)
-_INDENTED_CODE = re.compile(r"^(?: {4}|\t)")
-
-
-def _closing_backticks(s: str, start: int, n: int) -> int:
-    """Index just after the run of exactly n backticks closing a code span, or -1."""
-    i = start
-    while True:
-        i = s.find("`" * n, i)
-        if i < 0:
-            return -1
-        j = i
-        while j < len(s) and s[j] == "`":
-            j += 1
-        if j - i == n:
-            return j
-        i = j
-
-
-def _split_row(line: str) -> tuple[list[str], bool]:
-    """Cells of a table row and whether it had any cell-separating pipe.
-
-    Escaped pipes (\\|) and pipes inside `code` spans do not separate cells.
-    """
-    s = line.strip()
-    cells: list[str] = []
-    buf: list[str] = []
-    separated = False
-    trailing_pipe = False
-    i = 0
-    while i < len(s):
-        c = s[i]
-        trailing_pipe = False
-        if c == "\\" and i + 1 < len(s):
-            buf.append(s[i : i + 2])
-            i += 2
-        elif c == "`":
-            n = 1
-            while i + n < len(s) and s[i + n] == "`":
-                n += 1
-            end = _closing_backticks(s, i + n, n)
-            stop = i + n if end < 0 else end  # an unclosed run is literal backticks
-            buf.append(s[i:stop])
-            i = stop
-        elif c == "|":
-            cells.append("".join(buf))
-            buf = []
-            separated = True
-            trailing_pipe = True
-            i += 1
-        else:
-            buf.append(c)
-            i += 1
-    if not trailing_pipe:
-        cells.append("".join(buf))
-    if s.startswith("|") and cells:
-        cells.pop(0)
-    return [c.strip() for c in cells], separated
-
-
-def _parse_delimiter(line: str) -> tuple[str | None, ...] | None:
-    cells, separated = _split_row(line)
-    if not separated or not cells or not all(_DELIMITER_CELL.match(c) for c in cells):
-        return None
-    align: list[str | None] = []
-    for c in cells:
-        left, right = c.startswith(":"), c.endswith(":")
-        align.append("center" if left and right else "right" if right else "left" if left else None)
-    return tuple(align)
-
-
-def _continues_table(line: str) -> bool:
-    # GFM: a table ends at a blank line or at the start of another block; a non-blank line
-    # without pipes is still a (one-cell) row.
-    return bool(line.strip()) and _BLOCK_START.match(line) is None
-
-
-def _fit(cells: list[str], width: int) -> tuple[str, ...]:
-    """GFM: short rows are padded with empty cells, extra cells are dropped."""
-    return tuple((cells + [""] * width)[:width])
-
-
-def split_markdown(body: str) -> list[Segment]:
-    """Split markdown into raw text and GFM tables; text segments are exact slices of body."""
-    # Split on "\n" only (str.splitlines also splits on \x0b, \x1c, U+2028...): the text
-    # segments must be exact slices so that no text is ever lost.
-    pieces = body.split("\n")
-    lines = [p + "\n" for p in pieces[:-1]] + [pieces[-1]]
-    content = [ln.rstrip("\r\n") for ln in lines]
-    fenced = _fenced_flags(content)
-    segments: list[Segment] = []
-    text_start = 0
-    i = 0
-    while i + 1 < len(lines):
-        table, end = _table_at(content, fenced, i)
-        if table is None:
-            i += 1
-            continue
-        if i > text_start:
-            segments.append("".join(lines[text_start:i]))
-        segments.append(table)
-        text_start = i = end
-    rest = "".join(lines[text_start:])
-    if rest:
-        segments.append(rest)
-    return segments
-
-
-def _table_at(content: list[str], fenced: list[bool], i: int) -> tuple[Table | None, int]:
-    header_line = content[i]
-    if fenced[i] or fenced[i + 1] or _INDENTED_CODE.match(header_line):
-        return None, i
-    align = _parse_delimiter(content[i + 1])
-    if align is None:
-        return None, i
-    header, separated = _split_row(header_line)
-    # GFM: the header row must have as many cells as the delimiter row.
-    if not separated or len(header) != len(align) or _BLOCK_START.match(header_line):
-        return None, i
-    width = len(align)
-    rows: list[tuple[str, ...]] = []
-    j = i + 2
-    while j < len(content) and not fenced[j] and _continues_table(content[j]):
-        rows.append(_fit(_split_row(content[j])[0], width))
-        j += 1
-    return Table(header=tuple(header), rows=tuple(rows), align=align), j
 
 
 # --------------------------------------------------------------------------------------------
@@ -489,16 +301,16 @@ def _normalize(text: str) -> str:
 def to_mrkdwn(markdown: str) -> str:
     """Convert GitHub markdown to Slack mrkdwn; all user text is escaped before conversion."""
     lines = _normalize(markdown).split("\n")
-    fenced = _fenced_flags(lines)
+    fenced = fenced_flags(lines)
     store = _Store()
     out: list[str] = []
     i = 0
     while i < len(lines):
         j = i
         if fenced[i]:
-            fence = _fence_open(lines[i]) or "```"
+            fence = fence_open(lines[i]) or "```"
             j = i + 1
-            while j < len(lines) and fenced[j] and not _closes(lines[j], fence):
+            while j < len(lines) and fenced[j] and not closes(lines[j], fence):
                 j += 1
             code = "\n".join(lines[i + 1 : j]).strip("\n")
             if code.strip():
