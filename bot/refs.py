@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from bot.config import REPO_RE
-from bot.markdown import escape_mrkdwn
+from bot.slacktext import escape_mrkdwn
 
 
 class UsageError(ValueError):
