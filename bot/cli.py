@@ -23,6 +23,7 @@ import yaml
 
 from bot.config import Config, ConfigError, load_config
 from bot.settings import SettingsError, database_url_from, load_settings
+from bot.slacktext import iso_utc
 
 PLACEHOLDER_HOST = "https://YOUR-HOST.example.com"
 PLACEHOLDER = f"{PLACEHOLDER_HOST}/slack/events"
@@ -377,10 +378,6 @@ def parse_since(text: str, *, now: float) -> float:
     return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _cell(value: Any) -> str:
     text = "" if value is None else str(value)
     # A spreadsheet would run a cell starting like a formula (details hold user text).
@@ -389,7 +386,7 @@ def _cell(value: Any) -> str:
 
 def audit_rows_as(rows: list[dict[str, Any]], fmt: str) -> str:
     """CSV (with a header) or a JSON array; `at` in ISO 8601 UTC. Pure."""
-    shaped = [{**{c: r.get(c) for c in AUDIT_COLUMNS}, "at": _iso(float(r["at"]))} for r in rows]
+    shaped = [{**{c: r.get(c) for c in AUDIT_COLUMNS}, "at": iso_utc(float(r["at"]))} for r in rows]
     if fmt == "json":
         return json.dumps(shaped, indent=1, ensure_ascii=False) + "\n"
     buf = io.StringIO()
@@ -428,9 +425,10 @@ def audit_export(args: argparse.Namespace) -> int:
         with open(args.output, "w", encoding="utf-8", newline="") as f:
             f.write(text)
         print(
-            f"wrote {len(rows)} audit row(s) since {_iso(since)} to {args.output}", file=sys.stderr
+            f"wrote {len(rows)} audit row(s) since {iso_utc(since)} to {args.output}",
+            file=sys.stderr,
         )
     else:
         sys.stdout.write(text)
-        print(f"{len(rows)} audit row(s) since {_iso(since)}", file=sys.stderr)
+        print(f"{len(rows)} audit row(s) since {iso_utc(since)}", file=sys.stderr)
     return 0

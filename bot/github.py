@@ -34,6 +34,7 @@ from requests.exceptions import RequestException
 from urllib3.util import Retry
 
 from bot.metrics import Metrics
+from bot.slacktext import hhmm, iso_utc
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,22 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+# The bridge's clock (action_started_at) and GitHub's (created_at) are compared. NTP-synced
+# hosts agree within a second; 30 s also tolerates a drifting container clock, and the only
+# runs it lets in are ones created in the 30 s before our own dispatch, which still need the
+# dispatch event, the request id in their title and the configured workflow.
+CLOCK_SKEW = 30.0
+
+
+def dispatch_runs_query(since: float) -> dict[str, Any]:
+    """List-runs filter for repository_dispatch runs created after `since` (minus clock skew)."""
+    return {
+        "event": "repository_dispatch",
+        "created": ">=" + iso_utc(since - CLOCK_SKEW),
+        "per_page": 100,
+    }
+
+
 def run_from_payload(repo: str, run: dict[str, Any]) -> RunInfo:
     """A RunInfo from the REST or webhook JSON of a workflow run (they share the shape).
 
@@ -178,7 +195,6 @@ class Conditional:
     not_modified: bool
     etag: str | None
     data: Any
-    rate_remaining: int | None
 
 
 def _rate_reset(headers: dict[str, Any]) -> float:
@@ -209,7 +225,7 @@ def translate(exc: Exception, *, what: str, repo: str) -> GitHubError:
     remaining = {k.lower(): v for k, v in headers.items()}.get("x-ratelimit-remaining")
     if status == 429 or (status == 403 and (remaining == "0" or "rate limit" in message.lower())):
         retry_at = _rate_reset(headers)
-        when = time.strftime("%H:%M UTC", time.gmtime(retry_at))
+        when = hhmm(retry_at)
         return RateLimited(
             f"GitHub's rate limit is spent; I will retry after {when}.",
             retry_at=retry_at,
@@ -561,12 +577,10 @@ class GitHubApp:
             repo, what, "GET", path, params=params, headers=headers, ok=(200, 304)
         )
         lowered = {k.lower(): v for k, v in resp_headers.items()}
-        remaining = lowered.get("x-ratelimit-remaining")
         return Conditional(
             not_modified=status == 304,
             etag=lowered.get("etag") or etag,
             data=data,
-            rate_remaining=int(remaining) if remaining and str(remaining).isdigit() else None,
         )
 
     def repository(self, repo: str) -> dict[str, Any]:

@@ -21,12 +21,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bot import logs
-from bot.intake import MAX_JSON_DEPTH, json_too_deep, webhook_shape_problem
+from bot.github_intake.payloads import MAX_JSON_DEPTH, json_too_deep, webhook_shape_problem
 from bot.serving import HeaderGuard
 from bot.signing import verify_github
 
 if TYPE_CHECKING:
-    from bot.wiring import Bridge
+    from contextlib import AbstractAsyncContextManager
+
+    from bot.jobs import Jobs
+    from bot.metrics import Metrics
+    from bot.routing import Router
+    from bot.settings import Secret, Settings
+    from bot.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +227,11 @@ def bolt_error_response(error: Exception, body: Any) -> BoltResponse:
     return BoltResponse(status=500, body="")
 
 
-def make_github_endpoint(bridge: Bridge) -> Callable[[Request], Any]:
+def make_github_endpoint(
+    *, secret: Secret | None, metrics: Metrics, router: Router, store: Store, jobs: Jobs
+) -> Callable[[Request], Any]:
+    """POST /github/webhooks: verify, parse, check, store (dedupe), 202, then the job pool."""
+
     async def github_webhooks(request: Request) -> Response:
         # Every log line of this delivery names it (the job that handles it later does too).
         delivery_id = request.headers.get("x-github-delivery", "")[:100]
@@ -230,18 +240,17 @@ def make_github_endpoint(bridge: Bridge) -> Callable[[Request], Any]:
             return await handle(request)
 
     async def handle(request: Request) -> Response:
-        secret = bridge.settings.github_webhook_secret
         if secret is None:
             return _error(404, "webhooks are off: GITHUB_WEBHOOK_SECRET is not set (poll mode)")
         try:
             body = await read_body(request)
         except BodyTooLarge:
-            bridge.metrics.webhooks.labels("unknown", "too_large").inc()
+            metrics.webhooks.labels("unknown", "too_large").inc()
             return _error(413, "body too large")
         except ClientDisconnect:
             return _error(400, "client disconnected")
         if not verify_github(secret.get(), body, request.headers.get("x-hub-signature-256")):
-            bridge.metrics.webhooks.labels("unknown", "bad_signature").inc()
+            metrics.webhooks.labels("unknown", "bad_signature").inc()
             return _error(401, "bad or missing X-Hub-Signature-256")
         event = request.headers.get("x-github-event", "")
         delivery = request.headers.get("x-github-delivery", "")
@@ -250,20 +259,20 @@ def make_github_endpoint(bridge: Bridge) -> Callable[[Request], Any]:
         try:
             payload = parse_webhook_body(body, request.headers.get("content-type", ""))
         except ValueError as exc:
-            bridge.metrics.webhooks.labels(event, "malformed").inc()
+            metrics.webhooks.labels(event, "malformed").inc()
             return _error(400, str(exc))
         problem = webhook_shape_problem(event, payload)
         if problem is not None:
-            bridge.metrics.webhooks.labels(event, "malformed").inc()
+            metrics.webhooks.labels(event, "malformed").inc()
             return _error(400, problem)
         action = payload.get("action") if isinstance(payload.get("action"), str) else None
         if action is not None and len(action) > 64:
             return _error(400, "action is not one of GitHub's")  # they are short words
         if event == "ping":
-            bridge.metrics.webhooks.labels(event, "pong").inc()
+            metrics.webhooks.labels(event, "pong").inc()
             return JSONResponse({"ok": True, "pong": True})
-        if not bridge.router.handlers_for(event, payload):
-            bridge.metrics.webhooks.labels(event, "ignored").inc()
+        if not router.handlers_for(event, payload):
+            metrics.webhooks.labels(event, "ignored").inc()
             return JSONResponse({"ok": True, "ignored": True}, status_code=202)
         # Stored as received when it is plain JSON (re-encoding 20 KB cost more than the insert);
         # form-encoded or NUL-cleaned payloads are stored re-encoded.
@@ -271,20 +280,18 @@ def make_github_endpoint(bridge: Bridge) -> Callable[[Request], Any]:
         clean = not form and b"\\u0000" not in body
         raw = body.decode("utf-8") if clean else json.dumps(payload, separators=(",", ":"))
         try:
-            new = await run_in_threadpool(
-                bridge.store.record_delivery, delivery, event, action, raw
-            )
+            new = await run_in_threadpool(store.record_delivery, delivery, event, action, raw)
         except SQLAlchemyError:
             log.exception(
                 "database unavailable; GitHub must redeliver", extra={"delivery_id": delivery}
             )
             return _error(503, "database unavailable; redeliver later")
         if not new:
-            bridge.metrics.webhooks.labels(event, "duplicate").inc()
+            metrics.webhooks.labels(event, "duplicate").inc()
             return JSONResponse({"ok": True, "duplicate": True})
-        bridge.metrics.webhooks.labels(event, "accepted").inc()
+        metrics.webhooks.labels(event, "accepted").inc()
         # Answer now (GitHub waits 10 s at most); the work continues on the job pool.
-        bridge.jobs.submit_delivery(delivery, event)
+        jobs.submit_delivery(delivery, event)
         return JSONResponse({"ok": True, "accepted": True}, status_code=202)
 
     return github_webhooks
@@ -356,26 +363,37 @@ _GITHUB_OBJECTS = (
 _GITHUB_LISTS = ("repositories", "repositories_added", "repositories_removed")
 
 
-def make_asgi(bridge: Bridge) -> Starlette:
+def make_asgi(
+    *,
+    settings: Settings,
+    github_webhooks: Callable[[Request], Any],
+    bolt: App | None,
+    health: Callable[[], dict[str, Any]],
+    metrics: Metrics,
+    refresh_gauges: Callable[[], None],
+    lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]],
+) -> Starlette:
+    """The four endpoints on one port; /slack/events only when bolt is given (HTTP mode).
+
+    settings gives the header limits; health and refresh_gauges run on the thread pool."""
+
     async def healthz(request: Request) -> Response:
-        report = await run_in_threadpool(bridge.health)
+        report = await run_in_threadpool(health)
         return JSONResponse(report, status_code=200 if report["ok"] else 503)
 
-    async def metrics(request: Request) -> Response:
-        await run_in_threadpool(bridge.refresh_gauges)
-        return Response(bridge.metrics.render(), media_type="text/plain; version=0.0.4")
+    async def metrics_endpoint(request: Request) -> Response:
+        await run_in_threadpool(refresh_gauges)
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     routes = [
-        Route("/github/webhooks", make_github_endpoint(bridge), methods=["POST"]),
+        Route("/github/webhooks", github_webhooks, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
-    if not bridge.settings.socket_mode:
-        endpoint = make_slack_endpoint(bridge.bolt)
-        routes.insert(0, Route("/slack/events", endpoint, methods=["POST"]))
-    settings = bridge.settings
+    if bolt is not None:
+        routes.insert(0, Route("/slack/events", make_slack_endpoint(bolt), methods=["POST"]))
     # Header limits first: before routing, body reading or signature checks.
     guard = Middleware(
         HeaderGuard, max_count=settings.max_headers, max_bytes=settings.max_header_bytes
     )
-    return Starlette(routes=routes, lifespan=bridge.lifespan, middleware=[guard])
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[guard])

@@ -20,14 +20,15 @@ from bot import logs
 from bot.github import Retryable
 from bot.messages import duration
 from bot.metrics import Metrics
+from bot.model import ACCEPTED, APPROVED, ERROR, PENDING_APPROVAL, Request
 from bot.slack import SlackFailure
-from bot.store import ACCEPTED, APPROVED, ERROR, PENDING_APPROVAL, Request, Store
+from bot.store import Store
 
 log = logging.getLogger(__name__)
 
 RequestWorker = Callable[[Request], None]
 DeliveryHandler = Callable[[str, dict[str, Any]], object]
-# Called once when a request is given up: (request, what failed, attempts). handlers/thread.py
+# Called once when a request is given up: (request, what failed, attempts). handlers/lifecycle.py
 # marks it `error` and tells the requester.
 GiveUpHandler = Callable[[Request, str, int], None]
 GIVE_UP_FROM = (ACCEPTED, PENDING_APPROVAL, APPROVED)  # the states a request step works from
@@ -166,7 +167,6 @@ class Jobs:
         self._give_up: GiveUpHandler | None = None
         self._inflight = 0
         self._lock = threading.Lock()
-        self.synchronous = False  # tests may run work inline
 
     def register(self, kind: str, worker: RequestWorker) -> None:
         self._workers[kind] = worker
@@ -183,10 +183,6 @@ class Jobs:
             return self._inflight
 
     def _spawn(self, fn: Callable[[], None]) -> Future[None] | None:
-        if self.synchronous:
-            fn()
-            return None
-
         def wrapped() -> None:
             try:
                 fn()
@@ -334,8 +330,7 @@ class Jobs:
             self.metrics.unit_retries.labels(unit, why).inc()
 
     def _retry_later(self, seconds: float, fn: Callable[[], object]) -> None:
-        if not self.synchronous:
-            self._timers.call_later(seconds, fn)
+        self._timers.call_later(seconds, fn)
 
     # -- webhook deliveries -------------------------------------------------------------
     def submit_delivery(self, delivery_id: str, event: str) -> Future[None] | None:

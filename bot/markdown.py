@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
-import contextlib
 import html
 import re
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
-from urllib.parse import urlsplit
+from typing import Any
+
+from bot.gfm import Table, closes, fence_open, fenced_flags, split_markdown
+from bot.slacktext import (
+    INVISIBLE,
+    context,
+    escape_mrkdwn,
+    is_http_url,
+    misleading_host,
+    section,
+    slack_link,
+)
 
 __all__ = [
     "METRICS_MARKER",
-    "Segment",
-    "Table",
     "cell_text",
-    "escape_mrkdwn",
     "has_metrics",
-    "misleading_host",
     "render_comment",
-    "slack_link",
-    "split_markdown",
     "to_mrkdwn",
 ]
 
@@ -46,279 +49,6 @@ MAX_AUTHOR_CHARS = 100
 # comment can hold the GIL (bench/markdown_adversarial.py prints the figures); 20,000 characters
 # is several screens of Slack and far more than a metrics comment needs.
 MAX_COMMENT_CHARS = 20_000
-
-# Characters that change how text is shown without being seen: bidi embeddings/overrides
-# (U+202A-U+202E), bidi isolates (U+2066-U+2069) and zero-width characters (U+200B-U+200D,
-# U+2060, U+FEFF). In user text they can reverse a file name or hide a difference between two
-# look-alike words on a card, so they are dropped from everything the bridge relays.
-INVISIBLE = "\u200b-\u200d\u2060\ufeff\u202a-\u202e\u2066-\u2069"
-_INVISIBLE_RE = re.compile(f"[{INVISIBLE}]")
-
-
-@dataclass(frozen=True)
-class Table:
-    """A GFM table; cells hold their raw markdown (use cell_text() for display)."""
-
-    header: tuple[str, ...]
-    rows: tuple[tuple[str, ...], ...]
-    align: tuple[str | None, ...]
-
-
-Segment: TypeAlias = str | Table
-
-
-# --------------------------------------------------------------------------------------------
-# Escaping
-# --------------------------------------------------------------------------------------------
-
-
-def escape_mrkdwn(text: str) -> str:
-    """The one escaping function for user text in mrkdwn: drop bidi controls and zero-width
-    characters, and escape &, <, > so text can never form a mention, channel link or
-    <url|label> in Slack."""
-    text = _INVISIBLE_RE.sub("", text)
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _slack_url(url: str) -> str:
-    # A "|" inside <url|label> would end the URL and let the rest pose as the label.
-    return escape_mrkdwn(url).replace("|", "%7C")
-
-
-def _is_http_url(url: str) -> bool:
-    # No whitespace or control characters anywhere: Slack would end the link there.
-    return re.match(r"https?://[^\s\x00-\x1f\x7f]+$", url, re.IGNORECASE) is not None
-
-
-# Dots that IDNA treats as dots (ideographic, fullwidth, halfwidth ideographic full stop).
-_DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
-_LABEL_TOKENS = re.compile(r"[^\s<>()\[\]{}\"'`,;!|*_~]+")
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-# A host name: labels of letters, digits and hyphens, and a top-level label of letters. No
-# nested quantifier can backtrack here ([\w-]* cannot cross a dot), so it is linear.
-_HOST_NAME = re.compile(r"(?:[^\W_][\w-]*\.)+[^\W\d_]{2,63}")
-
-
-def _hostname(host: str) -> str:
-    host = host.lower().rstrip(".")
-    # A host that is not IDNA-encodable is compared as it is.
-    with contextlib.suppress(UnicodeError, ValueError):
-        host = host.encode("idna").decode("ascii")
-    return host.removeprefix("www.")
-
-
-def _target_host(url: str) -> str:
-    try:
-        return _hostname(urlsplit(url.strip()).hostname or "")
-    except ValueError:
-        return ""
-
-
-def misleading_host(label: str, url: str) -> str | None:
-    """The host a link really goes to, when its visible label names another place.
-
-    A label "looks like a place" when one of its words is a URL or a host name
-    (`https://github.com/a/b`, `github.com`, `g\\u0456thub.com` with a Cyrillic i); each such word
-    must name the target's own host (www. and IDNA spelling aside). Labels that name no place
-    ("logs", "view on GitHub") may go anywhere: the reader was not told where.
-    """
-    target = _target_host(url)
-    for m in _LABEL_TOKENS.finditer(label.translate(_DOTS)):
-        word = _SCHEME.sub("", m.group(0))
-        # user@host, host:port and host/path all name "host".
-        word = word.rpartition("@")[2]
-        for stop in "/?#":
-            word = word.partition(stop)[0]
-        word = word.partition(":")[0].strip(".")
-        if _HOST_NAME.fullmatch(word) and _hostname(word) != target:
-            return target or "?"
-    return None
-
-
-def slack_link(url: str | None, label: str) -> str:
-    """The one builder of mrkdwn links to user-supplied URLs: <url|label> for an http(s) URL
-    whose label does not name another place; `label (<url|host>)` when it does (the text a
-    reader sees is then the place the link goes); the escaped label alone otherwise."""
-    if not url or not _is_http_url(url):
-        return escape_mrkdwn(label)
-    host = misleading_host(label, url)
-    if host is not None:
-        return f"{escape_mrkdwn(label)} (<{_slack_url(url)}|{escape_mrkdwn(host)}>)"
-    return f"<{_slack_url(url)}|{escape_mrkdwn(label)}>"
-
-
-# --------------------------------------------------------------------------------------------
-# Fenced code blocks (shared by split_markdown and to_mrkdwn)
-# --------------------------------------------------------------------------------------------
-
-_FENCE_OPEN = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
-_FENCE_CLOSE = re.compile(r"^ {0,3}(`{3,}|~{3,})[ \t]*$")
-
-
-def _fence_open(line: str) -> str | None:
-    m = _FENCE_OPEN.match(line)
-    if m is None:
-        return None
-    fence, info = m.group(1), m.group(2)
-    if fence[0] == "`" and "`" in info:  # GFM: a backtick fence's info string has no backticks
-        return None
-    return fence
-
-
-def _closes(line: str, fence: str) -> bool:
-    m = _FENCE_CLOSE.match(line)
-    return m is not None and m.group(1)[0] == fence[0] and len(m.group(1)) >= len(fence)
-
-
-def _fenced_flags(lines: Sequence[str]) -> list[bool]:
-    """For each line, whether it belongs to a fenced code block (fence lines included)."""
-    flags: list[bool] = []
-    fence: str | None = None
-    for raw in lines:
-        line = raw.rstrip("\r\n")
-        if fence is None:
-            fence = _fence_open(line)
-            flags.append(fence is not None)
-        else:
-            flags.append(True)
-            if _closes(line, fence):
-                fence = None
-    return flags
-
-
-# --------------------------------------------------------------------------------------------
-# Tables
-# --------------------------------------------------------------------------------------------
-
-_DELIMITER_CELL = re.compile(r"^:?-+:?$")
-_BLOCK_START = re.compile(
-    r"^ {0,3}(?:>|#{1,6}(?:[ \t]|$)|`{3,}|~{3,}|<!--|[-*+](?:[ \t]|$)|\d{1,9}[.)](?:[ \t]|$))"
-)
-_INDENTED_CODE = re.compile(r"^(?: {4}|\t)")
-
-
-def _closing_backticks(s: str, start: int, n: int) -> int:
-    """Index just after the run of exactly n backticks closing a code span, or -1."""
-    i = start
-    while True:
-        i = s.find("`" * n, i)
-        if i < 0:
-            return -1
-        j = i
-        while j < len(s) and s[j] == "`":
-            j += 1
-        if j - i == n:
-            return j
-        i = j
-
-
-def _split_row(line: str) -> tuple[list[str], bool]:
-    """Cells of a table row and whether it had any cell-separating pipe.
-
-    Escaped pipes (\\|) and pipes inside `code` spans do not separate cells.
-    """
-    s = line.strip()
-    cells: list[str] = []
-    buf: list[str] = []
-    separated = False
-    trailing_pipe = False
-    i = 0
-    while i < len(s):
-        c = s[i]
-        trailing_pipe = False
-        if c == "\\" and i + 1 < len(s):
-            buf.append(s[i : i + 2])
-            i += 2
-        elif c == "`":
-            n = 1
-            while i + n < len(s) and s[i + n] == "`":
-                n += 1
-            end = _closing_backticks(s, i + n, n)
-            stop = i + n if end < 0 else end  # an unclosed run is literal backticks
-            buf.append(s[i:stop])
-            i = stop
-        elif c == "|":
-            cells.append("".join(buf))
-            buf = []
-            separated = True
-            trailing_pipe = True
-            i += 1
-        else:
-            buf.append(c)
-            i += 1
-    if not trailing_pipe:
-        cells.append("".join(buf))
-    if s.startswith("|") and cells:
-        cells.pop(0)
-    return [c.strip() for c in cells], separated
-
-
-def _parse_delimiter(line: str) -> tuple[str | None, ...] | None:
-    cells, separated = _split_row(line)
-    if not separated or not cells or not all(_DELIMITER_CELL.match(c) for c in cells):
-        return None
-    align: list[str | None] = []
-    for c in cells:
-        left, right = c.startswith(":"), c.endswith(":")
-        align.append("center" if left and right else "right" if right else "left" if left else None)
-    return tuple(align)
-
-
-def _continues_table(line: str) -> bool:
-    # GFM: a table ends at a blank line or at the start of another block; a non-blank line
-    # without pipes is still a (one-cell) row.
-    return bool(line.strip()) and _BLOCK_START.match(line) is None
-
-
-def _fit(cells: list[str], width: int) -> tuple[str, ...]:
-    """GFM: short rows are padded with empty cells, extra cells are dropped."""
-    return tuple((cells + [""] * width)[:width])
-
-
-def split_markdown(body: str) -> list[Segment]:
-    """Split markdown into raw text and GFM tables; text segments are exact slices of body."""
-    # Split on "\n" only (str.splitlines also splits on \x0b, \x1c, U+2028...): the text
-    # segments must be exact slices so that no text is ever lost.
-    pieces = body.split("\n")
-    lines = [p + "\n" for p in pieces[:-1]] + [pieces[-1]]
-    content = [ln.rstrip("\r\n") for ln in lines]
-    fenced = _fenced_flags(content)
-    segments: list[Segment] = []
-    text_start = 0
-    i = 0
-    while i + 1 < len(lines):
-        table, end = _table_at(content, fenced, i)
-        if table is None:
-            i += 1
-            continue
-        if i > text_start:
-            segments.append("".join(lines[text_start:i]))
-        segments.append(table)
-        text_start = i = end
-    rest = "".join(lines[text_start:])
-    if rest:
-        segments.append(rest)
-    return segments
-
-
-def _table_at(content: list[str], fenced: list[bool], i: int) -> tuple[Table | None, int]:
-    header_line = content[i]
-    if fenced[i] or fenced[i + 1] or _INDENTED_CODE.match(header_line):
-        return None, i
-    align = _parse_delimiter(content[i + 1])
-    if align is None:
-        return None, i
-    header, separated = _split_row(header_line)
-    # GFM: the header row must have as many cells as the delimiter row.
-    if not separated or len(header) != len(align) or _BLOCK_START.match(header_line):
-        return None, i
-    width = len(align)
-    rows: list[tuple[str, ...]] = []
-    j = i + 2
-    while j < len(content) and not fenced[j] and _continues_table(content[j]):
-        rows.append(_fit(_split_row(content[j])[0], width))
-        j += 1
-    return Table(header=tuple(header), rows=tuple(rows), align=align), j
 
 
 # --------------------------------------------------------------------------------------------
@@ -497,7 +227,7 @@ def _inline_protect(esc: str, store: _Store) -> str:
 
     def md_link(m: re.Match[str]) -> str:
         bang, label, url = m.group(1), m.group(2), m.group(3)
-        if not _is_http_url(url):
+        if not is_http_url(url):
             return m.group(0)  # left as (escaped) text
         label = _emphasis(label.strip()) or ("image" if bang else "")
         url = url.replace("|", "%7C")
@@ -571,16 +301,16 @@ def _normalize(text: str) -> str:
 def to_mrkdwn(markdown: str) -> str:
     """Convert GitHub markdown to Slack mrkdwn; all user text is escaped before conversion."""
     lines = _normalize(markdown).split("\n")
-    fenced = _fenced_flags(lines)
+    fenced = fenced_flags(lines)
     store = _Store()
     out: list[str] = []
     i = 0
     while i < len(lines):
         j = i
         if fenced[i]:
-            fence = _fence_open(lines[i]) or "```"
+            fence = fence_open(lines[i]) or "```"
             j = i + 1
-            while j < len(lines) and fenced[j] and not _closes(lines[j], fence):
+            while j < len(lines) and fenced[j] and not closes(lines[j], fence):
                 j += 1
             code = "\n".join(lines[i + 1 : j]).strip("\n")
             if code.strip():
@@ -674,19 +404,6 @@ def _looks_numeric(column: Sequence[str]) -> bool:
     return bool(values) and all(_NUMERIC.match(v) for v in values)
 
 
-def _section(text: str) -> dict[str, Any]:
-    # verbatim: Slack does no auto-linking of @names or #channels in text we did not write.
-    return {"type": "section", "text": {"type": "mrkdwn", "text": text, "verbatim": True}}
-
-
-def _context(text: str) -> dict[str, Any]:
-    return {"type": "context", "elements": [{"type": "mrkdwn", "text": text, "verbatim": True}]}
-
-
-def _see_link(link: str, label: str) -> str:
-    return slack_link(link, label)
-
-
 def _header_cell(text: str) -> dict[str, Any]:
     # raw_text has no styling; a rich_text cell (allowed in table rows) carries the bold.
     return {
@@ -730,7 +447,7 @@ def _table_blocks(table: Table, link: str) -> list[dict[str, Any]]:
         n = len(table.header) - width
         cut.append(f"{n} more column{'s' if n != 1 else ''}")
     if cut:
-        blocks.append(_context(f"… {' and '.join(cut)}: {_see_link(link, 'see the full comment')}"))
+        blocks.append(context(f"… {' and '.join(cut)}: {slack_link(link, 'see the full comment')}"))
     return blocks
 
 
@@ -836,13 +553,13 @@ def render_comment(
     full = len(body)
     body, cut = within_budget(body, budget)
     who = _CONTROL.sub("", author).strip()[:MAX_AUTHOR_CHARS] or "unknown"
-    footer_text = f"{label} by {escape_mrkdwn(who)} · {_see_link(link, 'view on GitHub')}"
+    footer_text = f"{label} by {escape_mrkdwn(who)} · {slack_link(link, 'view on GitHub')}"
     if cut:
         footer_text = (
             f":scissors: Only the first {len(body):,} of {full:,} characters are shown: "
-            f"{_see_link(link, 'read the whole comment on GitHub')}\n{footer_text}"
+            f"{slack_link(link, 'read the whole comment on GitHub')}\n{footer_text}"
         )
-    footer = _context(footer_text)
+    footer = context(footer_text)
     # One block per message stays free for the closing context line.
     capacity = MAX_BLOCKS - 1
 
@@ -865,7 +582,7 @@ def render_comment(
 
     for segment in split_markdown(body):
         if isinstance(segment, str):
-            sections = [_section(t) for t in _split_section_text(to_mrkdwn(segment))]
+            sections = [section(t) for t in _split_section_text(to_mrkdwn(segment))]
             pending.append((segment, sections))
             continue
         table_blocks = _table_blocks(segment, link)
@@ -883,7 +600,7 @@ def render_comment(
 
     messages = [m for m in messages if m.blocks]
     if not messages:
-        blocks = [_section("_The comment was empty._"), footer]
+        blocks = [section("_The comment was empty._"), footer]
         return [{"text": _fallback(f"Empty comment from {who}", ""), "blocks": blocks}]
     messages[-1].blocks.append(footer)
 

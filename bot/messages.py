@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from bot.markdown import escape_mrkdwn, slack_link
-from bot.store import Request
+from bot.model import Request
+from bot.slacktext import context, escape_mrkdwn, section, slack_link
 
 Message = dict[str, Any]  # {"text": fallback, "blocks": [...]}
 
@@ -31,16 +30,6 @@ def status_label(status: str) -> str:
     return STATUS_LABEL.get(status, status)
 
 
-def link(url: str | None, label: str) -> str:
-    """A mrkdwn link (bot.markdown.slack_link: one builder, so "|", escaping and labels that
-    name another host are treated alike everywhere)."""
-    return slack_link(url, label)
-
-
-def hhmm(ts: float) -> str:
-    return time.strftime("%H:%M UTC", time.gmtime(ts))
-
-
 def duration(seconds: float | None) -> str:
     if seconds is None or seconds < 0:
         return "?"
@@ -56,22 +45,11 @@ def pr_url(req: Request, web_base: str = "https://github.com") -> str:
     return f"{web_base}/{req.repo}/pull/{req.pr_number}"
 
 
-# verbatim: Slack then links only what the bridge wrote as <…> (escaped user text cannot), so
-# a plain "@here", "#general" or URL in a PR title or run name stays text.
-def section(text: str) -> dict[str, Any]:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": text[:3000], "verbatim": True}}
-
-
-def context(text: str) -> dict[str, Any]:
-    element = {"type": "mrkdwn", "text": text[:3000], "verbatim": True}
-    return {"type": "context", "elements": [element]}
-
-
 def evaluate_root(req: Request, *, web_base: str = "https://github.com") -> Message:
     """The thread root of an /evaluate request; edited in place as the status changes."""
     d = req.details
     title = str(d.get("pr_title") or "")
-    ref = link(d.get("pr_url") or pr_url(req, web_base), f"{req.repo}#{req.pr_number}")
+    ref = slack_link(d.get("pr_url") or pr_url(req, web_base), f"{req.repo}#{req.pr_number}")
     head = f" at `{req.head_sha[:7]}`" if req.head_sha else ""
     headline = f"*Evaluation of {ref}*{head} requested by <@{req.user_id}>"
     if title:
@@ -90,7 +68,7 @@ def evaluate_root(req: Request, *, web_base: str = "https://github.com") -> Mess
 
 def run_started(run_name: str, run_url: str, attempt: int) -> Message:
     again = f" (attempt {attempt})" if attempt > 1 else ""
-    text = f":arrow_forward: Workflow {link(run_url, run_name or 'run')} started{again}."
+    text = f":arrow_forward: Workflow {slack_link(run_url, run_name or 'run')} started{again}."
     # The fallback text is what notifications show: it is mrkdwn too, so it is escaped as well.
     return {"text": f"Workflow {escape_mrkdwn(run_name)} started", "blocks": [section(text)]}
 
@@ -114,7 +92,7 @@ def run_finished(
     icon = CONCLUSION_ICON.get(conclusion or "", ":grey_question:")
     again = f", attempt {attempt}" if attempt > 1 else ""
     text = (
-        f"{icon} Workflow {link(run_url, run_name or 'run')} finished: "
+        f"{icon} Workflow {slack_link(run_url, run_name or 'run')} finished: "
         f"*{escape_mrkdwn(conclusion or 'unknown')}* in {duration(took)}{again}."
     )
     if conclusion not in ("success", "skipped", "neutral"):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from bot.config import REPO_RE
-from bot.markdown import escape_mrkdwn
+from bot.slacktext import escape_mrkdwn
 
 
 class UsageError(ValueError):
@@ -117,11 +117,3 @@ def parse_deploy_args(
     if env is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,255}", env):
         raise UsageError(f"{_shown(env[:80])} is not an environment name.")
     return DeployArgs(run_id=run_id, environment=env, repo=repo)
-
-
-def github_hosts(api_url: str) -> tuple[str, ...]:
-    """The web hosts whose PR URLs we accept: github.com, or the GHES host of GITHUB_API_URL."""
-    host = (urlparse(api_url).hostname or "").lower()
-    if host in ("api.github.com", ""):
-        return ("github.com", "www.github.com")
-    return (host, "github.com")

@@ -13,15 +13,6 @@ class Router:
     def __init__(self) -> None:
         self._routes: dict[tuple[str, str | None], list[Handler]] = defaultdict(list)
 
-    def register(self, event: str, action: str | None = None) -> Callable[[Handler], Handler]:
-        """Decorator: call the handler for `event` (and only that `action`, when given)."""
-
-        def deco(fn: Handler) -> Handler:
-            self._routes[(event, action)].append(fn)
-            return fn
-
-        return deco
-
     def add(self, event: str, fn: Handler, action: str | None = None) -> None:
         self._routes[(event, action)].append(fn)
 
@@ -38,6 +29,3 @@ class Router:
         for fn in handlers:
             fn(payload)
         return len(handlers)
-
-    def routes(self) -> list[tuple[str, str | None]]:
-        return sorted(self._routes, key=lambda k: (k[0], k[1] or ""))

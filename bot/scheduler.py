@@ -11,6 +11,7 @@ import datetime as dt
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -19,7 +20,10 @@ from sqlalchemy import Connection, Engine, text
 from bot.cron import cron_trigger
 
 if TYPE_CHECKING:
-    from bot.wiring import Bridge
+    from bot.jobs import Jobs
+    from bot.liveness import Liveness
+    from bot.settings import Secret, Settings
+    from bot.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -87,28 +91,57 @@ class Leadership:
                 self._conn = None
 
 
+def github_mode(configured: str, webhook_secret: Secret | None) -> str:
+    """`poll` or `webhook`: `github.mode`, where `auto` polls when no webhook secret is set."""
+    if configured == "poll" or (configured == "auto" and webhook_secret is None):
+        return "poll"
+    return "webhook"
+
+
+@dataclass(frozen=True)
+class HousekeepingTiming:
+    """How often the jobs run (CHATOPS_*_SECONDS); tests shorten it, production keeps defaults."""
+
+    sweep_seconds: float
+    leader_check_seconds: float
+    stale_after_seconds: float  # work untouched this long was interrupted
+    takeover_seconds: float  # the takeover check (every replica): work whose holder died
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> HousekeepingTiming:
+        return cls(
+            sweep_seconds=s.sweep_seconds,
+            leader_check_seconds=s.leader_check_seconds,
+            stale_after_seconds=s.stale_after_seconds,
+            takeover_seconds=s.heartbeat_seconds,
+        )
+
+
 class Housekeeping:
-    def __init__(self, bridge: Bridge, *, enabled: bool = True) -> None:
-        self.bridge = bridge
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        store: Store,
+        jobs: Jobs,
+        liveness: Liveness,
+        timing: HousekeepingTiming,
+        github_mode: str,
+        enabled: bool = True,
+    ) -> None:
+        self.store = store
+        self.jobs = jobs
+        self.liveness = liveness
         self.enabled = enabled
-        self.leadership = Leadership(bridge.engine)
+        self.leadership = Leadership(engine)
         self.is_leader = False
         self.leader_runs = 0  # leader-only job runs done by this process (GET /healthz)
-        # Timing from settings (CHATOPS_*_SECONDS); tests shorten it, production keeps defaults.
-        s = bridge.settings
-        self.SWEEP_SECONDS = s.sweep_seconds
-        self.LEADER_CHECK_SECONDS = s.leader_check_seconds
-        self.STALE_AFTER = s.stale_after_seconds  # work untouched this long was interrupted
-        # The takeover check (every replica, not only the leader): work whose holder died.
-        self.TAKEOVER_SECONDS = s.heartbeat_seconds
+        self.SWEEP_SECONDS = timing.sweep_seconds
+        self.LEADER_CHECK_SECONDS = timing.leader_check_seconds
+        self.STALE_AFTER = timing.stale_after_seconds
+        self.TAKEOVER_SECONDS = timing.takeover_seconds
         self.takeovers = 0  # units this process took over from a dead holder (GET /healthz)
-        cfg = bridge.config.github
-        webhook_secret = bridge.settings.github_webhook_secret
-        self.github_mode = (
-            "poll"
-            if cfg.mode == "poll" or (cfg.mode == "auto" and webhook_secret is None)
-            else "webhook"
-        )
+        self.github_mode = github_mode
         self.scheduler = BackgroundScheduler(
             timezone=dt.UTC,
             # The job store is APScheduler's in-memory default on purpose: every job is added
@@ -236,7 +269,7 @@ class Housekeeping:
     # -- jobs -----------------------------------------------------------------------------
     def sweep(self) -> None:
         """Finish work accepted but never carried out (crash, restart, lost thread)."""
-        store, jobs = self.bridge.store, self.bridge.jobs
+        store, jobs = self.store, self.jobs
         for req in store.to_carry_out(older_than=self.STALE_AFTER):
             log.info("recovering request", extra={"request_id": req.id, "status": req.status})
             jobs.submit(req.id)
@@ -247,30 +280,30 @@ class Housekeeping:
     def takeover(self) -> None:
         """Carry out the requests and deliveries whose holder's heartbeat stopped."""
         try:
-            self.bridge.liveness.reap_local()
-            request_ids, deliveries = self.bridge.store.orphaned()
+            self.liveness.reap_local()
+            request_ids, deliveries = self.store.orphaned()
         except Exception:
             log.warning("takeover check failed (database unreachable?)", exc_info=True)
             return
         for request_id in request_ids:
             log.info("taking over a request from a dead process", extra={"request_id": request_id})
             self.takeovers += 1
-            self.bridge.jobs.submit(request_id)
+            self.jobs.submit(request_id)
         for delivery_id, event in deliveries:
             log.info(
                 "taking over a webhook delivery from a dead process",
                 extra={"delivery_id": delivery_id},
             )
             self.takeovers += 1
-            self.bridge.jobs.submit_delivery(delivery_id, event)
+            self.jobs.submit_delivery(delivery_id, event)
 
     def prune(self) -> None:
-        n = self.bridge.store.prune_processes(older_than=24 * 3600)
+        n = self.store.prune_processes(older_than=24 * 3600)
         if n:
             log.info("pruned processes silent for a day", extra={"count": n})
-        n = self.bridge.store.prune_deliveries(older_than=7 * 24 * 3600)
+        n = self.store.prune_deliveries(older_than=7 * 24 * 3600)
         if n:
             log.info("pruned old deliveries", extra={"count": n})
-        n = self.bridge.store.prune_poll_state(older_than=7 * 24 * 3600)
+        n = self.store.prune_poll_state(older_than=7 * 24 * 3600)
         if n:
             log.info("pruned old poll state", extra={"count": n})

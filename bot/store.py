@@ -7,7 +7,6 @@ import secrets
 import time
 import zlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
@@ -27,32 +26,17 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from bot import db
+from bot.model import (
+    OPEN_STATES,
+    PENDING_APPROVAL,
+    TO_CARRY_OUT,
+    NewRequest,
+    Request,
+    RunRecord,
+    disallowed_transitions,
+)
 
 Clock = Callable[[], float]
-
-# Request states. "open" ones still wait for something to happen.
-ACCEPTED = "accepted"  # stored and acknowledged; the GitHub action is not done yet
-PENDING_APPROVAL = "pending_approval"
-APPROVED = "approved"  # approved; the dispatch is not done yet
-TRIGGERED = "triggered"  # GitHub action done; waiting for a workflow run
-QUEUED = "queued"
-RUNNING = "running"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-ERROR = "error"  # the bridge could not carry it out
-REJECTED = "rejected"
-EXPIRED = "expired"
-CANCELLED = "cancelled"
-# An evaluation asked for while another one of the same PR + head SHA was in flight: it did
-# nothing itself, and its requester was sent to the thread of the one in flight.
-DUPLICATE = "duplicate"
-
-OPEN_STATES = (ACCEPTED, PENDING_APPROVAL, APPROVED, TRIGGERED, QUEUED, RUNNING)
-# Work for the job pool: these states, plus a pending approval whose card is not posted yet
-# (root_ts NULL) — see _needs_work(). A pending request with its card waits for a click.
-TO_CARRY_OUT = (ACCEPTED, APPROVED)
-WAITING_FOR_RUNS = (TRIGGERED, QUEUED, RUNNING)
-FINAL_STATES = (SUCCEEDED, FAILED, ERROR, REJECTED, EXPIRED, CANCELLED, DUPLICATE)
 
 
 def _needs_work() -> Any:
@@ -71,79 +55,6 @@ class OverLimit(Exception):
 def new_request_id() -> str:
     # Short enough for a workflow run-name, long enough never to collide in practice.
     return secrets.token_hex(6)
-
-
-@dataclass(frozen=True)
-class Request:
-    id: str
-    kind: str
-    repo: str
-    pr_number: int | None
-    head_sha: str | None
-    run_ref: str | None
-    environment: str | None
-    trigger: str
-    event_type: str | None
-    channel_id: str
-    user_id: str
-    root_ts: str | None
-    response_url: str | None
-    status: str
-    error: str | None
-    details: dict[str, Any]
-    created_at: float
-    updated_at: float
-    attempts: int
-    action_started_at: float | None
-    finished_at: float | None
-    expires_at: float | None
-    decided_by: str | None
-    decided_at: float | None
-    reason: str | None
-    failures: int = 0  # failures that are not outages, since the last success (the cap)
-    waiting_since: float | None = None  # when its current outage wait began
-    waiting_on: str | None = None  # the peer it waits for: GitHub | Slack
-
-    @property
-    def is_open(self) -> bool:
-        return self.status in OPEN_STATES
-
-    @property
-    def ref(self) -> str:
-        if self.pr_number is not None:
-            return f"{self.repo}#{self.pr_number}"
-        return self.repo
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    run_id: str
-    request_id: str
-    status: str
-    conclusion: str | None
-    attempt: int
-    name: str | None
-    html_url: str | None
-    started_at: float | None
-
-
-@dataclass
-class NewRequest:
-    kind: str
-    repo: str
-    trigger: str
-    channel_id: str
-    user_id: str
-    idempotency_key: str
-    status: str = ACCEPTED
-    pr_number: int | None = None
-    head_sha: str | None = None
-    run_ref: str | None = None
-    environment: str | None = None
-    event_type: str | None = None
-    response_url: str | None = None
-    expires_at: float | None = None
-    details: dict[str, Any] = field(default_factory=dict)
 
 
 def _row_to_request(row: Any) -> Request:
@@ -551,6 +462,11 @@ class Store:
         statement = _UPDATE_REQUEST
         if only_if_status is not None:
             statuses = list(only_if_status)
+            if "status" in values:
+                # A change of status the model does not know is a bug in the caller.
+                wrong = disallowed_transitions(statuses, values["status"])
+                if wrong:
+                    raise ValueError(f"status change {wrong} -> {values['status']} not allowed")
             if not statuses:
                 return False
             statement, values["b_statuses"] = _UPDATE_REQUEST_IF, statuses
@@ -1104,11 +1020,4 @@ class Store:
         return bool(result.rowcount)
 
 
-__all__ = [
-    "OPEN_STATES",
-    "NewRequest",
-    "OverLimit",
-    "Request",
-    "RunRecord",
-    "Store",
-]
+__all__ = ["OverLimit", "Store"]

@@ -21,16 +21,18 @@ from bot.config import Config
 from bot.db import make_engine, migrate
 from bot.deps import Deps
 from bot.github import GitHubApp
+from bot.github_intake.poller import Poller
 from bot.http import bolt_error_response
 from bot.jobs import Jobs, RetryPolicy
 from bot.liveness import Liveness
 from bot.metrics import Metrics
-from bot.poller import Poller
+from bot.model import PENDING_APPROVAL
 from bot.routing import Router
-from bot.scheduler import Housekeeping
+from bot.scheduler import Housekeeping, HousekeepingTiming, github_mode
 from bot.settings import Settings
 from bot.slack import SlackOut, make_client
-from bot.store import PENDING_APPROVAL, Store
+from bot.slacktext import hhmm, iso_utc
+from bot.store import Store
 from bot.workspace import WorkspaceGuard
 
 log = logging.getLogger(__name__)
@@ -134,11 +136,26 @@ class Bridge:
         self.workspace = WorkspaceGuard(client)
         self.bolt = self._make_bolt(client)
         handlers.register_slack(self.bolt, self.deps)
-        self.housekeeping = Housekeeping(self, enabled=start_scheduler)
+        self.housekeeping = Housekeeping(
+            engine=self.engine,
+            store=self.store,
+            jobs=self.jobs,
+            liveness=self.liveness,
+            timing=HousekeepingTiming.from_settings(settings),
+            github_mode=github_mode(config.github.mode, settings.github_webhook_secret),
+            enabled=start_scheduler,
+        )
         self.housekeeping.add_jobs(lambda hk: handlers.register_housekeeping(hk, self.deps))
         self.housekeeping.add_jobs(lambda hk: handlers.register_schedules(hk, self.deps))
         # Zero-ingress: without webhooks the leader polls GitHub for the runs of open requests.
-        self.poller = Poller(self.deps, metrics=self.metrics)
+        # Polled runs and comments go through the same router as webhooks; stop_following is
+        # the one behaviour the poller asks for that is not an event.
+        self.poller = Poller(
+            self.deps,
+            dispatch=self.router.dispatch,
+            stop_following=lambda req, hours: handlers.stop_following(self.deps, req, hours),
+            metrics=self.metrics,
+        )
         if self.housekeeping.github_mode == "poll":
             self.housekeeping.add_jobs(self.poller.install)
         self.socket_handler: Any = None
@@ -205,9 +222,23 @@ class Bridge:
             await anyio.to_thread.run_sync(self.stop)
 
     def asgi(self) -> Starlette:
-        from bot.http import make_asgi
+        from bot.http import make_asgi, make_github_endpoint
 
-        return make_asgi(self)
+        return make_asgi(
+            settings=self.settings,
+            github_webhooks=make_github_endpoint(
+                secret=self.settings.github_webhook_secret,
+                metrics=self.metrics,
+                router=self.router,
+                store=self.store,
+                jobs=self.jobs,
+            ),
+            bolt=None if self.settings.socket_mode else self.bolt,
+            health=self.health,
+            metrics=self.metrics,
+            refresh_gauges=self.refresh_gauges,
+            lifespan=self.lifespan,
+        )
 
     # -- observability --------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
@@ -243,10 +274,10 @@ class Bridge:
                 n, since = waiting[peer]
                 out[peer] = {
                     "status": "unavailable",
-                    "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since)),
+                    "since": iso_utc(since),
                     "waiting": n,
                     "summary": f"{peer}: unavailable since "
-                    f"{time.strftime('%H:%M UTC', time.gmtime(since))}, "
+                    f"{hhmm(since)}, "
                     f"{n} unit{'s' if n != 1 else ''} waiting",
                 }
             else:

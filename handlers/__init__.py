@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from slack_bolt import Ack, App
 
 from bot.deps import Deps
+from bot.model import Request
 from bot.routing import Router
 from handlers import (
     comments,
@@ -141,3 +142,8 @@ def register_housekeeping(housekeeping: Housekeeping, deps: Deps) -> None:
     for kind in kinds.REGISTRY.all():
         if kind.housekeeping is not None:
             kind.housekeeping(housekeeping, deps)
+
+
+def stop_following(deps: Deps, req: Request, hours: int) -> bool:
+    """For the poller: stop following a request whose runs went quiet (not an event)."""
+    return workflow_run.stop_following(deps, req, hours)

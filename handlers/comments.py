@@ -14,9 +14,9 @@ from typing import Any, cast
 
 from bot.deps import Deps
 from bot.markdown import has_metrics, render_comment
+from bot.model import PENDING_APPROVAL
 from bot.provenance import author_of, commit_of, same_commit, trusted_as
 from bot.slack import SlackFailure
-from bot.store import PENDING_APPROVAL
 from handlers.deploy.facts import DeployDetails, LaterMetrics
 from handlers.deploy.facts import details_of as deploy_details
 from handlers.evaluate import EvaluateDetails, MetricsEntry

@@ -9,9 +9,9 @@ from typing import Any
 
 from bot.config import Access
 from bot.deps import Deps
-from bot.markdown import escape_mrkdwn
 from bot.refs import UsageError
 from bot.slack import SlackFailure
+from bot.slacktext import escape_mrkdwn
 
 log = logging.getLogger(__name__)
 

@@ -16,16 +16,16 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from bot import messages
+from bot import messages, slacktext
 from bot.deps import Deps
-from bot.github import GitHubError, NotFound, Retryable, RunInfo, run_from_payload
-from bot.markdown import escape_mrkdwn
-from bot.store import FAILED, SUCCEEDED, WAITING_FOR_RUNS, Request
+from bot.github import CLOCK_SKEW, GitHubError, NotFound, Retryable, RunInfo, run_from_payload
+from bot.model import FAILED, SUCCEEDED, WAITING_FOR_RUNS, Request
+from bot.slacktext import escape_mrkdwn
 from handlers import details
 from handlers.deploy import deployment_line
 from handlers.deploy.facts import DeployDetails
 from handlers.deploy.facts import details_of as deploy_details
-from handlers.lifecycle import CLOCK_SKEW, refresh_root, reply_once, request_id_in_title
+from handlers.lifecycle import refresh_root, reply_once, request_id_in_title
 from handlers.workflow_run import title_match
 
 log = logging.getLogger(__name__)
@@ -119,10 +119,10 @@ def deployment_reply(
     if description:
         text += f"\n>{escape_mrkdwn(description)[:500]}"
     if log_url:
-        text += f"\n{messages.link(log_url, 'logs')}"
+        text += f"\n{slacktext.slack_link(log_url, 'logs')}"
     return {
         "text": escape_mrkdwn(f"Deployment to {environment}: {state}"),
-        "blocks": [messages.section(text)],
+        "blocks": [slacktext.section(text)],
     }
 
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import TypedDict, cast
 
 from bot.deps import Deps
-from bot.store import Request
+from bot.model import Request
 
 
 class ThreadDetails(TypedDict, total=False):

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypedDict, cast
 
-from bot import logs, messages
+from bot import logs, messages, slacktext
 from bot.config import Access
 from bot.deps import Deps
 from bot.github import (
@@ -17,11 +17,12 @@ from bot.github import (
     Retryable,
     ValidationFailed,
 )
-from bot.markdown import escape_mrkdwn
 from bot.messages import status_label
+from bot.model import ACCEPTED, DUPLICATE, TRIGGERED, NewRequest, Request
 from bot.refs import UsageError, parse_pull_ref
 from bot.slack import SlackFailure
-from bot.store import ACCEPTED, DUPLICATE, TRIGGERED, NewRequest, OverLimit, Request
+from bot.slacktext import escape_mrkdwn
+from bot.store import OverLimit
 from handlers import details, schedules
 from handlers.common import (
     count_command,
@@ -367,7 +368,7 @@ def what(req: Request, web_base: str) -> str:
     if req.pr_number is None:
         return f"{escape_mrkdwn(req.kind)} in `{req.repo}`"
     url = details_of(req).get("pr_url") or messages.pr_url(req, web_base)
-    return "evaluation of " + messages.link(str(url), f"{req.repo}#{req.pr_number}")
+    return "evaluation of " + slacktext.slack_link(str(url), f"{req.repo}#{req.pr_number}")
 
 
 def root(deps: Deps, req: Request) -> messages.Message:
@@ -375,7 +376,7 @@ def root(deps: Deps, req: Request) -> messages.Message:
     if schedules.scheduled(req):
         url = details_of(req).get("pr_url") or messages.pr_url(req, deps.web_base)
         head = f" at `{req.head_sha[:7]}`" if req.head_sha else ""
-        line = f"Evaluation of {messages.link(url, f'{req.repo}#{req.pr_number}')}{head}"
+        line = f"Evaluation of {slacktext.slack_link(url, f'{req.repo}#{req.pr_number}')}{head}"
         return schedules.root(deps, req, what=line)
     return messages.evaluate_root(req, web_base=deps.web_base)
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from bot import messages
+from bot import messages, slacktext
 from bot.deps import Deps
 from bot.github import GitHubError
+from bot.model import Request
 from bot.slack import SlackFailure
-from bot.store import Request
+from bot.slacktext import slack_date
 from handlers import kinds
-from handlers.status import request_line, slack_date
+from handlers.status import request_line
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def home_view(
         for item in approvals[:MAX_APPROVALS]:
             blocks += item
     else:
-        blocks.append(messages.context("Nothing is waiting for your approval."))
+        blocks.append(slacktext.context("Nothing is waiting for your approval."))
     blocks += [{"type": "divider"}, header("Your recent requests")]
     if recent:
         lines, size = [], 0
@@ -76,16 +77,16 @@ def home_view(
                 break
             lines.append(line)
             size += len(line) + 1
-        blocks.append(messages.section("\n".join(lines)))
+        blocks.append(slacktext.section("\n".join(lines)))
     else:
         blocks.append(
-            messages.context("None yet. `/evaluate help` in a channel shows what you may run.")
+            slacktext.context("None yet. `/evaluate help` in a channel shows what you may run.")
         )
     blocks += [
         {"type": "divider"},
         header("Bridge health"),
-        messages.section(health_lines(health, installations)),
-        messages.context(
+        slacktext.section(health_lines(health, installations)),
+        slacktext.context(
             f"Updated {slack_date(now)} · `/evaluate help` or `/deploy help` in a channel lists "
             "what you may run there."
         ),

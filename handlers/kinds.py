@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from bot.config import Access
 from bot.deps import Deps
 from bot.messages import Message
-from bot.store import Request
+from bot.model import Request
 
 if TYPE_CHECKING:
     from bot.scheduler import Housekeeping

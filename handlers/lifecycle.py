@@ -9,14 +9,12 @@ import json
 import logging
 import re
 import threading
-import time
 from typing import Any
 
-from bot import logs, messages
+from bot import logs, messages, slacktext
 from bot.deps import Deps
-from bot.github import GitHubError, PermissionDenied, Retryable
-from bot.slack import SlackFailure
-from bot.store import (
+from bot.github import GitHubError, PermissionDenied, Retryable, dispatch_runs_query
+from bot.model import (
     ACCEPTED,
     APPROVED,
     ERROR,
@@ -30,6 +28,7 @@ from bot.store import (
     Request,
     RunRecord,
 )
+from bot.slack import SlackFailure
 from handlers import details, kinds
 from handlers.details import ThreadDetails
 
@@ -219,30 +218,11 @@ def give_up(deps: Deps, req: Request, what: str, attempts: int) -> None:
 # Workflows started by repository_dispatch put the request id first in `run-name`, which
 # GitHub reports as display_title: "chatops 1a2b3c4d5e6f: deploy ..."
 TITLE_RE = re.compile(r"^chatops ([0-9a-f]{12})\b")
-# The bridge's clock (action_started_at) and GitHub's (created_at) are compared. NTP-synced
-# hosts agree within a second; 30 s also tolerates a drifting container clock, and the only
-# runs it lets in are ones created in the 30 s before our own dispatch, which still need the
-# dispatch event, the request id in their title and the configured workflow.
-CLOCK_SKEW = 30.0
 
 
 def request_id_in_title(title: str) -> str | None:
     m = TITLE_RE.match(title or "")
     return m[1] if m else None
-
-
-def iso(ts: float) -> str:
-    """GitHub's timestamp format for query filters (`created`, `since`)."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
-
-def dispatch_runs_query(since: float) -> dict[str, Any]:
-    """List-runs filter for repository_dispatch runs created after `since` (minus clock skew)."""
-    return {
-        "event": "repository_dispatch",
-        "created": ">=" + iso(since - CLOCK_SKEW),
-        "per_page": 100,
-    }
 
 
 def dispatch_seen(deps: Deps, req: Request) -> bool:
@@ -283,7 +263,7 @@ def _aggregate(runs: list[RunRecord]) -> tuple[str, str]:
     lines = []
     for r in runs:
         state = r.conclusion if r.status == "completed" else r.status
-        lines.append(f"{messages.link(r.html_url, r.name or 'run')}: {state}")
+        lines.append(f"{slacktext.slack_link(r.html_url, r.name or 'run')}: {state}")
     summary = " · ".join(lines)
     if any(r.status != "completed" for r in runs):
         busy = any(r.status == "in_progress" for r in runs)

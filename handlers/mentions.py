@@ -9,8 +9,8 @@ from typing import Any
 
 from bot import logs
 from bot.deps import Deps
+from bot.model import CANCELLED, OPEN_STATES, PENDING_APPROVAL, Request
 from bot.slack import SlackFailure
-from bot.store import CANCELLED, OPEN_STATES, PENDING_APPROVAL, Request
 from handlers import details, kinds, status
 from handlers.common import count_command
 from handlers.details import ThreadDetails

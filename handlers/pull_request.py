@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot import messages
+from bot import slacktext
 from bot.deps import Deps
-from bot.store import WAITING_FOR_RUNS
+from bot.model import WAITING_FOR_RUNS
 from handlers.lifecycle import reply_once
 
 
@@ -29,5 +29,5 @@ def on_synchronize(deps: Deps, payload: dict[str, Any]) -> None:
                 deps,
                 req,
                 f"sync:{req.id}:{after}",
-                {"text": "New commits pushed", "blocks": [messages.section(text)]},
+                {"text": "New commits pushed", "blocks": [slacktext.section(text)]},
             )

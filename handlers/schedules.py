@@ -23,14 +23,14 @@ import functools
 import logging
 from typing import TYPE_CHECKING, Any, TypedDict, cast
 
-from bot import messages
+from bot import messages, slacktext
 from bot.config import Schedule
 from bot.cron import cron_trigger
 from bot.deps import Deps
 from bot.github import GitHubError, Retryable
-from bot.markdown import escape_mrkdwn
+from bot.model import ACCEPTED, TRIGGERED, NewRequest, Request
 from bot.slack import SlackFailure
-from bot.store import ACCEPTED, TRIGGERED, NewRequest, Request
+from bot.slacktext import escape_mrkdwn, iso_utc
 from handlers import details
 from handlers.kinds import RequestKind
 from handlers.lifecycle import (
@@ -113,7 +113,7 @@ def fire(deps: Deps, schedule: Schedule, now: float | None = None) -> Request | 
         action=f"{req.kind}.requested",
         outcome="accepted",
         request_id=req.id,
-        detail=f"{schedule.name}: {schedule.cron} ({schedule.timezone}) due {_iso(due)}",
+        detail=f"{schedule.name}: {schedule.cron} ({schedule.timezone}) due {iso_utc(due)}",
     )
     log.info("schedule fired", extra={"schedule": schedule.name, "request_id": req.id})
     deps.jobs.submit(req.id)
@@ -149,10 +149,6 @@ def install(hk: Housekeeping, deps: Deps) -> None:
         hk.add_interval(CATCH_UP_JOB, functools.partial(catch_up, deps), 60)
 
 
-def _iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _new_request(deps: Deps, schedule: Schedule, due: float) -> NewRequest:
     repo = schedule.repository or deps.config.repository_for(schedule.channel)
     assert repo, "config validation requires a repository for every schedule"
@@ -167,7 +163,7 @@ def _new_request(deps: Deps, schedule: Schedule, due: float) -> NewRequest:
         "repo": repo,
         "channel_id": schedule.channel,
         "user_id": USER_ID,
-        "idempotency_key": f"schedule:{schedule.name}:{_iso(due)}",
+        "idempotency_key": f"schedule:{schedule.name}:{iso_utc(due)}",
         "details": dict(details),
     }
     if schedule.command == "evaluate":
@@ -228,11 +224,11 @@ def root(deps: Deps, req: Request, what: str | None = None) -> messages.Message:
     status = f"*Status:* {messages.status_label(req.status)}"
     if req.error and req.status == "error":
         status += f" — {escape_mrkdwn(req.error)[:500]}"
-    blocks = [messages.section(f"{headline}\n{what}"), messages.section(status)]
+    blocks = [slacktext.section(f"{headline}\n{what}"), slacktext.section(status)]
     runs_summary = details.thread(req).get("runs_summary")
     if runs_summary:
-        blocks.append(messages.context(runs_summary))
-    blocks.append(messages.context(f"request `{req.id}` · trigger: {req.trigger}"))
+        blocks.append(slacktext.context(runs_summary))
+    blocks.append(slacktext.context(f"request `{req.id}` · trigger: {req.trigger}"))
     return {"text": f"Scheduled {name} ({cron}) fired: {req.status}", "blocks": blocks}
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot import messages
-from bot.markdown import escape_mrkdwn
-from bot.store import Request, RunRecord
+from bot import messages, slacktext
+from bot.model import Request, RunRecord
+from bot.slacktext import escape_mrkdwn, slack_date
 from handlers import details, kinds
 
 LIMIT = 10
@@ -19,12 +19,6 @@ LIMIT = 10
 def thread_url(channel_id: str, ts: str) -> str:
     """A link to a message that works in any workspace the reader belongs to."""
     return f"https://slack.com/archives/{channel_id}/p{ts.replace('.', '')}"
-
-
-def slack_date(ts: float) -> str:
-    """Shown in each reader's own time zone; the fallback is UTC."""
-    fallback = messages.hhmm(ts)
-    return f"<!date^{int(ts)}^{{date_short_pretty}} {{time}}|{fallback}>"
 
 
 def what(req: Request, web_base: str = "https://github.com") -> str:
@@ -80,15 +74,15 @@ def status_reply(req: Request, runs: list[RunRecord], *, web_base: str) -> messa
     if req.finished_at:
         took = messages.duration(req.finished_at - req.created_at)
         state += f" · finished {slack_date(req.finished_at)} after {took}"
-    blocks: list[dict[str, Any]] = [messages.section(head), messages.section(state)]
+    blocks: list[dict[str, Any]] = [slacktext.section(head), slacktext.section(state)]
     if runs:
         lines = []
         for run in runs[-20:]:
             result = run.conclusion if run.status == "completed" else run.status
             again = f" (attempt {run.attempt})" if run.attempt > 1 else ""
             name = run.name or f"run {run.run_id}"
-            lines.append(f"• {messages.link(run.html_url, name)}: {result}{again}")
-        blocks.append(messages.section("*Workflow runs*\n" + "\n".join(lines)))
+            lines.append(f"• {slacktext.slack_link(run.html_url, name)}: {result}{again}")
+        blocks.append(slacktext.section("*Workflow runs*\n" + "\n".join(lines)))
     else:
-        blocks.append(messages.context("No workflow run has been seen for it yet."))
+        blocks.append(slacktext.context("No workflow run has been seen for it yet."))
     return {"text": f"Request {req.id}: {req.status}", "blocks": blocks}

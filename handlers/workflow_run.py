@@ -7,11 +7,10 @@ from typing import Any
 
 from bot import logs, messages
 from bot.deps import Deps
-from bot.github import RunInfo, run_from_payload
-from bot.store import ACCEPTED, CANCELLED, ERROR, WAITING_FOR_RUNS, Request
+from bot.github import CLOCK_SKEW, RunInfo, run_from_payload
+from bot.model import ACCEPTED, CANCELLED, ERROR, WAITING_FOR_RUNS, Request
 from handlers import kinds
 from handlers.lifecycle import (
-    CLOCK_SKEW,
     refresh_root,
     reply_once,
     request_id_in_title,
@@ -19,11 +18,6 @@ from handlers.lifecycle import (
     stop_run,
     tell,
 )
-
-# Re-exported for bot/poller.py, which imports them from here (until the poller feeds the
-# router and shares the lifecycle module's names).
-from handlers.lifecycle import dispatch_runs_query as dispatch_runs_query
-from handlers.lifecycle import iso as iso
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,9 @@ import yaml
 from slack_sdk.signature import SignatureVerifier
 
 from bot.db import make_engine
+from bot.model import NewRequest, Request
 from bot.signing import github_signature
-from bot.store import NewRequest, Request, Store
+from bot.store import Store
 from tests.conftest import (
     CHANNEL,
     DEFAULT_CONFIG,

@@ -20,7 +20,7 @@ import yaml
 from webhook_examples import fixture
 
 from bot.config import parse_config
-from bot.store import NewRequest
+from bot.model import NewRequest
 from handlers.deploy import warnings_for
 from tests.conftest import CHANNEL, HEAD_SHA, REPO, USER, Harness
 

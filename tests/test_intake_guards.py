@@ -25,8 +25,8 @@ from sqlalchemy.exc import OperationalError
 from webhook_examples import fixture
 
 from bot import db
+from bot.github_intake.payloads import json_too_deep, webhook_shape_problem
 from bot.http import headers_for_bolt
-from bot.intake import json_too_deep, webhook_shape_problem
 from bot.serving import header_problem, uvicorn_options
 from bot.signing import github_signature
 from bot.slack import SlackFailure

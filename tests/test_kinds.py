@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 
-from bot import messages
+from bot import messages, slacktext
 from bot.config import Access
 from bot.deps import Deps
-from bot.store import ACCEPTED, CANCELLED, TRIGGERED, NewRequest, OverLimit, Request
+from bot.model import ACCEPTED, CANCELLED, TRIGGERED, NewRequest, Request
+from bot.store import OverLimit
 from handlers import kinds, lifecycle, status
 from handlers.common import count_command, rate_limited, refused, resolve_repo
 from handlers.kinds import RequestKind, UnknownKind
@@ -77,7 +78,7 @@ def _what(req: Request, web_base: str) -> str:
 
 def _root(deps: Deps, req: Request) -> messages.Message:
     text = f":rewind: Rollback of `{req.repo}` to `{req.run_ref}`: {req.status}"
-    return {"text": text, "blocks": [messages.section(text)]}
+    return {"text": text, "blocks": [slacktext.section(text)]}
 
 
 def _status_list(deps: Deps, text: str, channel_id: str) -> str:

@@ -12,17 +12,16 @@ from hypothesis import strategies as st
 from slack_sdk.models.blocks import Block
 from slack_sdk.models.blocks.basic_components import RawTextObject
 
+from bot.gfm import Table, split_markdown
 from bot.markdown import (
     EMPTY_CELL,
     METRICS_MARKER,
-    Table,
     cell_text,
-    escape_mrkdwn,
     has_metrics,
     render_comment,
-    split_markdown,
     to_mrkdwn,
 )
+from bot.slacktext import escape_mrkdwn
 
 LINK = "https://github.com/acme/ml/pull/7#issuecomment-1"
 
@@ -315,13 +314,24 @@ def test_tables_in_fenced_code_are_not_tables(fence: str) -> None:
 
 
 def test_pipes_optional_escaped_and_in_code() -> None:
-    body = "a | b\n:-:|--\n`x | y` | c \\| d\n"
+    body = "a | b\n:-:|--\n`x \\| y` | c \\| d\n"
     (table,) = split_markdown(body)
     assert isinstance(table, Table)
     assert table.header == ("a", "b")
     assert table.align == ("center", None)
-    assert table.rows == (("`x | y`", "c \\| d"),)
+    # GFM: an escaped pipe is part of the cell, inside a code span too (the \\ is consumed).
+    assert table.rows == (("`x | y`", "c | d"),)
     assert [cell_text(c) for c in table.rows[0]] == ["x | y", "c | d"]
+
+
+def test_an_unescaped_pipe_inside_a_code_span_separates_cells_as_on_github() -> None:
+    """GitHub splits a row at every unescaped pipe, code spans included (GFM spec, tables:
+    "include a pipe in a cell's content by escaping it, including inside other inline
+    spans"); the extra cell is dropped."""
+    body = "| expr | value |\n|---|---|\n| `a|b` | 1 |\n"
+    (table,) = split_markdown(body)
+    assert isinstance(table, Table)
+    assert table.rows == (("`a", "b`"),)
 
 
 def test_ragged_rows_are_padded_or_cut() -> None:
@@ -541,8 +551,10 @@ def test_split_markdown_loses_no_text(body: str) -> None:
         assert "".join(s for s in segments if isinstance(s, str)) == body
 
 
+# No "<": an HTML block (<!--, <script) runs past blank lines and, as on GitHub, swallows a
+# table after it.
 plain_chunk = st.text(
-    alphabet=st.characters(exclude_characters="|`~\\\r", exclude_categories=["Cs"]),
+    alphabet=st.characters(exclude_characters="|`~\\\r<", exclude_categories=["Cs"]),
     max_size=40,
 ).map(lambda s: s + "\n" if s else s)
 cell = st.text(
@@ -564,9 +576,11 @@ def md_tables(draw: st.DrawFn) -> tuple[str, list[str]]:
 def test_split_markdown_separates_tables_from_text(
     parts: list[tuple[str, tuple[str, list[str]]]], tail: str
 ) -> None:
-    body = "".join(chunk + table + "\n" for chunk, (table, _) in parts) + tail
+    # A blank line before each table: right after a quote or list item line, a table's lines
+    # are that paragraph's lazy continuation on GitHub, not a table.
+    body = "".join(chunk + "\n" + table + "\n" for chunk, (table, _) in parts) + tail
     segments = split_markdown(body)
     found = [s for s in segments if isinstance(s, Table)]
     assert [list(t.header) for t in found] == [header for _, (_, header) in parts]
     text = "".join(s for s in segments if isinstance(s, str))
-    assert text == "".join(chunk + "\n" for chunk, _ in parts) + tail
+    assert text == "".join(chunk + "\n\n" for chunk, _ in parts) + tail

@@ -154,7 +154,7 @@ def test_request_job_log_lines_carry_the_request_id(
     harness: Harness, json_log: io.StringIO
 ) -> None:
     """Whatever a request's job logs names the request; nothing leaks to later log lines."""
-    from bot.store import NewRequest
+    from bot.model import NewRequest
 
     def worker(req: Any) -> None:
         logging.getLogger("handlers.probe").warning("probing", extra={"step": 1})

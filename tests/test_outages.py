@@ -13,7 +13,8 @@ import pytest
 
 from bot.db import make_engine, migrate
 from bot.jobs import RetryPolicy
-from bot.store import NewRequest, Store
+from bot.model import NewRequest
+from bot.store import Store
 from tests.conftest import CHANNEL, REPO, USER, Clock, Harness
 from tests.test_reliability import run_payload
 

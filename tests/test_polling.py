@@ -289,7 +289,6 @@ def test_an_etag_is_stored_only_after_its_answer_was_relayed(
 ) -> None:
     """If relaying fails (Slack refusing), the answer must be fetched again, not answered 304
     forever: storing the ETag before relaying would lose the run for good."""
-    import bot.poller
     from bot.slack import SlackFailure
 
     h = make_harness(_config())
@@ -299,16 +298,16 @@ def test_an_etag_is_stored_only_after_its_answer_was_relayed(
     assert poller.poll() == "done"  # an empty list: its ETag stored
     empty_etag = h.store.etag(key)
     github.add_run(REPO, _run("in_progress"))
-    real_relay = bot.poller.relay_run
+    real_dispatch = poller.dispatch
     failures = []
 
-    def relay_failing_once(*args: Any, **kwargs: Any) -> None:
+    def relay_failing_once(event: str, payload: dict[str, Any]) -> int:
         if not failures:
             failures.append(1)
             raise SlackFailure("service_unavailable", "chat.postMessage")
-        real_relay(*args, **kwargs)
+        return real_dispatch(event, payload)
 
-    monkeypatch.setattr(bot.poller, "relay_run", relay_failing_once)
+    monkeypatch.setattr(poller, "dispatch", relay_failing_once)
     assert poller.poll() == "done"
     assert failures == [1] and _replies(slack, req) == []
     assert h.store.etag(key) == empty_etag  # the answer not relayed: its ETag not kept
@@ -317,3 +316,29 @@ def test_an_etag_is_stored_only_after_its_answer_was_relayed(
     assert github.requests_to("GET", r"/actions/runs$")[listed].status == 200
     assert len(_replies(slack, req)) == 1  # relayed at the next cycle
     assert h.store.etag(key) != empty_etag
+
+
+def test_a_handler_registered_only_on_the_router_receives_polled_events(
+    make_harness, github, slack
+) -> None:
+    """The poller feeds Router.dispatch: a new handler sees polled runs and comments in the
+    shape webhooks deliver, with no change to the poller."""
+    h = make_harness(_config())
+    seen: list[tuple[str, dict[str, Any]]] = []
+    h.bridge.router.add("workflow_run", lambda p: seen.append(("workflow_run", p)))
+    h.bridge.router.add(
+        "issue_comment", lambda p: seen.append(("issue_comment", p)), action="created"
+    )
+    req = _start(h, github)
+    run = github.add_run(REPO, _run("in_progress"))
+    github.add_comment(REPO, 42, METRICS)
+    assert h.bridge.poller.poll() == "done"
+    runs = [p for event, p in seen if event == "workflow_run"]
+    assert [(p["action"], p["workflow_run"]["id"]) for p in runs] == [("in_progress", run["id"])]
+    assert runs[0]["repository"]["full_name"] == REPO
+    comments = [p for event, p in seen if event == "issue_comment"]
+    assert len(comments) == 1 and comments[0]["action"] == "created"
+    assert comments[0]["issue"]["number"] == 42 and "pull_request" in comments[0]["issue"]
+    assert comments[0]["comment"]["body"] == METRICS
+    # The built-in handlers got the same events: the run and the metrics are in the thread.
+    assert len(_replies(slack, req)) == 2

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from webhook_examples import fixture
 
 import bot.markdown as md
-from bot import messages
+from bot import slacktext
 from bot.config import ConfigError, MetricsTrust, parse_config
 from bot.provenance import commit_of, trusted_as
 from tests.conftest import HEAD_SHA, REPO, Harness
@@ -270,8 +270,8 @@ def test_a_disguised_link_in_a_relayed_comment_shows_its_real_host(
     ],
 )  # fmt: skip
 def test_one_link_builder_for_messages_and_markdown(url: str, label: str, expected: str) -> None:
-    assert messages.link(url, label) == expected
-    assert md.slack_link(url, label) == expected
+    # messages.py and markdown.py both build links with bot.slacktext.slack_link.
+    assert slacktext.slack_link(url, label) == expected
 
 
 # -- 4. rendering is linear and bounded ----------------------------------------------------------
@@ -361,7 +361,7 @@ _OLD_SUMMARY = re.compile(r"&lt;summary(?:\s[^\n]*?)?&gt;(.*?)&lt;/summary&gt;",
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from(["<summary>", "<SUMMARY x>", "</summary>", "a", " ", "\n", ">"])))
 def test_the_summary_scan_matches_the_old_regex(parts: list[str]) -> None:
-    text = md.escape_mrkdwn("".join(parts))
+    text = slacktext.escape_mrkdwn("".join(parts))
     old = _OLD_SUMMARY.sub(lambda m: f"\n**{t}**\n" if (t := m.group(1).strip()) else "", text)
     assert md._summaries(text) == old
 
@@ -391,4 +391,4 @@ def test_user_text_is_verbatim_and_invisible_characters_are_dropped(
     assert any("Ship @here now exe.txt" in t["text"] for t in mrkdwn)
     everything = json.dumps([c.params for c in sent], ensure_ascii=False)
     assert not any(ch in everything for ch in INVISIBLE)
-    assert md.escape_mrkdwn(f"a{INVISIBLE}b<!here>") == "ab&lt;!here&gt;"
+    assert slacktext.escape_mrkdwn(f"a{INVISIBLE}b<!here>") == "ab&lt;!here&gt;"

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.refs import PullRef, UsageError, github_hosts, parse_deploy_args, parse_pull_ref
+from bot.refs import PullRef, UsageError, parse_deploy_args, parse_pull_ref
+from bot.wiring import web_base_for
 
 owners = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9-]{0,20}", fullmatch=True)
 names = st.from_regex(r"[A-Za-z0-9._-]{1,30}", fullmatch=True).filter(
@@ -59,7 +60,7 @@ def test_rejected_forms_say_what_was_wrong(text: str) -> None:
 
 
 def test_enterprise_host_urls() -> None:
-    hosts = github_hosts("https://ghe.acme.internal/api/v3")
+    _, hosts = web_base_for("https://ghe.acme.internal/api/v3")
     assert parse_pull_ref("https://ghe.acme.internal/a/b/pull/3", allowed_hosts=hosts) == PullRef(
         "a/b", 3
     )

@@ -5,11 +5,12 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from bot import messages
+from bot import messages, slacktext
 from bot.config import ApprovalPolicy
 from bot.deps import Deps
-from bot.markdown import escape_mrkdwn, render_comment
-from bot.store import EXPIRED, PENDING_APPROVAL, REJECTED, Request
+from bot.markdown import render_comment
+from bot.model import EXPIRED, PENDING_APPROVAL, REJECTED, Request
+from bot.slacktext import escape_mrkdwn, slack_date
 from handlers import details
 from handlers.deploy.facts import DeployDetails, details_of
 from handlers.deploy.policy import (
@@ -19,7 +20,7 @@ from handlers.deploy.policy import (
     policy_of,
     who_can_approve,
 )
-from handlers.status import slack_date, thread_url
+from handlers.status import thread_url
 
 Message = messages.Message
 Block = dict[str, Any]
@@ -32,11 +33,6 @@ REASON_BLOCK = "reason"
 REASON_INPUT = "reason_input"
 
 
-def when(ts: float, fmt: str = "{time}") -> str:
-    """A time Slack shows in each reader's timezone, with a UTC fallback."""
-    return f"<!date^{int(ts)}^{fmt}|{messages.hhmm(ts)}>"
-
-
 def reject_modal(req: Request) -> dict[str, Any]:
     return {
         "type": "modal",
@@ -46,7 +42,7 @@ def reject_modal(req: Request) -> dict[str, Any]:
         "submit": {"type": "plain_text", "text": "Reject"},
         "close": {"type": "plain_text", "text": "Cancel"},
         "blocks": [
-            messages.section(
+            slacktext.section(
                 f"Reject the deploy of run `{short(req.run_ref)}` to *{req.environment}* in "
                 f"`{req.repo}`, requested by <@{req.user_id}>?"
             ),
@@ -104,7 +100,9 @@ def warnings_for(details: DeployDetails) -> list[str]:
 
 
 def _run_line(run: dict[str, Any]) -> str:
-    parts = [f"*Run:* {messages.link(run.get('url'), str(run.get('name') or 'workflow run'))}"]
+    parts = [
+        f"*Run:* {slacktext.slack_link(run.get('url'), str(run.get('name') or 'workflow run'))}"
+    ]
     if run.get("branch"):
         parts.append(f"branch `{escape_mrkdwn(str(run['branch']))[:100]}`")
     if run.get("sha"):
@@ -127,13 +125,13 @@ def _metrics_blocks(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     author = str(metrics.get("author") or "someone")
     sha = escape_mrkdwn(str(metrics.get("head_sha") or ""))[:7]
     text = (
-        f"Metrics for commit `{sha}` from {messages.link(url, f'a comment by {author}')} "
+        f"Metrics for commit `{sha}` from {slacktext.slack_link(url, f'a comment by {author}')} "
         f"({escape_mrkdwn(str(metrics['trusted_as']))})"
     )
     count = int(metrics.get("count") or 1)
     if count > 1:
         earlier = ", ".join(
-            messages.link(str(e.get("comment_url") or ""), str(e.get("author") or "someone"))
+            slacktext.slack_link(str(e.get("comment_url") or ""), str(e.get("author") or "someone"))
             for e in metrics.get("earlier") or []
             if isinstance(e, dict)
         )
@@ -141,14 +139,14 @@ def _metrics_blocks(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     later = [e for e in metrics.get("later") or [] if isinstance(e, dict)]
     if later:
         links = ", ".join(
-            messages.link(str(e.get("comment_url") or ""), str(e.get("author") or "someone"))
+            slacktext.slack_link(str(e.get("comment_url") or ""), str(e.get("author") or "someone"))
             for e in later
         )
         text += (
             f"\n:warning: Newer metrics for this commit were posted after this card: {links}. "
             "The table here is the one the card was posted with."
         )
-    line = messages.context(text)
+    line = slacktext.context(text)
     for msg in render_comment(str(metrics.get("body") or ""), link=url, author=author):
         for block in msg["blocks"]:
             if block.get("type") == "table":
@@ -170,7 +168,7 @@ DEPLOYMENT_ICON = {
 
 def deployment_line(state: str, environment: str, url: str | None) -> str:
     icon = DEPLOYMENT_ICON.get(state, ":grey_question:")
-    where = messages.link(url, environment) if url else f"*{escape_mrkdwn(environment)}*"
+    where = slacktext.slack_link(url, environment) if url else f"*{escape_mrkdwn(environment)}*"
     return f"{icon} Deployment to {where}: *{escape_mrkdwn(state)}*"
 
 
@@ -182,18 +180,18 @@ def _decision_blocks(
     if req.status == REJECTED:
         who = f"<@{req.decided_by}>" if req.decided_by else "someone"
         why = f": {escape_mrkdwn(req.reason)[:500]}" if req.reason else " (no reason given)"
-        at = f" at {when(req.decided_at)}" if req.decided_at else ""
-        return [messages.section(f":no_entry_sign: Rejected by {who}{at}{why}")]
+        at = f" at {slack_date(req.decided_at, '{time}')}" if req.decided_at else ""
+        return [slacktext.section(f":no_entry_sign: Rejected by {who}{at}{why}")]
     if req.status == EXPIRED:
-        at = when(req.expires_at) if req.expires_at else "its deadline"
-        return [messages.context(f":hourglass: Expired at {at} without enough approvals.")]
+        at = slack_date(req.expires_at, "{time}") if req.expires_at else "its deadline"
+        return [slacktext.context(f":hourglass: Expired at {at} without enough approvals.")]
     if req.decided_by:
         names = approved_by(req, policy.required if policy else 1, approvals)
         who = " and ".join(f"<@{u}>" for u in names)
-        at = f" at {when(req.decided_at)}" if req.decided_at else ""
-        return [messages.context(f":white_check_mark: Approved by {who}{at}")]
+        at = f" at {slack_date(req.decided_at, '{time}')}" if req.decided_at else ""
+        return [slacktext.context(f":white_check_mark: Approved by {who}{at}")]
     if policy is None and req.status != "error":
-        return [messages.context(f"*{req.environment}*: {NO_APPROVAL} (`approval: none`).")]
+        return [slacktext.context(f"*{req.environment}*: {NO_APPROVAL} (`approval: none`).")]
     return []
 
 
@@ -239,27 +237,27 @@ def render_card(
 ) -> Message:
     """The approval card (the thread root of a deploy), from the request's state alone."""
     d = details_of(req)
-    repo = messages.link(f"{web_base}/{req.repo}", req.repo)
+    repo = slacktext.slack_link(f"{web_base}/{req.repo}", req.repo)
     blocks: list[dict[str, Any]] = [
-        messages.section(
+        slacktext.section(
             f":rocket: *Deploy of run `{short(req.run_ref, 100)}` to {req.environment}* "
             f"in {repo}\nRequested by <@{req.user_id}> "
-            f"{when(req.created_at, '{date_short_pretty} at {time}')}"
+            f"{slack_date(req.created_at, '{date_short_pretty} at {time}')}"
         )
     ]
     run = d.get("run")
     if isinstance(run, dict):
-        blocks.append(messages.section(_run_line(run)))
+        blocks.append(slacktext.section(_run_line(run)))
     elif d.get("facts_checked"):
         blocks.append(
-            messages.context("Not a GitHub workflow run id: passed to the workflow as it is.")
+            slacktext.context("Not a GitHub workflow run id: passed to the workflow as it is.")
         )
     metrics = d.get("metrics")
     if isinstance(metrics, dict):
         blocks += _metrics_blocks({**metrics, "later": d.get("metrics_later") or []})
     warnings = warnings_for(d)
     if warnings:
-        blocks.append(messages.section("\n".join(f":warning: {w}" for w in warnings)))
+        blocks.append(slacktext.section("\n".join(f":warning: {w}" for w in warnings)))
     status = f"*Status:* {messages.status_label(req.status)}"
     if req.status == PENDING_APPROVAL and policy is not None:
         if approvals:
@@ -268,24 +266,24 @@ def render_card(
         elif policy.required > 1:
             status += f" ({policy.required} approvals needed)"
         if req.expires_at:
-            status += f" · expires at {when(req.expires_at)}"
+            status += f" · expires at {slack_date(req.expires_at, '{time}')}"
     if req.error and req.status == "error":
         status += f" — {escape_mrkdwn(req.error)[:500]}"
     if d.get("deployment_state"):
         env = str(d.get("deployment_environment") or req.environment)
         status += "\n" + deployment_line(str(d["deployment_state"]), env, d.get("deployment_url"))
-    blocks.append(messages.section(status))
+    blocks.append(slacktext.section(status))
     blocks += _decision_blocks(req, policy, approvals)
     runs_summary = details.thread(req).get("runs_summary")
     if runs_summary:
-        blocks.append(messages.context(runs_summary))
+        blocks.append(slacktext.context(runs_summary))
     rule = (
         f"needs {policy.required} approval{'s' if policy.required > 1 else ''} from "
         f"{who_can_approve(policy, exclude=excluded_self(policy, req.user_id))}"
         if policy
         else NO_APPROVAL
     )
-    blocks.append(messages.context(f"request `{req.id}` · {rule}"))
+    blocks.append(slacktext.context(f"request `{req.id}` · {rule}"))
     text = f"Deploy of run {req.run_ref} to {req.environment} in {req.repo}: {req.status}"
     return {"text": text, "blocks": blocks}
 
@@ -311,4 +309,4 @@ def approval_blocks(req: Request, buttons: Block) -> list[Block]:
         summary += f" · <{thread_url(req.channel_id, req.root_ts)}|open the card>"
     actions = copy.deepcopy(buttons)
     actions["block_id"] = f"{buttons.get('block_id') or 'decision'}:{req.id}"
-    return [messages.section(summary), actions]
+    return [slacktext.section(summary), actions]

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.deps import Deps
+from bot.model import APPROVED, EXPIRED, PENDING_APPROVAL, REJECTED, Request
 from bot.slack import SlackFailure
-from bot.store import APPROVED, EXPIRED, PENDING_APPROVAL, REJECTED, Request
 from handlers.deploy.card import (
     REASON_BLOCK,
     REASON_INPUT,

@@ -8,9 +8,10 @@ from typing import Any
 from bot import logs
 from bot.config import Access, ApprovalPolicy
 from bot.deps import Deps
-from bot.markdown import escape_mrkdwn
+from bot.model import APPROVED, PENDING_APPROVAL, NewRequest, Request
 from bot.refs import UsageError, parse_deploy_args
-from bot.store import APPROVED, PENDING_APPROVAL, NewRequest, OverLimit, Request
+from bot.slacktext import escape_mrkdwn
+from bot.store import OverLimit
 from handlers.common import count_command, rate_limited, refused, resolve_repo
 from handlers.deploy.policy import NO_APPROVAL, excluded_self, who_can_approve
 from handlers.status import LIMIT, status_list

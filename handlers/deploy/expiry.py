@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bot import messages
+from bot import slacktext
 from bot.deps import Deps
-from bot.store import EXPIRED, PENDING_APPROVAL, Request
+from bot.model import EXPIRED, PENDING_APPROVAL, Request
 from handlers.lifecycle import refresh_root
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ def expire(deps: Deps, req: Request) -> bool:
         action="deploy.expired",
         outcome="expired",
         request_id=req.id,
-        detail=f"no decision by {messages.hhmm(req.expires_at or deps.clock())}",
+        detail=f"no decision by {slacktext.hhmm(req.expires_at or deps.clock())}",
     )
     refresh_root(deps, req)
     return True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, TypedDict, cast
 
-from bot.store import Request
+from bot.model import Request
 
 
 class LaterMetrics(TypedDict, total=False):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from bot.config import Access, ApprovalPolicy
 from bot.deps import Deps
 from bot.github import GitHubError
-from bot.store import Request
+from bot.model import Request
 from handlers.common import github_permission_refusal, membership
 
 # Said on the card, the ack and the audit when an environment has `approval: none`.

@@ -8,9 +8,9 @@ from typing import Any
 
 from bot.deps import Deps
 from bot.github import GitHubError, NotFound, Retryable
+from bot.model import APPROVED, PENDING_APPROVAL, TRIGGERED, Request
 from bot.provenance import newest, same_commit, trusted_as
 from bot.slack import SlackFailure
-from bot.store import APPROVED, PENDING_APPROVAL, TRIGGERED, Request
 from handlers import details, evaluate
 from handlers.common import github_permission_refusal
 from handlers.deploy.facts import DeployDetails, details_of

@@ -51,7 +51,7 @@ def _list_runs(app: GitHubApp, gh: GitHubContract) -> None:
     first, second = _conditional_twice(lambda etag: app.list_runs(REPO, params=params, etag=etag))
     assert not first.not_modified and first.etag
     assert first.data["total_count"] >= 1 and first.data["workflow_runs"][0]["id"]
-    assert first.rate_remaining is not None
+    assert app.last_rate_remaining is not None
     assert second.not_modified and second.data is None and second.etag == first.etag
     sent = gh.calls_of("GET", "/repos/{owner}/{repo}/actions/runs")
     assert sent[1].headers.get("If-None-Match") == first.etag

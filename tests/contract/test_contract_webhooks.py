@@ -23,7 +23,7 @@ import webhook_examples
 from sqlalchemy import select
 
 from bot import db
-from bot.store import NewRequest
+from bot.model import NewRequest
 from tests.conftest import CHANNEL, HEAD_SHA, REPO, Harness
 from tests.doubles.github_api import GitHubDouble
 from tests.doubles.slack_api import SlackDouble

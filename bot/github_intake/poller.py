@@ -3,9 +3,16 @@
 With no webhook (`github.mode: poll`, or `auto` without GITHUB_WEBHOOK_SECRET) the scheduler's
 leader runs `Poller.poll` every `github.poll_interval_seconds`. A cycle asks GitHub only about
 repositories with open requests, and only with conditional requests (If-None-Match: a 304
-answer costs no rate limit). What it finds goes through the same handlers as webhooks
-(handlers.workflow_run.request_for_run + relay_run, handlers.comments.relay_comment), so a
-thread reads the same either way and their idempotency keys keep anything from being said twice.
+answer costs no rate limit). What it finds is turned into the events a webhook would deliver
+(`workflow_run` requested/in_progress/completed, `issue_comment` created) and sent through the
+same Router.dispatch, so every handler registered for those events sees them, a thread reads
+the same either way, and the handlers' idempotency keys keep anything from being said twice.
+
+Still webhook-only: `pull_request` synchronize (it would take one more GET per repository and
+cycle, the open pulls list; not added here) and `deployment_status` (a deployment's statuses
+are one GET per deployment, and a listed status lacks the `workflow_run` a webhook carries,
+which is how most are matched to their request; the deploy's workflow_run events, polled,
+still settle the request).
 
 Per repository and cycle:
 - one `GET /repos/{repo}/actions/runs?event=pull_request&head_sha=…` per head SHA of a waiting
@@ -26,19 +33,22 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from bot.deps import Deps
-from bot.github import Conditional, GitHubError, Retryable, run_from_payload
-from bot.metrics import Metrics
-from bot.slack import SlackFailure
-from bot.store import FAILED, SUCCEEDED, WAITING_FOR_RUNS, Request
-from handlers.comments import relay_comment
-from handlers.workflow_run import (
+from bot.github import (
     CLOCK_SKEW,
+    Conditional,
+    GitHubError,
+    Retryable,
     dispatch_runs_query,
-    iso,
-    relay_run,
-    request_for_run,
-    stop_following,
+    run_from_payload,
 )
+from bot.metrics import Metrics
+from bot.model import FAILED, SUCCEEDED, WAITING_FOR_RUNS, Request
+from bot.slack import SlackFailure
+from bot.slacktext import iso_utc
+
+Dispatch = Callable[[str, dict[str, Any]], int]  # Router.dispatch: (event, payload) -> handlers run
+# Called for a waiting request older than poll_max_age_hours: stop following it (and say so).
+StopFollowing = Callable[[Request, int], object]
 
 if TYPE_CHECKING:
     from bot.scheduler import Housekeeping
@@ -56,8 +66,17 @@ class Poller:
     COMMENT_GRACE = 600.0  # read a PR's comments this long after its evaluation finished
     MAX_REQUESTS = 1000  # open requests looked at per cycle (oldest beyond this wait a cycle)
 
-    def __init__(self, deps: Deps, *, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        deps: Deps,
+        *,
+        dispatch: Dispatch,
+        stop_following: StopFollowing,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.deps = deps
+        self.dispatch = dispatch
+        self.stop_following = stop_following
         self.metrics = metrics
         # GET /healthz and tests read these; 304s are counted apart: they cost no rate limit.
         self.stats = {
@@ -105,7 +124,7 @@ class Poller:
         waiting: list[Request] = []
         for req in self.deps.store.find(statuses=WAITING_FOR_RUNS, limit=self.MAX_REQUESTS):
             if now - (req.action_started_at or req.created_at) > cfg.poll_max_age_hours * 3600:
-                stop_following(self.deps, req, cfg.poll_max_age_hours)
+                self.stop_following(req, cfg.poll_max_age_hours)
             else:
                 waiting.append(req)
         try:
@@ -179,10 +198,11 @@ class Poller:
             state = (run.status, run.conclusion, run.run_attempt)
             if self._relayed.get(str(run.id)) == state:
                 continue
-            req = request_for_run(self.deps, run)
-            if req is None:
+            self.dispatch("workflow_run", workflow_run_event(repo, raw))
+            # Remembered only once a handler linked the run to a request: a run nobody
+            # claimed yet is offered again while its list keeps changing.
+            if self.deps.store.run_owner(str(run.id)) is None:
                 continue
-            relay_run(self.deps, req, run)
             if len(self._relayed) > 10_000:
                 self._relayed.clear()
             self._relayed[str(run.id)] = state
@@ -214,10 +234,43 @@ class Poller:
         found = self._get(
             "comments",
             key,
-            lambda etag: gh.list_comments(repo, number, since=iso(since - CLOCK_SKEW), etag=etag),
+            lambda etag: gh.list_comments(
+                repo, number, since=iso_utc(since - CLOCK_SKEW), etag=etag
+            ),
         )
         if found is None:
             return
         for comment in found.data or []:
-            relay_comment(self.deps, repo, number, comment)
+            self.dispatch("issue_comment", issue_comment_event(repo, number, comment))
         self.deps.store.set_etag(key, found.etag)
+
+
+# -- polled objects as the webhook events GitHub would have sent ----------------------------
+# Only the fields handlers read (bot/github_intake/payloads.py lists them per event).
+
+
+def workflow_run_action(status: str) -> str:
+    """The `workflow_run` webhook action for a run's status (GitHub sends requested,
+    in_progress and completed; queued/waiting/pending runs are reported as requested)."""
+    if status in ("in_progress", "completed"):
+        return status
+    return "requested"
+
+
+def workflow_run_event(repo: str, run: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "action": workflow_run_action(str(run.get("status") or "")),
+        "workflow_run": run,
+        "repository": {"full_name": repo},
+    }
+
+
+def issue_comment_event(repo: str, number: int, comment: dict[str, Any]) -> dict[str, Any]:
+    """An `issue_comment` created event for a comment listed on pull request `number` (the
+    poller lists comments of pull requests only, hence the `pull_request` marker)."""
+    return {
+        "action": "created",
+        "issue": {"number": number, "pull_request": {}},
+        "comment": comment,
+        "repository": {"full_name": repo},
+    }
