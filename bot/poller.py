@@ -25,6 +25,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from bot import logs
 from bot.deps import Deps
 from bot.github import Conditional, GitHubError, Retryable, run_from_payload
 from bot.metrics import Metrics
@@ -182,7 +183,7 @@ class Poller:
             req = request_for_run(self.deps, run)
             if req is None:
                 continue
-            relay_run(self.deps, req, run)
+            logs.scoped(relay_run)(self.deps, req, run)  # its lines name its request only
             if len(self._relayed) > 10_000:
                 self._relayed.clear()
             self._relayed[str(run.id)] = state
@@ -219,5 +220,5 @@ class Poller:
         if found is None:
             return
         for comment in found.data or []:
-            relay_comment(self.deps, repo, number, comment)
+            logs.scoped(relay_comment)(self.deps, repo, number, comment)
         self.deps.store.set_etag(key, found.etag)

@@ -112,7 +112,7 @@ def handle_command(deps: Deps, command: dict[str, Any], ack: Ack) -> Request | N
         return None
     environment = _environment(deps, args.environment)
     if environment is None:
-        count_command(deps, "deploy", "usage_error")
+        count_command(deps, "deploy", "usage_error", why="unknown_environment")
         known = ", ".join(f"`{e}`" for e in cmd.environments)
         ack(
             text=f":warning: `{args.environment}` is not an environment I deploy to. "
@@ -512,6 +512,7 @@ def _pending(deps: Deps, click: Click) -> Request | None:
     if req is None or req.kind != "deploy":
         _whisper(deps, None, click, "I have no record of this deploy request.")
         return None
+    logs.bind(request_id=req.id)  # the click's log lines name the request from here on
     expires_at = req.expires_at
     if req.status == PENDING_APPROVAL and expires_at is not None and expires_at <= deps.clock():
         expire(deps, req)
@@ -627,6 +628,7 @@ def on_reject_submit(deps: Deps, body: dict[str, Any], view: dict[str, Any], ack
     if req is None or req.kind != "deploy":
         ack(response_action="errors", errors={REASON_BLOCK: "This deploy request is unknown."})
         return
+    logs.bind(request_id=req.id)  # the submission's log lines name the request from here on
     if req.status == PENDING_APPROVAL and (req.expires_at or float("inf")) <= deps.clock():
         expire(deps, req)
         req = deps.store.get(req.id) or req
