@@ -503,6 +503,10 @@ class GitHubApp:
             f"/repos/{repo}/issues/{int(number)}/labels",
             body={"labels": [label]},
         )
+        log.info(
+            "GitHub action sent",
+            extra={"github_action": "add_label", "repo": repo, "pr_number": number, "label": label},
+        )
 
     def remove_label(self, repo: str, number: int, label: str) -> None:
         with contextlib.suppress(NotFound):  # already gone: the goal of the call is reached
@@ -512,6 +516,15 @@ class GitHubApp:
                 "DELETE",
                 f"/repos/{repo}/issues/{int(number)}/labels/{quote(label, safe='')}",
             )
+        log.info(
+            "GitHub action sent",
+            extra={
+                "github_action": "remove_label",
+                "repo": repo,
+                "pr_number": number,
+                "label": label,
+            },
+        )
 
     def dispatch(self, repo: str, event_type: str, client_payload: dict[str, Any]) -> None:
         if not 1 <= len(event_type) <= 100:
@@ -525,6 +538,11 @@ class GitHubApp:
             f"/repos/{repo}/dispatches",
             body={"event_type": event_type, "client_payload": client_payload},
             ok=(204,),
+        )
+        # Not the payload: it names people and threads; the request id is the line's context.
+        log.info(
+            "GitHub action sent",
+            extra={"github_action": "dispatch", "repo": repo, "event_type": event_type},
         )
 
     def branch_head(self, repo: str, branch: str) -> str | None:
@@ -596,6 +614,10 @@ class GitHubApp:
             "POST",
             f"/repos/{repo}/actions/runs/{int(run_id)}/cancel",
             ok=(202,),
+        )
+        log.info(
+            "GitHub action sent",
+            extra={"github_action": "cancel_run", "repo": repo, "run_id": str(run_id)},
         )
 
     def permission(self, repo: str, login: str) -> str:

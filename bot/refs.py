@@ -13,6 +13,34 @@ from bot.slacktext import escape_mrkdwn
 class UsageError(ValueError):
     """Bad command text; the message (Slack mrkdwn) says what was wrong and how to write it."""
 
+    @property
+    def name(self) -> str:
+        """What was wrong, as a fixed name for logs (the message quotes what was typed)."""
+        text = str(self)
+        for fragment, name in _USAGE_ERROR_NAMES:
+            if fragment in text:
+                return name
+        return "usage_error"
+
+
+# The fixed words of each UsageError message (here and in handlers/common.resolve_repo) and
+# the name logs give it. Echoed user text sits in backticks before these words.
+_USAGE_ERROR_NAMES = (
+    ("is not a pull request number", "pr_number_out_of_range"),
+    ("is not a repository name like", "bad_repository_name"),
+    ("Which pull request?", "missing_pull_request"),
+    ("is not a GitHub host this bridge serves", "unknown_github_host"),
+    ("That URL is not a pull request", "not_a_pull_request_url"),
+    ("is not a pull request reference", "bad_pull_request_reference"),
+    ("Which run?", "missing_run_id"),
+    ("Too many words", "too_many_words"),
+    ("That URL is not a workflow run", "not_a_run_url"),
+    ("is not a run id", "bad_run_id"),
+    ("is not an environment name", "bad_environment_name"),
+    ("No repository given", "no_repository"),
+    ("is not a repository this bridge works on", "repository_not_allowed"),
+)
+
 
 def _shown(text: str) -> str:
     """Echo what the person typed as code, escaped: `<!channel>` must never become a mention."""

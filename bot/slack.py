@@ -146,6 +146,22 @@ def make_client(token: str, base_url: str, *, timeout: int = 10) -> WebClient:
 LOOKUP_TIMEOUT = 2  # seconds; see SlackOut.usergroup_members
 
 
+def _posted(
+    method: str,
+    channel: str | None,
+    *,
+    thread_ts: str | None = None,
+    ts: str | None = None,
+    user: str | None = None,
+) -> None:
+    """The story's "reply posted" line: where it went, never what it said."""
+    fields = {"channel": channel, "thread_ts": thread_ts, "message_ts": ts, "user": user}
+    log.info(
+        "Slack reply posted",
+        extra={"method": method, **{k: v for k, v in fields.items() if v is not None}},
+    )
+
+
 class SlackOut:
     """What the bridge says in Slack. Every method raises SlackFailure on a refusal."""
 
@@ -206,7 +222,9 @@ class SlackOut:
             kwargs["thread_ts"] = thread_ts
             if broadcast:
                 kwargs["reply_broadcast"] = True
-        return str(self._call("chat.postMessage", **kwargs)["ts"])
+        ts = str(self._call("chat.postMessage", **kwargs)["ts"])
+        _posted("chat.postMessage", channel, thread_ts=thread_ts, ts=ts)
+        return ts
 
     def update(
         self, channel: str, ts: str, text: str, *, blocks: list[dict[str, Any]] | None = None
@@ -215,6 +233,7 @@ class SlackOut:
         if blocks is not None:
             kwargs["blocks"] = blocks
         self._call("chat.update", **kwargs)
+        _posted("chat.update", channel, ts=ts)
 
     def ephemeral(
         self,
@@ -231,6 +250,7 @@ class SlackOut:
         if thread_ts:
             kwargs["thread_ts"] = thread_ts
         self._call("chat.postEphemeral", **kwargs)
+        _posted("chat.postEphemeral", channel, thread_ts=thread_ts, user=user)
 
     def respond(
         self, response_url: str, text: str, *, blocks: list[dict[str, Any]] | None = None
@@ -257,6 +277,7 @@ class SlackOut:
             self._observe("response_url", f"http_{resp.status_code}", started)
             raise SlackFailure(f"http_{resp.status_code}", "response_url", status=resp.status_code)
         self._observe("response_url", "ok", started)
+        _posted("response_url", None)  # never the URL: it is a capability
 
     def publish_home(self, user_id: str, view: dict[str, Any]) -> None:
         self._call("views.publish", user_id=user_id, view=view)

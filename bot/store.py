@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import time
 import zlib
@@ -37,6 +38,8 @@ from bot.model import (
 )
 
 Clock = Callable[[], float]
+
+log = logging.getLogger(__name__)
 
 
 def _needs_work() -> Any:
@@ -213,6 +216,12 @@ _UPDATE_REQUEST = update(db.requests).where(db.requests.c.id == bindparam("b_id"
 _UPDATE_REQUEST_IF = _UPDATE_REQUEST.where(
     db.requests.c.status.in_(bindparam("b_statuses", expanding=True))
 )
+# The status a request has before a status change, for the log's "from" (see update). FOR
+# UPDATE locks the row on PostgreSQL, so the status read is the one the UPDATE changes.
+_STATUS_OF = (
+    select(db.requests.c.status).where(db.requests.c.id == bindparam("b_id")).with_for_update()
+)
+_TRIGGER_OF = select(db.requests.c.trigger).where(db.requests.c.id == bindparam("b_id"))
 _GET_DETAILS = select(db.requests.c.details).where(db.requests.c.id == bindparam("b_id"))
 _SET_DETAILS_IF = _UPDATE_REQUEST.where(db.requests.c.details == bindparam("b_old"))
 
@@ -431,6 +440,20 @@ class Store:
             if existing is None:
                 raise
             return existing, False
+        # Ids only: never the text the person typed (run_ref is a checked id, bot/refs.py).
+        stored = {
+            "request_id": request_id,
+            "kind": new.kind,
+            "status": new.status,
+            "action": audit_action,
+            "repo": new.repo,
+            "pr_number": new.pr_number,
+            "run_ref": new.run_ref,
+            "environment": new.environment,
+            "channel_id": new.channel_id,
+            "user_id": new.user_id,
+        }
+        log.info("request stored", extra={k: v for k, v in stored.items() if v is not None})
         # The row is exactly what was inserted: no need to read it back (one query less on the
         # path before ack()).
         return _request_from({**_EMPTY_ROW, **values}), True
@@ -460,6 +483,7 @@ class Store:
         values["updated_at"] = self.clock()
         values["b_id"] = request_id
         statement = _UPDATE_REQUEST
+        statuses: list[str] | None = None
         if only_if_status is not None:
             statuses = list(only_if_status)
             if "status" in values:
@@ -470,9 +494,25 @@ class Store:
             if not statuses:
                 return False
             statement, values["b_statuses"] = _UPDATE_REQUEST_IF, statuses
+        logged = "status" in values and log.isEnabledFor(logging.INFO)
+        before: str | None = None
         with self.engine.begin() as conn:
+            if logged:
+                # "from" of the story's "status changed" line: known when only one status may
+                # change, else read in the same transaction (a primary-key read, and only for
+                # status changes, never on the path before a command's ack).
+                if statuses is not None and len(statuses) == 1:
+                    before = statuses[0]
+                else:
+                    before = conn.execute(_STATUS_OF, {"b_id": request_id}).scalar()
             result = conn.execute(statement, values)
-        return bool(result.rowcount)
+        changed = bool(result.rowcount)
+        if changed and logged and before != values["status"]:
+            log.info(
+                "request status changed",
+                extra={"request_id": request_id, "from": before, "to": values["status"]},
+            )
+        return changed
 
     def merge_details(self, request_id: str, extra: dict[str, Any]) -> None:
         """Merge keys into details; compare-and-set, so concurrent merges never lose a key."""
@@ -868,12 +908,21 @@ class Store:
                 try:
                     with conn.begin_nested():
                         conn.execute(_INSERT_RUN, {"run_id": run_id, **values})
+                    if log.isEnabledFor(logging.INFO):
+                        # How handlers.workflow_run.request_for_run matched an unlinked run
+                        # follows from the request's trigger: a run-name (title) is evidence
+                        # only for dispatched requests, PR + head SHA only for labelled ones.
+                        trigger = conn.execute(_TRIGGER_OF, {"b_id": request_id}).scalar()
+                        how = "title" if trigger == "dispatch" else "head_sha"
+                        self._log_run(run_id, request_id, how, status, conclusion, attempt, True)
                     return None, True
                 except IntegrityError:
                     row = conn.execute(_GET_RUN, {"b_id": run_id}).first()
             assert row is not None
             newer = {"b_attempt": attempt, "b_completed": status == "completed"}
             stored = conn.execute(_UPDATE_RUN_IF_NEWER, {"b_id": run_id, **newer, **values})
+        # Linked before: later events of a run find their request by the link (runs table).
+        self._log_run(run_id, request_id, "link", status, conclusion, attempt, stored.rowcount > 0)
         m = row._mapping
         prev = RunRecord(
             run_id=m["run_id"],
@@ -886,6 +935,30 @@ class Store:
             started_at=m["started_at"],
         )
         return prev, bool(stored.rowcount)
+
+    @staticmethod
+    def _log_run(
+        run_id: str,
+        request_id: str,
+        how: str,
+        status: str,
+        conclusion: str | None,
+        attempt: int,
+        stored: bool,
+    ) -> None:
+        # stored=False: an older view (redelivery, poll after webhook) that changed nothing.
+        log.info(
+            "run matched",
+            extra={
+                "request_id": request_id,
+                "run_id": run_id,
+                "matched_by": how,
+                "run_status": status,
+                "conclusion": conclusion,
+                "attempt": attempt,
+                "stored": stored,
+            },
+        )
 
     def run_owner(self, run_id: str) -> str | None:
         """The request a run was linked to before, if any."""
@@ -951,6 +1024,12 @@ class Store:
                     "detail": detail,
                 },
             )
+        # Every audit row is a decided step of the story. Not the detail: it may hold text
+        # a person typed (a rejection's reason).
+        log.info(
+            "decision recorded",
+            extra={"request_id": request_id, "action": action, "outcome": outcome, "actor": actor},
+        )
 
     def audit_rows(
         self, *, since: float = 0.0, request_id: str | None = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any, cast
 
+from bot import logs
 from bot.deps import Deps
 from bot.markdown import has_metrics, render_comment
 from bot.model import PENDING_APPROVAL
@@ -60,6 +61,7 @@ def relay_comment(deps: Deps, repo: str, number: int, comment: dict[str, Any]) -
     if not reqs:
         return False
     req = reqs[0]
+    logs.bind(request_id=req.id)  # the delivery's log lines name the request from here on
     if deps.config.channel_settings(req.channel_id).notify == "failures":
         return False
     key = f"comment:{repo}:{comment.get('id')}"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,12 +18,32 @@ from bot.slacktext import escape_mrkdwn
 log = logging.getLogger(__name__)
 
 
-def count_command(deps: Deps, command: str, outcome: str) -> None:
+def count_command(deps: Deps, command: str, outcome: str, *, why: str | None = None) -> None:
     """chatops_commands_total{command, outcome}: help, status, accepted, duplicate, refused,
     rate_limited, usage_error, already_running (and for mentions: the word, e.g.
-    command="mention rerun")."""
+    command="mention rerun").
+
+    Also the log's "command answered" line, with `reason`: `why` (a rule's name), or the name
+    of the UsageError being handled, or the rate limit's rule — never the text typed.
+    """
     if deps.metrics is not None:
         deps.metrics.commands.labels(command, outcome).inc()
+    if why is None and outcome == "usage_error":
+        handling = sys.exc_info()[1]
+        why = handling.name if isinstance(handling, UsageError) else None
+    if why is None and outcome == "rate_limited":
+        why = "rate_limits.commands_per_minute"
+    extra = {"command": command, "outcome": outcome}
+    log.info("command answered", extra={**extra, **({"reason": why} if why else {})})
+
+
+_RULES = re.compile(r"\brules? `([^`]+)`(?: / `([^`]+)`)?")
+
+
+def rule_of(refusal: str) -> str | None:
+    """The rule(s) a refusal text names, e.g. `commands.deploy.allowed_channels` (pure)."""
+    m = _RULES.search(refusal)
+    return "/".join(g for g in m.groups() if g) if m else None
 
 
 def resolve_repo(deps: Deps, explicit: str | None, channel_id: str) -> str:
@@ -181,6 +203,6 @@ def refused(
         refusal, outcome = rate_refusal(deps, user_id), "rate_limited"
     if refusal is None:
         return False
-    count_command(deps, command, outcome)
+    count_command(deps, command, outcome, why=rule_of(refusal))
     ack(text=refusal, response_type="ephemeral")
     return True

@@ -16,7 +16,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from bot import messages, slacktext
+from bot import logs, messages, slacktext
 from bot.deps import Deps
 from bot.github import CLOCK_SKEW, GitHubError, NotFound, Retryable, RunInfo, run_from_payload
 from bot.model import FAILED, SUCCEEDED, WAITING_FOR_RUNS, Request
@@ -130,6 +130,7 @@ def relay_deployment_status(
     deps: Deps, req: Request, deployment: dict[str, Any], status: dict[str, Any]
 ) -> None:
     """Reply once per (deployment, state); the card follows the newest status."""
+    logs.bind(request_id=req.id)  # the delivery's log lines name the request from here on
     state = str(status.get("state") or "unknown")
     environment = str(
         status.get("environment") or deployment.get("environment") or req.environment or "?"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -96,3 +98,25 @@ def test_deploy_args() -> None:
     for bad in ("", "a b c", "bad id!", "x production;rm"):
         with pytest.raises(UsageError):
             parse_deploy_args(bad)
+
+
+@pytest.mark.parametrize(
+    ("parse", "text", "name"),
+    [
+        (parse_pull_ref, "", "missing_pull_request"),
+        (parse_pull_ref, "zzz", "bad_pull_request_reference"),
+        (parse_pull_ref, "bad!/x#1", "bad_repository_name"),
+        (parse_pull_ref, "https://evil.example/a/b/pull/1", "unknown_github_host"),
+        (parse_pull_ref, "https://github.com/a/b/issues/1", "not_a_pull_request_url"),
+        (parse_deploy_args, "", "missing_run_id"),
+        (parse_deploy_args, "1 2 3", "too_many_words"),
+        (parse_deploy_args, "https://github.com/a/b/pulls/1", "not_a_run_url"),
+        (parse_deploy_args, "$$$", "bad_run_id"),
+        (parse_deploy_args, "1 e$v", "bad_environment_name"),
+    ],
+)
+def test_usage_errors_have_names_for_the_log(parse: Any, text: str, name: str) -> None:
+    """The log names what was wrong; the message itself may quote what was typed."""
+    with pytest.raises(UsageError) as caught:
+        parse(text)
+    assert caught.value.name == name

@@ -32,6 +32,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from bot import logs
 from bot.deps import Deps
 from bot.github import (
     CLOCK_SKEW,
@@ -198,7 +199,7 @@ class Poller:
             state = (run.status, run.conclusion, run.run_attempt)
             if self._relayed.get(str(run.id)) == state:
                 continue
-            self.dispatch("workflow_run", workflow_run_event(repo, raw))
+            logs.scoped(self.dispatch)("workflow_run", workflow_run_event(repo, raw))
             # Remembered only once a handler linked the run to a request: a run nobody
             # claimed yet is offered again while its list keeps changing.
             if self.deps.store.run_owner(str(run.id)) is None:
@@ -241,7 +242,8 @@ class Poller:
         if found is None:
             return
         for comment in found.data or []:
-            self.dispatch("issue_comment", issue_comment_event(repo, number, comment))
+            # Each event in its own log scope: the request a handler binds names its lines only.
+            logs.scoped(self.dispatch)("issue_comment", issue_comment_event(repo, number, comment))
         self.deps.store.set_etag(key, found.etag)
 
 

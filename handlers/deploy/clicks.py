@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from bot import logs
 from bot.deps import Deps
 from bot.model import APPROVED, EXPIRED, PENDING_APPROVAL, REJECTED, Request
 from bot.slack import SlackFailure
@@ -80,6 +81,7 @@ def _pending(deps: Deps, click: Click) -> Request | None:
     if req is None or req.kind != "deploy":
         answer_click(deps, None, click, "I have no record of this deploy request.")
         return None
+    logs.bind(request_id=req.id)  # the click's log lines name the request from here on
     expires_at = req.expires_at
     if req.status == PENDING_APPROVAL and expires_at is not None and expires_at <= deps.clock():
         expire(deps, req)
@@ -197,6 +199,7 @@ def on_reject_submit(deps: Deps, body: dict[str, Any], view: dict[str, Any], ack
     if req is None or req.kind != "deploy":
         ack(response_action="errors", errors={REASON_BLOCK: "This deploy request is unknown."})
         return
+    logs.bind(request_id=req.id)  # the submission's log lines name the request from here on
     if req.status == PENDING_APPROVAL and (req.expires_at or float("inf")) <= deps.clock():
         expire(deps, req)
         req = deps.store.get(req.id) or req

@@ -71,7 +71,7 @@ def handle_command(deps: Deps, command: dict[str, Any], ack: Ack) -> Request | N
         return None
     environment = _environment(deps, args.environment)
     if environment is None:
-        count_command(deps, "deploy", "usage_error")
+        count_command(deps, "deploy", "usage_error", why="unknown_environment")
         known = ", ".join(f"`{e}`" for e in cmd.environments)
         ack(
             text=f":warning: `{args.environment}` is not an environment I deploy to. "
