@@ -18,7 +18,8 @@ from typing import Any
 
 from bot import logs, messages, slacktext
 from bot.deps import Deps
-from bot.github import CLOCK_SKEW, GitHubError, NotFound, Retryable, RunInfo, run_from_payload
+from bot.github import GitHubError, NotFound, Retryable
+from bot.github_data import CLOCK_SKEW, RunInfo, run_from_payload
 from bot.model import FAILED, SUCCEEDED, WAITING_FOR_RUNS, Request
 from bot.slacktext import escape_mrkdwn
 from handlers import details

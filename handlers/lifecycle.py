@@ -13,7 +13,8 @@ from typing import Any
 
 from bot import logs, messages, slacktext
 from bot.deps import Deps
-from bot.github import GitHubError, PermissionDenied, Retryable, dispatch_runs_query
+from bot.github import GitHubError, PermissionDenied, Retryable
+from bot.github_data import dispatch_runs_query
 from bot.model import (
     ACCEPTED,
     APPROVED,

@@ -7,7 +7,7 @@ from typing import Any
 
 from bot import logs, messages
 from bot.deps import Deps
-from bot.github import CLOCK_SKEW, RunInfo, run_from_payload
+from bot.github_data import CLOCK_SKEW, RunInfo, run_from_payload
 from bot.model import ACCEPTED, CANCELLED, ERROR, WAITING_FOR_RUNS, Request
 from handlers import kinds
 from handlers.lifecycle import (

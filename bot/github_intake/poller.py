@@ -34,14 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 from bot import logs
 from bot.deps import Deps
-from bot.github import (
-    CLOCK_SKEW,
-    Conditional,
-    GitHubError,
-    Retryable,
-    dispatch_runs_query,
-    run_from_payload,
-)
+from bot.github import GitHubError, Retryable
+from bot.github_data import CLOCK_SKEW, Conditional, dispatch_runs_query, run_from_payload
 from bot.metrics import Metrics
 from bot.model import FAILED, SUCCEEDED, WAITING_FOR_RUNS, Request
 from bot.slack import SlackFailure

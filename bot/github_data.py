@@ -1,0 +1,154 @@
+"""Pure shapes of GitHub data: pull and run info from JSON, conditional answers, route labels.
+
+No PyGithub here (bot.github is the only module importing it); everything is pure.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from bot.slacktext import iso_utc
+
+
+@dataclass(frozen=True)
+class PullInfo:
+    repo: str
+    number: int
+    title: str
+    state: str  # open | closed
+    merged: bool
+    head_sha: str
+    head_ref: str
+    base_ref: str
+    html_url: str
+    author: str
+    labels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """The fields of a workflow run the bridge uses (same for webhook and REST)."""
+
+    id: int
+    repo: str
+    name: str
+    display_title: str
+    status: str
+    conclusion: str | None
+    head_sha: str
+    head_branch: str | None
+    event: str
+    html_url: str
+    run_attempt: int
+    created_at: float | None
+    run_started_at: float | None
+    updated_at: float | None
+    pull_numbers: tuple[int, ...]
+    path: str | None = None
+
+
+def _ts(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, str) and value:
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None  # not a time: treat as unknown rather than fail the whole event
+    return None
+
+
+def _count(value: Any) -> int | None:
+    """A positive integer from JSON (ids, numbers, attempts), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and value > 0:
+        return value
+    if isinstance(value, str) and value.isdigit() and 0 < len(value) <= 20:
+        return int(value)
+    return None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+# The bridge's clock (action_started_at) and GitHub's (created_at) are compared. NTP-synced
+# hosts agree within a second; 30 s also tolerates a drifting container clock, and the only
+# runs it lets in are ones created in the 30 s before our own dispatch, which still need the
+# dispatch event, the request id in their title and the configured workflow.
+CLOCK_SKEW = 30.0
+
+
+def dispatch_runs_query(since: float) -> dict[str, Any]:
+    """List-runs filter for repository_dispatch runs created after `since` (minus clock skew)."""
+    return {
+        "event": "repository_dispatch",
+        "created": ">=" + iso_utc(since - CLOCK_SKEW),
+        "per_page": 100,
+    }
+
+
+def run_from_payload(repo: str, run: dict[str, Any]) -> RunInfo:
+    """A RunInfo from the REST or webhook JSON of a workflow run (they share the shape).
+
+    Pure; ValueError when the run has no usable id. Other odd fields become unknowns.
+    """
+    run_id = _count(run.get("id"))
+    if run_id is None:
+        raise ValueError("workflow run without a valid id")
+    pulls = [p for p in run.get("pull_requests") or [] if isinstance(p, dict)]
+    return RunInfo(
+        id=run_id,
+        repo=repo,
+        name=str(run.get("name") or ""),
+        display_title=str(run.get("display_title") or ""),
+        status=str(run.get("status") or ""),
+        conclusion=_text(run.get("conclusion")),
+        head_sha=str(run.get("head_sha") or ""),
+        head_branch=_text(run.get("head_branch")),
+        event=str(run.get("event") or ""),
+        html_url=str(run.get("html_url") or ""),
+        run_attempt=_count(run.get("run_attempt")) or 1,
+        created_at=_ts(run.get("created_at")),
+        run_started_at=_ts(run.get("run_started_at")),
+        updated_at=_ts(run.get("updated_at")),
+        pull_numbers=tuple(n for p in pulls if (n := _count(p.get("number"))) is not None),
+        path=_text(run.get("path")),
+    )
+
+
+@dataclass(frozen=True)
+class Conditional:
+    """The answer to a conditional GET: not_modified, or data with its new ETag."""
+
+    not_modified: bool
+    etag: str | None
+    data: Any
+
+
+_AFTER_NAME = {"labels": "{name}", "collaborators": "{login}"}
+
+
+def route_of(path: str) -> str:
+    """A REST path with its variable parts named, as a metrics label of bounded cardinality.
+
+    /repos/acme/ml/issues/42/labels/evaluate -> /repos/{owner}/{repo}/issues/{n}/labels/{name}
+    """
+    parts = path.split("?", 1)[0].strip("/").split("/")
+    out: list[str] = []
+    for i, part in enumerate(parts):
+        if i in (1, 2) and parts[0] == "repos":
+            out.append("{owner}" if i == 1 else "{repo}")
+        elif re.fullmatch(r"\d+", part):
+            out.append("{n}")
+        elif i > 3 and parts[i - 1] in _AFTER_NAME:
+            out.append(_AFTER_NAME[parts[i - 1]])
+        else:
+            out.append(part)
+    return "/" + "/".join(out)
