@@ -13,7 +13,8 @@ import sys
 import time
 from collections.abc import Callable
 
-from bot.markdown import MAX_COMMENT_CHARS, render_comment, to_mrkdwn
+from bot.markdown import MAX_COMMENT_CHARS, render_comment
+from bot.mrkdwn import to_mrkdwn
 
 LINK = "https://github.com/acme/ml-models/pull/42#issuecomment-1"
 

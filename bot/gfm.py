@@ -1,6 +1,6 @@
 """GFM parsing of GitHub comments: tables (markdown-it-py's GFM table rule) and code fences.
 
-Pure. Rendering to Slack mrkdwn and Block Kit stays in bot/markdown.py: the libraries that
+Pure. Rendering to Slack stays in bot/mrkdwn.py and bot/markdown.py: the libraries that
 convert markdown to mrkdwn let <!channel> through, while the tokens here are only split, never
 rendered. markdown-it-py follows GitHub where a hand parser did not: an unescaped "|" inside
 a `code span` still separates cells, and a table cannot start inside a lazy continuation.
@@ -92,7 +92,7 @@ def split_markdown(body: str) -> list[Segment]:
 
 
 # --------------------------------------------------------------------------------------------
-# Fenced code blocks (line by line, for bot.markdown.to_mrkdwn)
+# Fenced code blocks (line by line, for bot.mrkdwn.to_mrkdwn)
 # --------------------------------------------------------------------------------------------
 
 

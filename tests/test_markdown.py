@@ -1,4 +1,4 @@
-"""bot.markdown: GitHub comment markdown to Slack mrkdwn and Block Kit messages."""
+"""bot.markdown and bot.mrkdwn: GitHub comment markdown to Slack mrkdwn and Block Kit."""
 
 from __future__ import annotations
 
@@ -13,14 +13,8 @@ from slack_sdk.models.blocks import Block
 from slack_sdk.models.blocks.basic_components import RawTextObject
 
 from bot.gfm import Table, split_markdown
-from bot.markdown import (
-    EMPTY_CELL,
-    METRICS_MARKER,
-    cell_text,
-    has_metrics,
-    render_comment,
-    to_mrkdwn,
-)
+from bot.markdown import EMPTY_CELL, METRICS_MARKER, has_metrics, render_comment
+from bot.mrkdwn import cell_text, to_mrkdwn
 from bot.slacktext import escape_mrkdwn
 
 LINK = "https://github.com/acme/ml/pull/7#issuecomment-1"

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from webhook_examples import fixture
 
 import bot.markdown as md
+import bot.mrkdwn as mk
 from bot import slacktext
 from bot.config import ConfigError, MetricsTrust, parse_config
 from bot.provenance import commit_of, trusted_as
@@ -338,21 +339,21 @@ ADVERSARIAL = [
 
 @pytest.mark.parametrize("unit", ADVERSARIAL)
 def test_work_grows_linearly_when_the_input_doubles(unit: str, monkeypatch) -> None:
-    """Counts the characters every regex of bot.markdown is handed (no clocks): a driver loop
+    """Counts the characters every regex of bot.mrkdwn is handed (no clocks): a driver loop
     that re-scans the text per match or per line would make the count grow quadratically."""
-    for name, value in vars(md).items():
+    for name, value in vars(mk).items():
         if isinstance(value, re.Pattern):
-            monkeypatch.setattr(md, name, _Counting(value))
+            monkeypatch.setattr(mk, name, _Counting(value))
 
     def work(n: int) -> int:
         _Counting.work = 0
-        md.to_mrkdwn((unit * (n // len(unit) + 1))[:n])
+        mk.to_mrkdwn((unit * (n // len(unit) + 1))[:n])
         return _Counting.work
 
     small, large = work(4_000), work(8_000)
     assert large <= 2.2 * small + 1_000, (small, large)
     # And a URL with a long tail of ")" keeps its tail as text (the trimming is linear).
-    assert md._trim_url("https://x.example/" + ")" * 10) == ("https://x.example/", ")" * 10)
+    assert mk._trim_url("https://x.example/" + ")" * 10) == ("https://x.example/", ")" * 10)
 
 
 _OLD_SUMMARY = re.compile(r"&lt;summary(?:\s[^\n]*?)?&gt;(.*?)&lt;/summary&gt;", re.I | re.S)
@@ -363,7 +364,7 @@ _OLD_SUMMARY = re.compile(r"&lt;summary(?:\s[^\n]*?)?&gt;(.*?)&lt;/summary&gt;",
 def test_the_summary_scan_matches_the_old_regex(parts: list[str]) -> None:
     text = slacktext.escape_mrkdwn("".join(parts))
     old = _OLD_SUMMARY.sub(lambda m: f"\n**{t}**\n" if (t := m.group(1).strip()) else "", text)
-    assert md._summaries(text) == old
+    assert mk._summaries(text) == old
 
 
 # -- 5. Slack hygiene ------------------------------------------------------------------------------
