@@ -1,6 +1,6 @@
 """`/deploy <run-id> [environment]`: an approval card in Slack, then `repository_dispatch`.
 
-Life of a deploy request (statuses from bot/store.py)::
+Life of a deploy request (statuses from bot/store/)::
 
     /deploy ──▶ pending_approval ──(enough approvals)──▶ approved ──(dispatch)──▶ triggered ─▶ …
         │             ├──(Reject + modal)──▶ rejected

@@ -31,7 +31,7 @@ def carry_out(deps: Deps, req: Request) -> None:
     """The job's steps, each safe to repeat: facts and card (once), then the dispatch (once).
 
     Claimed for `approved` requests and for `pending_approval` ones whose card is not posted
-    yet (bot/store.py `_needs_work`); a pending request with a card waits for a click.
+    yet (bot/store/base.py `_needs_work`); a pending request with a card waits for a click.
     """
     if req.status == PENDING_APPROVAL and req.root_ts:
         return

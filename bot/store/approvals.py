@@ -1,0 +1,94 @@
+"""Approvals and the audit trail."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    delete,
+    insert,
+    select,
+)
+from sqlalchemy.exc import IntegrityError
+
+from bot import db
+from bot.store.base import (
+    _INSERT_AUDIT,
+    StoreBase,
+    log,
+)
+
+
+class Approvals(StoreBase):
+    """Approvals of deploy requests and the audit trail."""
+
+    # -- approvals ----------------------------------------------------------------------
+    def add_approval(self, request_id: str, user_id: str) -> bool:
+        """Record one person's approval; False if that person had approved already."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    insert(db.approvals).values(
+                        request_id=request_id, user_id=user_id, at=self.clock()
+                    )
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    def remove_approval(self, request_id: str, user_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                delete(db.approvals).where(
+                    db.approvals.c.request_id == request_id, db.approvals.c.user_id == user_id
+                )
+            )
+
+    def approvers_of(self, request_id: str) -> list[str]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(db.approvals.c.user_id)
+                .where(db.approvals.c.request_id == request_id)
+                .order_by(db.approvals.c.at)
+            ).all()
+        return [r[0] for r in rows]
+
+    # -- audit --------------------------------------------------------------------------
+    def audit(
+        self,
+        *,
+        actor: str,
+        action: str,
+        outcome: str,
+        request_id: str | None = None,
+        detail: str = "",
+    ) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                _INSERT_AUDIT,
+                {
+                    "at": self.clock(),
+                    "request_id": request_id,
+                    "actor": actor,
+                    "action": action,
+                    "outcome": outcome,
+                    "detail": detail,
+                },
+            )
+        # Every audit row is a decided step of the story. Not the detail: it may hold text
+        # a person typed (a rejection's reason).
+        log.info(
+            "decision recorded",
+            extra={"request_id": request_id, "action": action, "outcome": outcome, "actor": actor},
+        )
+
+    def audit_rows(
+        self, *, since: float = 0.0, request_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        a = db.audit.c
+        conds = [a.at >= since]
+        if request_id:
+            conds.append(a.request_id == request_id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(db.audit).where(*conds).order_by(a.id)).all()
+        return [dict(r._mapping) for r in rows]

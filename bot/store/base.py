@@ -1,0 +1,137 @@
+"""The Store's shared ground: engine, clock, liveness, row mapping and shared SQL conditions."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import (
+    Engine,
+    and_,
+    bindparam,
+    insert,
+    or_,
+    select,
+    text,
+)
+
+from bot import db
+from bot.model import (
+    PENDING_APPROVAL,
+    TO_CARRY_OUT,
+    Request,
+)
+
+Clock = Callable[[], float]
+
+log = logging.getLogger("bot.store")  # one logger for the whole store
+
+
+def _needs_work() -> Any:
+    """SQL condition: the request has a step for a worker (claim and recovery sweep agree)."""
+    c = db.requests.c
+    return or_(
+        c.status.in_(list(TO_CARRY_OUT)),
+        and_(c.status == PENDING_APPROVAL, c.root_ts.is_(None)),
+    )
+
+
+class OverLimit(Exception):
+    """create_request refused: the user already made `per_minute` requests in the last minute."""
+
+
+def new_request_id() -> str:
+    # Short enough for a workflow run-name, long enough never to collide in practice.
+    return secrets.token_hex(6)
+
+
+def _row_to_request(row: Any) -> Request:
+    return _request_from(row._mapping)
+
+
+def _request_from(m: Any) -> Request:
+    return Request(
+        id=m["id"],
+        kind=m["kind"],
+        repo=m["repo"],
+        pr_number=m["pr_number"],
+        head_sha=m["head_sha"],
+        run_ref=m["run_ref"],
+        environment=m["environment"],
+        trigger=m["trigger"],
+        event_type=m["event_type"],
+        channel_id=m["channel_id"],
+        user_id=m["user_id"],
+        root_ts=m["root_ts"],
+        response_url=m["response_url"],
+        status=m["status"],
+        error=m["error"],
+        details=json.loads(m["details"] or "{}"),
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+        attempts=m["attempts"],
+        action_started_at=m["action_started_at"],
+        finished_at=m["finished_at"],
+        expires_at=m["expires_at"],
+        decided_by=m["decided_by"],
+        decided_at=m["decided_at"],
+        reason=m["reason"],
+        failures=m["failures"] or 0,
+        waiting_since=m["waiting_since"],
+        waiting_on=m["waiting_on"],
+    )
+
+
+_EMPTY_ROW: dict[str, Any] = {c.name: None for c in db.requests.columns}
+
+_INSERT_AUDIT = insert(db.audit)
+
+
+def _holder_dead(holder: Any) -> Any:
+    """SQL condition: the unit's holder is another process whose heartbeat stopped (or whose
+    row is gone). Binds b_me (this process) and b_alive_since (oldest heartbeat still alive)."""
+    alive = select(db.processes.c.id).where(
+        db.processes.c.heartbeat_at >= bindparam("b_alive_since")
+    )
+    return and_(holder.is_not(None), holder != bindparam("b_me"), holder.not_in(alive))
+
+
+def _free_or_orphaned(table: Any) -> Any:
+    """SQL condition: nobody holds the unit's lease, or its holder is dead."""
+    return or_(table.c.lease_until <= bindparam("b_now"), _holder_dead(table.c.holder))
+
+
+class StoreBase:
+    """The engine, the clock and this process's liveness, shared by the Store's parts."""
+
+    def __init__(self, engine: Engine, clock: Clock = time.time) -> None:
+        self.engine = engine
+        self.clock = clock
+        # This process's id in `processes` (bot/liveness.py): the holder of what it claims.
+        self.process_id: str | None = None
+        # A holder whose heartbeat is older than this is dead (CHATOPS_HOLDER_DEAD_SECONDS).
+        self.holder_dead_seconds = 10.0
+
+    def _liveness(self, now: float) -> dict[str, Any]:
+        return {
+            "b_now": now,
+            "b_me": self.process_id or "",
+            "b_alive_since": now - self.holder_dead_seconds,
+            "b_holder": self.process_id,
+        }
+
+    def _mine(self, table: Any) -> Any:
+        """SQL condition: this process still holds the unit. A holder that stalled past
+        holder_dead_seconds and was taken over must not give back its successor's lease."""
+        if self.process_id is None:
+            return table.c.holder.is_(None)
+        return table.c.holder == self.process_id
+
+    # -- health -------------------------------------------------------------------------
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))

@@ -1,0 +1,303 @@
+"""Requests: get, update, details, claim/release leases, recovery sweeps and finds."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from sqlalchemy import (
+    and_,
+    bindparam,
+    func,
+    or_,
+    select,
+    update,
+)
+
+from bot import db
+from bot.model import (
+    PENDING_APPROVAL,
+    Request,
+    disallowed_transitions,
+)
+from bot.store.base import (
+    StoreBase,
+    _free_or_orphaned,
+    _holder_dead,
+    _needs_work,
+    _row_to_request,
+    log,
+)
+
+# The statements every job and webhook delivery runs, built once (see new_requests.py).
+_GET_REQUEST = select(db.requests).where(db.requests.c.id == bindparam("request_id"))
+_UPDATE_REQUEST = update(db.requests).where(db.requests.c.id == bindparam("b_id"))
+_UPDATE_REQUEST_IF = _UPDATE_REQUEST.where(
+    db.requests.c.status.in_(bindparam("b_statuses", expanding=True))
+)
+# The status a request has before a status change, for the log's "from" (see update). FOR
+# UPDATE locks the row on PostgreSQL, so the status read is the one the UPDATE changes.
+_STATUS_OF = (
+    select(db.requests.c.status).where(db.requests.c.id == bindparam("b_id")).with_for_update()
+)
+_GET_DETAILS = select(db.requests.c.details).where(db.requests.c.id == bindparam("b_id"))
+_SET_DETAILS_IF = _UPDATE_REQUEST.where(db.requests.c.details == bindparam("b_old"))
+_CLAIM = (
+    update(db.requests)
+    .where(
+        db.requests.c.id == bindparam("request_id"),
+        _free_or_orphaned(db.requests),
+        _needs_work(),
+    )
+    .values(
+        lease_until=bindparam("until"),
+        attempts=db.requests.c.attempts + 1,
+        updated_at=bindparam("b_now"),
+        holder=bindparam("b_holder"),
+    )
+)
+
+
+class Requests(StoreBase):
+    """Reading and changing requests: status, details, leases, sweeps and lookups."""
+
+    # -- requests -----------------------------------------------------------------------
+    def get(self, request_id: str) -> Request | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(_GET_REQUEST, {"request_id": request_id}).first()
+        return _row_to_request(row) if row else None
+
+    def request_by_key(self, key: str) -> Request | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(db.requests).where(db.requests.c.idempotency_key == key)
+            ).first()
+        return _row_to_request(row) if row else None
+
+    def update(
+        self, request_id: str, *, only_if_status: Iterable[str] | None = None, **values: Any
+    ) -> bool:
+        """Set columns; with only_if_status the change happens only from those states.
+
+        Returns whether a row changed: the single conditional UPDATE is what makes concurrent
+        clicks, retries and recovery sweeps agree on one outcome.
+        """
+        if "details" in values and not isinstance(values["details"], str):
+            values["details"] = json.dumps(values["details"])
+        values["updated_at"] = self.clock()
+        values["b_id"] = request_id
+        statement = _UPDATE_REQUEST
+        statuses: list[str] | None = None
+        if only_if_status is not None:
+            statuses = list(only_if_status)
+            if "status" in values:
+                # A change of status the model does not know is a bug in the caller.
+                wrong = disallowed_transitions(statuses, values["status"])
+                if wrong:
+                    raise ValueError(f"status change {wrong} -> {values['status']} not allowed")
+            if not statuses:
+                return False
+            statement, values["b_statuses"] = _UPDATE_REQUEST_IF, statuses
+        logged = "status" in values and log.isEnabledFor(logging.INFO)
+        before: str | None = None
+        with self.engine.begin() as conn:
+            if logged:
+                # "from" of the story's "status changed" line: known when only one status may
+                # change, else read in the same transaction (a primary-key read, and only for
+                # status changes, never on the path before a command's ack).
+                if statuses is not None and len(statuses) == 1:
+                    before = statuses[0]
+                else:
+                    before = conn.execute(_STATUS_OF, {"b_id": request_id}).scalar()
+            result = conn.execute(statement, values)
+        changed = bool(result.rowcount)
+        if changed and logged and before != values["status"]:
+            log.info(
+                "request status changed",
+                extra={"request_id": request_id, "from": before, "to": values["status"]},
+            )
+        return changed
+
+    def merge_details(self, request_id: str, extra: dict[str, Any]) -> None:
+        """Merge keys into details; compare-and-set, so concurrent merges never lose a key."""
+        self.change_details(request_id, lambda details: {**details, **extra})
+
+    def change_details(
+        self, request_id: str, change: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> None:
+        """Replace details by change(details), compare-and-set: a change computed from a value
+        another writer replaced meanwhile is computed again (e.g. appending to a list)."""
+        for _ in range(20):
+            with self.engine.begin() as conn:
+                row = conn.execute(_GET_DETAILS, {"b_id": request_id}).first()
+                if row is None:
+                    return
+                merged = change(json.loads(row[0] or "{}"))
+                changed = conn.execute(
+                    _SET_DETAILS_IF,
+                    {
+                        "b_id": request_id,
+                        "b_old": row[0],
+                        "details": json.dumps(merged),
+                        "updated_at": self.clock(),
+                    },
+                ).rowcount
+            if changed:
+                return
+        raise RuntimeError(f"details of request {request_id} keep changing; merge abandoned")
+
+    def request_by_thread(self, channel_id: str, root_ts: str) -> Request | None:
+        """The request whose thread root is (channel, ts): how a mention in a thread finds it."""
+        c = db.requests.c
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(db.requests)
+                .where(c.channel_id == channel_id, c.root_ts == root_ts)
+                .order_by(c.created_at.desc())
+                .limit(1)
+            ).first()
+        return _row_to_request(row) if row else None
+
+    def claim(self, request_id: str, lease_seconds: float = 120.0) -> bool:
+        """Take the work lease of a request; False when a live worker holds it.
+
+        A lease whose holder is dead (no heartbeat for holder_dead_seconds) is taken at once,
+        whatever its lease_until says.
+        """
+        now = self.clock()
+        params = {"request_id": request_id, "until": now + lease_seconds, **self._liveness(now)}
+        with self.engine.begin() as conn:
+            result = conn.execute(_CLAIM, params)
+        return bool(result.rowcount)
+
+    def release(self, request_id: str, *, retry_in: float = 0.0, **values: Any) -> None:
+        """Give the lease back; the next attempt is due in retry_in seconds (lease_until is its
+        durable record: the holder's timer runs it, or any sweep once it is due). `values`:
+        failures, waiting_since, waiting_on."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(db.requests)
+                .where(db.requests.c.id == request_id, self._mine(db.requests))
+                .values(lease_until=self.clock() + retry_in, **values)
+            )
+
+    def to_carry_out(self, *, older_than: float, limit: int = 100) -> list[Request]:
+        """Requests with a step to do that nobody is working on: the recovery sweep's input.
+
+        Free ones untouched for `older_than` seconds, and at once those of a dead holder.
+        """
+        now = self.clock()
+        c = db.requests.c
+        free_and_stale = and_(c.lease_until <= now, c.updated_at <= now - older_than)
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(db.requests)
+                .where(_needs_work(), or_(free_and_stale, _holder_dead(c.holder)))
+                .order_by(c.created_at)
+                .limit(limit),
+                self._liveness(now),
+            ).all()
+        return [_row_to_request(r) for r in rows]
+
+    def orphaned(self, limit: int = 100) -> tuple[list[str], list[tuple[str, str]]]:
+        """Request ids and (delivery id, event) whose holder is dead: the takeover's input."""
+        now = self.clock()
+        r, d = db.requests.c, db.deliveries.c
+        params = self._liveness(now)
+        with self.engine.connect() as conn:
+            reqs = conn.execute(
+                select(r.id)
+                .where(_needs_work(), _holder_dead(r.holder))
+                .order_by(r.created_at)
+                .limit(limit),
+                params,
+            ).all()
+            dels = conn.execute(
+                select(d.id, d.event)
+                .where(d.processed_at.is_(None), _holder_dead(d.holder))
+                .order_by(d.received_at)
+                .limit(limit),
+                params,
+            ).all()
+        return [row[0] for row in reqs], [(row[0], row[1]) for row in dels]
+
+    def waiting(self) -> dict[str, tuple[int, float]]:
+        """Per peer (GitHub, Slack): units waiting out its outage, and since when."""
+        out: dict[str, tuple[int, float]] = {}
+        r, d = db.requests.c, db.deliveries.c
+        with self.engine.connect() as conn:
+            rows = [
+                *conn.execute(
+                    select(r.waiting_on, func.count(), func.min(r.waiting_since))
+                    .where(_needs_work(), r.waiting_on.is_not(None))
+                    .group_by(r.waiting_on)
+                ).all(),
+                *conn.execute(
+                    select(d.waiting_on, func.count(), func.min(d.waiting_since))
+                    .where(d.processed_at.is_(None), d.waiting_on.is_not(None))
+                    .group_by(d.waiting_on)
+                ).all(),
+            ]
+        for peer, n, since in rows:
+            had = out.get(peer)
+            out[peer] = (
+                (had[0] + int(n), min(had[1], float(since))) if had else (int(n), float(since))
+            )
+        return out
+
+    def find(
+        self,
+        *,
+        repo: str | None = None,
+        pr_number: int | None = None,
+        head_sha: str | None = None,
+        kind: str | None = None,
+        statuses: Iterable[str] | None = None,
+        user_id: str | None = None,
+        channel_id: str | None = None,
+        environment: str | None = None,
+        since: float | None = None,
+        limit: int = 50,
+    ) -> list[Request]:
+        """Requests matching every given filter, newest first."""
+        c = db.requests.c
+        conds = []
+        for col, val in (
+            (c.repo, repo),
+            (c.pr_number, pr_number),
+            (c.head_sha, head_sha),
+            (c.kind, kind),
+            (c.user_id, user_id),
+            (c.channel_id, channel_id),
+            (c.environment, environment),
+        ):
+            if val is not None:
+                conds.append(col == val)
+        if statuses is not None:
+            conds.append(c.status.in_(list(statuses)))
+        if since is not None:
+            conds.append(c.created_at >= since)
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(db.requests).where(*conds).order_by(c.created_at.desc()).limit(limit)
+            ).all()
+        return [_row_to_request(r) for r in rows]
+
+    def expired_approvals(self, now: float, limit: int = 100) -> list[Request]:
+        c = db.requests.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(db.requests)
+                .where(c.status == PENDING_APPROVAL, c.expires_at <= now)
+                .order_by(c.expires_at)
+                .limit(limit)
+            ).all()
+        return [_row_to_request(r) for r in rows]
+
+    def count_by_status(self) -> dict[str, int]:
+        c = db.requests.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(c.status, func.count()).group_by(c.status)).all()
+        return {r[0]: int(r[1]) for r in rows}
