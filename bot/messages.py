@@ -27,7 +27,16 @@ STATUS_LABEL = {
 
 
 def status_label(status: str) -> str:
+    """The status as the blocks show it (icon and words)."""
     return STATUS_LABEL.get(status, status)
+
+
+def status_words(status: str) -> str:
+    """The same label without its icon: what a root's or card's fallback text says, so the
+    notification and the block never disagree (never a raw state like `pending_approval`)."""
+    label = status_label(status)
+    icon, _, words = label.partition(" ")
+    return words if icon.startswith(":") and icon.endswith(":") and words else label
 
 
 def duration(seconds: float | None) -> str:
@@ -62,7 +71,7 @@ def evaluate_root(req: Request, *, web_base: str = "https://github.com") -> Mess
     if runs:
         blocks.append(context(str(runs)))
     blocks.append(context(f"request `{req.id}` · trigger: {req.trigger}"))
-    text = f"Evaluation of {req.repo}#{req.pr_number}: {req.status}"
+    text = f"Evaluation of {req.repo}#{req.pr_number}: {status_words(req.status)}"
     return {"text": text, "blocks": blocks}
 
 

@@ -132,8 +132,9 @@ def handle_command(deps: Deps, command: dict[str, Any], ack: Ack) -> Request | N
     logs.bind(request_id=req.id)
     count_command(deps, "evaluate", "accepted" if created else "duplicate")
     ack(
-        text=f":hourglass_flowing_sand: On it: evaluation of `{repo}#{ref.number}` "
-        f"(request `{req.id}`). I'll follow it in a thread in this channel.",
+        # The PR is read after the ack: say only what is known (the thread root, or "does not
+        # exist", follows without contradicting it).
+        text=f":hourglass_flowing_sand: Checking `{repo}#{ref.number}`… (request `{req.id}`)",
         response_type="ephemeral",
     )
     if created:

@@ -229,7 +229,10 @@ def root(deps: Deps, req: Request, what: str | None = None) -> messages.Message:
     if runs_summary:
         blocks.append(slacktext.context(runs_summary))
     blocks.append(slacktext.context(f"request `{req.id}` · trigger: {req.trigger}"))
-    return {"text": f"Scheduled {name} ({cron}) fired: {req.status}", "blocks": blocks}
+    return {
+        "text": f"Scheduled {name} ({cron}) fired: {messages.status_words(req.status)}",
+        "blocks": blocks,
+    }
 
 
 def what(req: Request, web_base: str) -> str:

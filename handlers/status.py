@@ -85,4 +85,4 @@ def status_reply(req: Request, runs: list[RunRecord], *, web_base: str) -> messa
         blocks.append(slacktext.section("*Workflow runs*\n" + "\n".join(lines)))
     else:
         blocks.append(slacktext.context("No workflow run has been seen for it yet."))
-    return {"text": f"Request {req.id}: {req.status}", "blocks": blocks}
+    return {"text": f"Request {req.id}: {messages.status_words(req.status)}", "blocks": blocks}

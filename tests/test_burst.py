@@ -18,7 +18,7 @@ from tests.conftest import CHANNEL, HEAD_SHA, REPO, USER, Harness
 
 BURST = 30
 LIMIT = 10  # rate_limits.commands_per_minute (the default, set explicitly)
-ON_IT = "On it"
+ON_IT = "Checking"
 RATE_TEXT = "which is this bridge's limit"
 ALREADY = "is already running — see the thread"
 NEW_SHA = "c0ffee" + "0" * 34
@@ -59,7 +59,7 @@ def _roots(slack: Any) -> list[Any]:
 
 
 def _check_burst(h: Harness, answers: list[str], slack: Any, github: Any) -> None:
-    accepted = [a for a in answers if a.startswith(":hourglass_flowing_sand: On it")]
+    accepted = [a for a in answers if a.startswith(":hourglass_flowing_sand: Checking")]
     limited = [a for a in answers if RATE_TEXT in a]
     requests = h.store.find(repo=REPO, pr_number=42, limit=100)
     statuses = sorted(r.status for r in requests)

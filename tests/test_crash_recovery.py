@@ -255,7 +255,7 @@ def recovered(store: Store, status: str = "triggered", *, card: bool = False) ->
 def test_kill_right_after_the_ack_then_during_a_webhook(spawn, store, github, slack) -> None:
     server = spawn().start()
     resp = server.slash("42")
-    assert resp.status_code == 200 and "On it" in resp.json()["text"]
+    assert resp.status_code == 200 and "Checking" in resp.json()["text"]
     t0 = time.monotonic()
     server.kill()
     server.start()

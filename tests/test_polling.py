@@ -269,7 +269,7 @@ def test_zero_ingress_socket_mode_and_polling(make_harness, github, slack) -> No
         assert (health["slack_mode"], health["github_mode"]) == ("socket", "poll")
         assert socket.connected.wait(5)
         socket.send({"envelope_id": "e1", "type": "slash_commands", "payload": _command("42")})
-        assert "On it" in socket.ack_for("e1")["payload"]["text"]
+        assert "Checking" in socket.ack_for("e1")["payload"]["text"]
         req = h.wait_until(
             lambda: (r := h.store.find()) and r[0].status == "triggered" and r[0], what="label"
         )

@@ -283,7 +283,7 @@ def test_database_down_during_operation(harness: Harness, github, slack) -> None
     assert len(slack.calls) == calls_before  # nothing was said in channels
     assert h.store.request_by_key("slack:999.down") is None
     # Back to normal: the same command now goes through; the webhook is accepted when redelivered.
-    assert "On it" in h.slash("/evaluate", "42", trigger_id="999.down").json()["text"]
+    assert "Checking" in h.slash("/evaluate", "42", trigger_id="999.down").json()["text"]
     assert (
         h.webhook("workflow_run", run_payload("0" * 12), delivery="while-down").status_code == 202
     )

@@ -166,7 +166,7 @@ def test_evaluate_story_from_command_to_metrics_table(
     assert "request stored" in by_event
     pr_title = "Try a wider layer"  # the PR's title (conftest): text the bridge relays
     assert_nothing_typed_or_secret(
-        captured, story, [typed.strip(), pr_title, "0.2317", "On it", "Evaluation of"], github
+        captured, story, [typed.strip(), pr_title, "0.2317", "Checking", "Evaluation of"], github
     )
 
 

@@ -191,7 +191,7 @@ def test_allowed_channels_refuse_elsewhere_and_name_the_rule(
     h.settle()
     assert labelled(github) == [] and nothing_stored(h)
     # In the allowed channel the same command goes through.
-    assert "On it" in h.slash("/evaluate", "42", channel="C0MLCHAN01").json()["text"]
+    assert "Checking" in h.slash("/evaluate", "42", channel="C0MLCHAN01").json()["text"]
 
 
 def test_allowed_users_refuse_others_and_say_who_can_help(
@@ -204,7 +204,7 @@ def test_allowed_users_refuse_others_and_say_who_can_help(
     assert "allowed_users" in body["text"] and f"<@{USER}>" in body["text"]
     h.settle()
     assert labelled(github) == [] and nothing_stored(h)
-    assert "On it" in h.slash("/evaluate", "42", user=USER).json()["text"]
+    assert "Checking" in h.slash("/evaluate", "42", user=USER).json()["text"]
 
 
 def test_allowed_usergroups_are_resolved_through_slack_and_cached(
@@ -214,8 +214,8 @@ def test_allowed_usergroups_are_resolved_through_slack_and_cached(
     slack.usergroups["S0MLTEAM01"] = [OTHER]
     config_data["commands"]["evaluate"]["allowed_usergroups"] = ["S0MLTEAM01"]
     h = make_harness(config_data)
-    assert "On it" in h.slash("/evaluate", "42", user=OTHER).json()["text"]
-    assert "On it" in h.slash("/evaluate", "#42", user=OTHER).json()["text"]
+    assert "Checking" in h.slash("/evaluate", "42", user=OTHER).json()["text"]
+    assert "Checking" in h.slash("/evaluate", "#42", user=OTHER).json()["text"]
     refused = h.slash("/evaluate", "42", user="U0NOTMEMBER").json()
     assert "allowed_usergroups" in refused["text"] and "<!subteam^S0MLTEAM01>" in refused["text"]
     lookups = slack.calls_to("usergroups.users.list")
@@ -248,10 +248,10 @@ def test_usergroup_lookup_on_the_ack_path_does_not_wait_out_a_rate_limit(
     assert len(slack.calls_to("usergroups.users.list")) == 1  # no retry inside the 3 s budget
     assert nothing_stored(h)
 
-    assert "On it" in h.slash("/evaluate", "42", user=OTHER).json()["text"]
+    assert "Checking" in h.slash("/evaluate", "42", user=OTHER).json()["text"]
     h.bridge.slack.group_cache_seconds = 0  # every lookup refreshes from here on
     slack.fail_next("usergroups.users.list", "ratelimited", status=429, retry_after=20)
-    assert "On it" in h.slash("/evaluate", "#42", user=OTHER).json()["text"]
+    assert "Checking" in h.slash("/evaluate", "#42", user=OTHER).json()["text"]
     assert len(slack.calls_to("usergroups.users.list")) == 3
     h.settle()
 
@@ -578,14 +578,14 @@ def test_rate_limit_per_user_with_clear_message(
     config_data["rate_limits"] = {"commands_per_minute": 3}
     h = make_harness(config_data, use_clock=True)
     for _ in range(3):
-        assert "On it" in h.slash("/evaluate", "42").json()["text"]
+        assert "Checking" in h.slash("/evaluate", "42").json()["text"]
     refused = h.slash("/evaluate", "42").json()
     assert refused["response_type"] == "ephemeral"
     assert "3 commands" in refused["text"] and "rate_limits.commands_per_minute" in refused["text"]
     # Another person is not affected; the first one may go again a minute later.
-    assert "On it" in h.slash("/evaluate", "42", user=OTHER).json()["text"]
+    assert "Checking" in h.slash("/evaluate", "42", user=OTHER).json()["text"]
     clock.advance(61)
-    assert "On it" in h.slash("/evaluate", "42").json()["text"]
+    assert "Checking" in h.slash("/evaluate", "42").json()["text"]
     h.settle()
     assert len(h.store.find()) == 5
 

@@ -93,7 +93,7 @@ def test_evaluate_over_socket_mode(make_harness, socket_double, github, slack) -
         }
     )
     ack = socket_double.ack_for("env-1")
-    assert "On it" in ack["payload"]["text"]
+    assert "Checking" in ack["payload"]["text"]
     github.wait_for("POST", r"/repos/acme/ml-models/issues/42/labels$")
     slack.wait_for("chat.update", 1)
     h.settle()

@@ -9,7 +9,7 @@ from bot import messages, slacktext
 from bot.config import ApprovalPolicy
 from bot.deps import Deps
 from bot.markdown import render_comment
-from bot.model import EXPIRED, PENDING_APPROVAL, REJECTED, Request
+from bot.model import ACCEPTED, EXPIRED, PENDING_APPROVAL, REJECTED, Request
 from bot.slacktext import escape_mrkdwn, slack_date
 from handlers import details
 from handlers.deploy.facts import DeployDetails, details_of
@@ -29,6 +29,7 @@ ACTION_APPROVE = "deploy_approve"
 ACTION_REJECT = "deploy_reject"
 VIEW_REJECT = "deploy_reject_reason"
 DECISION_BLOCK = "deploy_decision"
+UNDECIDED = (ACCEPTED, PENDING_APPROVAL)
 REASON_BLOCK = "reason"
 REASON_INPUT = "reason_input"
 
@@ -187,12 +188,22 @@ def _decision_blocks(
         return [slacktext.context(f":hourglass: Expired at {at} without enough approvals.")]
     if req.decided_by:
         names = approved_by(req, policy.required if policy else 1, approvals)
-        who = " and ".join(f"<@{u}>" for u in names)
+        who = " and ".join(_approver(req, policy, u) for u in names)
         at = f" at {slack_date(req.decided_at, '{time}')}" if req.decided_at else ""
         return [slacktext.context(f":white_check_mark: Approved by {who}{at}")]
     if policy is None and req.status != "error":
         return [slacktext.context(f"*{req.environment}*: {NO_APPROVAL} (`approval: none`).")]
     return []
+
+
+def _approver(req: Request, policy: ApprovalPolicy | None, user_id: str) -> str:
+    """An approver on the card; the requester approving their own deploy says so."""
+    if user_id == req.user_id and policy is not None and policy.allow_self_approval:
+        return (
+            f"<@{user_id}> (the requester; self-approval is allowed for "
+            f"{escape_mrkdwn(req.environment or '?')})"
+        )
+    return f"<@{user_id}>"
 
 
 def approval_buttons(req: Request) -> dict[str, Any]:
@@ -277,14 +288,19 @@ def render_card(
     runs_summary = details.thread(req).get("runs_summary")
     if runs_summary:
         blocks.append(slacktext.context(runs_summary))
-    rule = (
-        f"needs {policy.required} approval{'s' if policy.required > 1 else ''} from "
-        f"{who_can_approve(policy, exclude=excluded_self(policy, req.user_id))}"
-        if policy
-        else NO_APPROVAL
+    footer = f"request `{req.id}`"
+    if policy is None:
+        footer += f" · {NO_APPROVAL}"
+    elif req.status in UNDECIDED:  # once decided, who could approve is no longer the news
+        footer += (
+            f" · needs {policy.required} approval{'s' if policy.required > 1 else ''} from "
+            f"{who_can_approve(policy, exclude=excluded_self(policy, req.user_id))}"
+        )
+    blocks.append(slacktext.context(footer))
+    text = (
+        f"Deploy of run {req.run_ref} to {req.environment} in {req.repo}: "
+        f"{messages.status_words(req.status)}"
     )
-    blocks.append(slacktext.context(f"request `{req.id}` · {rule}"))
-    text = f"Deploy of run {req.run_ref} to {req.environment} in {req.repo}: {req.status}"
     return {"text": text, "blocks": blocks}
 
 

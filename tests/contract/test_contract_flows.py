@@ -181,7 +181,7 @@ def test_missing_permission(
     text = replies[0]["text"] + json.dumps(replies[0]["blocks"])
     assert "Resource not accessible by integration" in text and "permission" in text
     root = slack.messages[(CHANNEL, req.root_ts)]  # the root's status line says it too
-    assert root["text"].endswith(": error")
+    assert root["text"].endswith(": could not start")  # the label the block shows
     assert "Resource not accessible by integration" in json.dumps(root["blocks"])
 
 
