@@ -115,6 +115,9 @@ class DeployCommand(Access):
     workflow: str | None = None
     approval: Approval | None = None
     environments: dict[str, EnvironmentSettings] = {"production": EnvironmentSettings()}
+    # `/deploy lock` holds until unlocked; with this set, a lock ends by itself after so many
+    # hours (it stops blocking at once; a housekeeping job removes it and says so).
+    lock_expires_after_hours: int | None = Field(None, ge=1, le=24 * 365)
 
     @field_validator("environments")
     @classmethod

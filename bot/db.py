@@ -164,6 +164,22 @@ schedule_state = Table(
     Column("last_fire_at", Float, nullable=False),
 )
 
+# v4: environment locks (`/deploy lock`). The primary key allows one lock per repository +
+# environment (both lower-cased: GitHub compares them without case), so of concurrent lock
+# attempts exactly one insert wins; lock_id tells one lock from the next on the same key.
+env_locks = Table(
+    "env_locks",
+    metadata,
+    Column("repo", String(200), primary_key=True),
+    Column("environment", String(255), primary_key=True),
+    Column("lock_id", String(32), nullable=False, unique=True),
+    Column("user_id", String(32), nullable=False),  # who holds it (Slack user id)
+    Column("channel_id", String(32), nullable=False),  # where it was taken (expiry notice)
+    Column("reason", Text, nullable=False, default=""),  # typed by a person: never logged
+    Column("locked_at", Float, nullable=False),
+    Column("expires_at", Float),  # None: until unlocked
+)
+
 schema_migrations = Table(
     "schema_migrations",
     metadata,
@@ -222,7 +238,17 @@ def _v3(conn: Connection) -> None:
     add_column_if_missing(conn, "deliveries", Column("error", Text))
 
 
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2), (3, _v3)]
+def _v4(conn: Connection) -> None:
+    # Environment locks (/deploy lock, unlock, locks).
+    env_locks.create(conn, checkfirst=True)
+
+
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
+    (1, _v1),
+    (2, _v2),
+    (3, _v3),
+    (4, _v4),
+]
 
 _MIGRATION_LOCK = 0x43484154  # "CHAT": PostgreSQL advisory lock key for migrations
 

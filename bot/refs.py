@@ -1,4 +1,4 @@
-"""Pure parsers for command text: PR references, deploy arguments."""
+"""Pure parsers for command text: PR references, deploy arguments, environment locks."""
 
 from __future__ import annotations
 
@@ -39,6 +39,8 @@ _USAGE_ERROR_NAMES = (
     ("is not an environment name", "bad_environment_name"),
     ("No repository given", "no_repository"),
     ("is not a repository this bridge works on", "repository_not_allowed"),
+    ("Which environment?", "missing_environment"),
+    ("The reason is too long", "lock_reason_too_long"),
 )
 
 
@@ -145,3 +147,52 @@ def parse_deploy_args(
     if env is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,255}", env):
         raise UsageError(f"{_shown(env[:80])} is not an environment name.")
     return DeployArgs(run_id=run_id, environment=env, repo=repo)
+
+
+LOCK_WORDS = ("lock", "unlock", "locks")
+MAX_LOCK_REASON = 300
+
+
+@dataclass(frozen=True)
+class LockArgs:
+    action: str  # lock | unlock | locks
+    environment: str | None  # None only for `locks`
+    repo: str | None  # None: the channel's repository
+    reason: str  # what was typed after the environment, whitespace collapsed ("" if none)
+
+
+def is_lock_command(text: str) -> bool:
+    words = text.split(maxsplit=1)
+    return bool(words) and words[0].lower() in LOCK_WORDS
+
+
+def parse_lock_args(text: str) -> LockArgs:
+    """`lock [owner/repo] <environment> [reason…]`, `unlock [owner/repo] <environment>` or
+    `locks`. A word with a `/` is a repository (environment names cannot hold one)."""
+    words = text.split()
+    if not words or words[0].lower() not in LOCK_WORDS:
+        raise ValueError("not a lock command")  # the caller checks is_lock_command first
+    action, rest = words[0].lower(), words[1:]
+    if action == "locks":
+        if rest:
+            raise UsageError("Too many words: use `/deploy locks`.")
+        return LockArgs(action, None, None, "")
+    repo: str | None = None
+    if rest and "/" in rest[0]:
+        repo = rest.pop(0)
+        if not REPO_RE.match(repo):
+            raise UsageError(f"{_shown(repo[:80])} is not a repository name like `owner/repo`.")
+    if not rest:
+        example = "lock production release freeze" if action == "lock" else "unlock production"
+        raise UsageError(f"Which environment? Name it, e.g. `/deploy {example}`.")
+    env = rest.pop(0)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,255}", env):
+        raise UsageError(f"{_shown(env[:80])} is not an environment name.")
+    if action == "unlock" and rest:
+        raise UsageError("Too many words: use `/deploy unlock [owner/repo] <environment>`.")
+    reason = " ".join(rest)
+    if len(reason) > MAX_LOCK_REASON:
+        raise UsageError(
+            f"The reason is too long ({len(reason)} characters; at most {MAX_LOCK_REASON})."
+        )
+    return LockArgs(action, env, repo, reason)

@@ -1,4 +1,5 @@
-"""The App Home tab: approvals waiting for this person, their recent requests, bridge health."""
+"""The App Home tab: approvals waiting for this person, their recent requests, environment
+locks, bridge health."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from bot.model import Request
 from bot.slack import SlackFailure
 from bot.slacktext import slack_date
 from handlers import kinds
+from handlers.deploy import locks as env_locks
 from handlers.status import request_line
 
 log = logging.getLogger(__name__)
@@ -60,8 +62,10 @@ def home_view(
     installations: str,
     now: float,
     web_base: str = "https://github.com",
+    locked: str = "",
 ) -> dict[str, Any]:
-    """The Home tab (≤ 100 blocks: two per approval, at most 10 of them, plus 12)."""
+    """The Home tab (≤ 100 blocks: two per approval, at most 10 of them, plus 15).
+    `locked`: the environment locks in force, one line each ("" when none)."""
     blocks: list[Block] = [header("Waiting for your approval")]
     if approvals:
         for item in approvals[:MAX_APPROVALS]:
@@ -82,6 +86,12 @@ def home_view(
         blocks.append(
             slacktext.context("None yet. `/evaluate help` in a channel shows what you may run.")
         )
+    blocks += [{"type": "divider"}, header("Locked environments")]
+    blocks.append(
+        slacktext.section(locked)
+        if locked
+        else slacktext.context("No environment is locked. `/deploy lock <environment>` locks one.")
+    )
     blocks += [
         {"type": "divider"},
         header("Bridge health"),
@@ -132,6 +142,7 @@ def build_home(deps: Deps, user_id: str) -> dict[str, Any]:
         installations=installations_line(deps),
         now=deps.clock(),
         web_base=deps.web_base,
+        locked=env_locks.lock_lines(deps, deps.store.active_locks()),
     )
 
 

@@ -13,16 +13,29 @@ only the request id; everything else is read from the database at click time.
 
 One module per job: `command` (parse, checks, store), `policy` (who may approve), `worker`
 (facts, card, dispatch), `clicks` (buttons and the reject modal), `card` (Block Kit, pure),
-`expiry`. KIND below is what the registry knows of deploys.
+`expiry`, `locks` (environment locks). KIND below is what the registry knows of deploys.
 """
 
 from __future__ import annotations
 
-from handlers.deploy import card, clicks, command, expiry, policy, worker
+from typing import TYPE_CHECKING
+
+from bot.deps import Deps
+from handlers.deploy import card, clicks, command, expiry, locks, policy, worker
 from handlers.deploy.card import deployment_line, warnings_for
 from handlers.kinds import RequestKind, SlackAction, SlackView
 
+if TYPE_CHECKING:
+    from bot.scheduler import Housekeeping
+
 __all__ = ["KIND", "deployment_line", "warnings_for"]
+
+
+def _housekeeping(hk: Housekeeping, deps: Deps) -> None:
+    """Pending approvals expire; expired environment locks are removed and announced."""
+    expiry.install(hk, deps)
+    locks.install(hk, deps)
+
 
 KIND = RequestKind(
     name="deploy",
@@ -46,5 +59,5 @@ KIND = RequestKind(
     ),
     # The modal may come from the Home tab.
     views=(SlackView(card.VIEW_REJECT, clicks.on_reject_submit, refreshes_home=True),),
-    housekeeping=expiry.install,
+    housekeeping=_housekeeping,
 )

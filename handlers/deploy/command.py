@@ -1,4 +1,5 @@
-"""`/deploy <run-id> [environment]`: parse, check, store the request, ack; its help and status."""
+"""`/deploy <run-id> [environment]`: parse, check, store the request, ack; its help and status
+(`/deploy lock|unlock|locks` are handed to handlers/deploy/locks.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from bot import logs
 from bot.config import Access, ApprovalPolicy
 from bot.deps import Deps
 from bot.model import APPROVED, PENDING_APPROVAL, NewRequest, Request
-from bot.refs import UsageError, parse_deploy_args
+from bot.refs import UsageError, is_lock_command, parse_deploy_args
 from bot.slacktext import escape_mrkdwn
 from bot.store import OverLimit
 from handlers.common import count_command, rate_limited, refused, resolve_repo
+from handlers.deploy import locks
 from handlers.deploy.policy import NO_APPROVAL, excluded_self, who_can_approve
 from handlers.status import LIMIT, status_list
 
@@ -24,7 +26,8 @@ USAGE = (
     "`/deploy https://github.com/acme/ml-models/actions/runs/9876543210`.\n"
     "A GitHub workflow run id shows the run's facts on the approval card; any other run id "
     "(an MLflow or W&B run, say) is passed to the deploy workflow as it is.\n"
-    "`/deploy status [environment]` lists recent deploys; `/deploy help` shows this."
+    "`/deploy status [environment]` lists recent deploys (and locked environments); "
+    "`/deploy help` shows this.\n" + locks.LOCK_USAGE
 )
 
 
@@ -58,6 +61,10 @@ def handle_command(deps: Deps, command: dict[str, Any], ack: Ack) -> Request | N
     user_id = str(command.get("user_id") or "")
     channel_id = str(command.get("channel_id") or "")
     cmd = deps.config.commands.deploy
+    if is_lock_command(text):
+        # Locks have their own rule (the environment's approvers), checked there.
+        locks.handle_command(deps, command, ack)
+        return None
     # The rate limit is enforced by create_request below, in the same statement as the insert
     # (an early count would let a parallel burst through together).
     if refused(deps, "deploy", cmd, user_id, channel_id, ack, check_rate=False):
@@ -88,6 +95,11 @@ def handle_command(deps: Deps, command: dict[str, Any], ack: Ack) -> Request | N
             "Ask an admin of this bridge to add it to chatops.yml.",
             response_type="ephemeral",
         )
+        return None
+    locked = locks.deploy_refusal(deps, repo, environment, user_id, channel_id)
+    if locked is not None:
+        count_command(deps, "deploy", "refused", why="environment_locked")
+        ack(text=locked, response_type="ephemeral")
         return None
     policy = cmd.policy_for(environment)
     try:
@@ -187,13 +199,15 @@ def deploy_status(deps: Deps, text: str, channel_id: str) -> str:
     channel's: a listing must not show what was asked in a private channel)."""
     text = text.strip()
     if not text:
+        locked = locks.status_lines(deps, channel_id)
         reqs = deps.store.find(kind="deploy", channel_id=channel_id, limit=LIMIT)
-        return status_list(
+        listing = status_list(
             "Latest deploys in this channel",
             reqs,
             empty="None yet: start one with `/deploy <run-id> [environment]`.",
             web_base=deps.web_base,
         )
+        return f"{locked}\n{listing}" if locked else listing
     envs = deps.config.commands.deploy.environments
     env = {e.lower(): e for e in envs}.get(text.split()[0].lower())
     if env is None:
@@ -203,9 +217,11 @@ def deploy_status(deps: Deps, text: str, channel_id: str) -> str:
             f"Known environments: {known}.\n*Usage:* `/deploy status [environment]`."
         )
     reqs = deps.store.find(kind="deploy", environment=env, channel_id=channel_id, limit=LIMIT)
-    return status_list(
+    listing = status_list(
         f"Latest deploys to {env} from this channel",
         reqs,
         empty=f"None yet: start one with `/deploy <run-id> {env}`.",
         web_base=deps.web_base,
     )
+    locked = locks.status_lines(deps, channel_id, env)
+    return f"{locked}\n{listing}" if locked else listing
