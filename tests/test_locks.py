@@ -20,7 +20,7 @@ from bot.config import ConfigError, parse_config
 from bot.refs import UsageError, parse_lock_args
 from handlers.deploy.locks import EXPIRY_JOB, expire_locks, lock_refusal_for_gate
 from tests.conftest import CHANNEL, REPO, USER, Harness
-from tests.test_deploy import APPROVER, APPROVER2, RUN_ID, STRANGER, add_training_run
+from tests.test_deploy import APPROVER, APPROVER2, RUN_ID, STRANGER, add_training_run, click
 from tests.test_deploy import request_deploy as deploy_with_card
 
 # Text a person might type as a reason: a mention, a link and mrkdwn must stay text.
@@ -522,3 +522,21 @@ def test_a_lock_is_released_and_audited_once(harness: Harness) -> None:
     assert store.release_lock(taken.lock, actor="bridge", expired=True) is False
     actions = [r["action"] for r in store.audit_rows()]
     assert actions == ["deploy.lock", "deploy.unlock"]
+
+
+def test_a_card_posted_before_the_lock_cannot_be_approved_while_it_holds(
+    harness: Harness, github, slack
+) -> None:
+    h = harness
+    waiting = deploy_with_card(h, slack)
+    say(h, "lock production incident", user=APPROVER2)
+    click(h, "deploy_approve", waiting, APPROVER)
+    h.settle()
+    told = [c for c in slack.calls_to("chat.postEphemeral") if c.params["user"] == APPROVER]
+    assert f"locked by <@{APPROVER2}>" in told[-1].params["text"]
+    assert h.store.get(waiting.id).status == "pending_approval" and github.dispatches == []
+    say(h, "unlock production", user=APPROVER2)
+    click(h, "deploy_approve", waiting, APPROVER)
+    github.wait_for("POST", r"/dispatches$")
+    h.settle()
+    assert len(github.dispatches) == 1

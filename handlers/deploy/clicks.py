@@ -20,6 +20,7 @@ from handlers.deploy.card import (
     reject_modal,
 )
 from handlers.deploy.expiry import expire
+from handlers.deploy.locks import deploy_refusal
 from handlers.deploy.policy import approval_refusal, policy_of, rejection_refusal
 from handlers.lifecycle import refresh_root
 
@@ -100,6 +101,10 @@ def on_approve(deps: Deps, body: dict[str, Any]) -> None:
         return
     policy = policy_of(deps, req)
     refusal = approval_refusal(deps, req, policy, click.user_id)
+    if refusal is None:
+        # An environment locked since the card was posted: no approval until it is unlocked
+        # (unless the requester holds the lock).
+        refusal = deploy_refusal(deps, req.repo, req.environment or "", req.user_id, req.channel_id)
     if refusal or policy is None:
         # Who tried to approve a production deploy and was refused is part of the trail.
         deps.store.audit(
