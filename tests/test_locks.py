@@ -540,3 +540,25 @@ def test_a_card_posted_before_the_lock_cannot_be_approved_while_it_holds(
     github.wait_for("POST", r"/dispatches$")
     h.settle()
     assert len(github.dispatches) == 1
+
+
+def test_many_long_locks_fit_the_home_tab(make_harness, github, slack, config_data) -> None:
+    """Reasons of 300 characters that escaping makes five times longer: whole lines only,
+    and a count of the rest, within one section."""
+    envs = {f"env{i}": {} for i in range(12)}
+    config_data["commands"]["deploy"]["environments"] = envs
+    h = make_harness(config_data)
+    for env in envs:
+        say(h, f"lock {env} " + "&" * 300, user=APPROVER)
+    h.event({"type": "app_home_opened", "user": USER, "tab": "home", "event_ts": "1.1"})
+    view = [c for c in slack.wait_for("views.publish") if c.params["user_id"] == USER][-1]
+    home = view.params["view"]
+    View(**home).validate_json()
+    i = next(
+        n
+        for n, b in enumerate(home["blocks"])
+        if b.get("text", {}).get("text") == "Locked environments"
+    )
+    text = home["blocks"][i + 1]["text"]["text"]
+    assert len(text) <= 3000 and text.endswith("more")
+    assert all(line.endswith("”") for line in text.split("\n")[:-1])

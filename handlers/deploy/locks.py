@@ -91,10 +91,19 @@ def describe(deps: Deps, lock: EnvLock) -> str:
     )
 
 
-def lock_lines(deps: Deps, locks: list[EnvLock]) -> str:
-    lines = [describe(deps, lock) for lock in locks[:MAX_LISTED]]
-    if len(locks) > MAX_LISTED:
-        lines.append(f"… and {len(locks) - MAX_LISTED} more")
+def lock_lines(deps: Deps, locks: list[EnvLock], *, budget: int = 2900) -> str:
+    """One line per lock, oldest first, within `budget` characters (a section holds 3,000:
+    a line is never cut, which could break a mention or a date in half)."""
+    lines: list[str] = []
+    size = 0
+    for lock in locks[:MAX_LISTED]:
+        line = describe(deps, lock)
+        if size + len(line) > budget:
+            break
+        lines.append(line)
+        size += len(line) + 1
+    if len(lines) < len(locks):
+        lines.append(f"… and {len(locks) - len(lines)} more")
     return "\n".join(lines)
 
 
