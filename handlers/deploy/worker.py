@@ -8,7 +8,7 @@ from typing import Any
 
 from bot.deps import Deps
 from bot.github import GitHubError, NotFound, Retryable
-from bot.model import APPROVED, PENDING_APPROVAL, TRIGGERED, Request
+from bot.model import APPROVED, PENDING_APPROVAL, Request
 from bot.provenance import newest, same_commit, trusted_as
 from bot.slack import SlackFailure
 from handlers import details, evaluate
@@ -21,7 +21,7 @@ from handlers.lifecycle import (
     fail,
     fail_or_wait,
     retry_or_give_up,
-    settle,
+    trigger,
 )
 
 GITHUB_RUN_ID = re.compile(r"^[1-9][0-9]{0,19}$")
@@ -156,23 +156,14 @@ def _dispatch(deps: Deps, req: Request) -> None:
     the same payload again — the same request_id, which the deploy workflow recognises.
     """
     event_type = req.event_type or deps.config.commands.deploy.event_type
-    try:
-        dispatch_once(deps, req, event_type, dispatch_payload(deps, req))
-    except Retryable as exc:
-        retry_or_give_up(deps, req, exc)
-        return
-    except GitHubError as exc:
-        fail(deps, req, exc.message)
-        return
-    if deps.store.update(req.id, only_if_status=(APPROVED,), status=TRIGGERED):
-        deps.store.audit(
-            actor="bridge",
-            action="deploy.dispatched",
-            outcome="ok",
-            request_id=req.id,
-            detail=f"{event_type} to {req.repo}, run {req.run_ref}, {req.environment}",
-        )
-    settle(deps, req)
+    trigger(
+        deps,
+        req,
+        lambda: dispatch_once(deps, req, event_type, dispatch_payload(deps, req)),
+        from_statuses=(APPROVED,),
+        action="deploy.dispatched",
+        detail=f"{event_type} to {req.repo}, run {req.run_ref}, {req.environment}",
+    )
 
 
 def approvers_for_payload(deps: Deps, req: Request) -> list[str]:
