@@ -392,6 +392,7 @@ def evaluate_status(deps: Deps, text: str, channel_id: str) -> str:
 KIND = RequestKind(
     name="evaluate",
     command="/evaluate",
+    arguments="<pr>",
     access=access,
     handle_command=handle_command,
     usage=usage,

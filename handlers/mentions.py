@@ -14,7 +14,7 @@ from bot.slack import SlackFailure
 from handlers import details, kinds, status
 from handlers.common import count_command
 from handlers.details import ThreadDetails
-from handlers.help import SHORT_HELP, help_text
+from handlers.help import help_text, short_help
 from handlers.lifecycle import refresh_root, stop_runs
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def _act(deps: Deps, event_id: str, event: dict[str, Any], user_id: str, channel
     req = deps.store.request_by_thread(channel_id, str(thread_ts)) if thread_ts else None
     if req is None:
         count_command(deps, "mention", "outside_request")
-        _ephemeral(deps, channel_id, user_id, SHORT_HELP, thread_ts)
+        _ephemeral(deps, channel_id, user_id, short_help(), thread_ts)
         return
     logs.bind(request_id=req.id)
     if word not in WORDS or word == "help":

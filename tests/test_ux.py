@@ -13,7 +13,7 @@ import pytest
 from slack_sdk.models.views import View
 from webhook_examples import fixture
 
-from handlers.help import SHORT_HELP
+from handlers.help import short_help
 from handlers.lifecycle import refresh_root
 from tests.conftest import CHANNEL, HEAD_SHA, REPO, USER, Harness
 
@@ -242,7 +242,8 @@ def test_mention_outside_a_request_thread_gets_short_help(harness: Harness, slac
     mention(harness, "status")
     mention(harness, "status", thread_ts="1699999999.000100")  # a thread, but no request's
     said = slack.wait_for("chat.postEphemeral", 2)
-    assert [c.params["text"] for c in said] == [SHORT_HELP, SHORT_HELP]
+    assert [c.params["text"] for c in said] == [short_help(), short_help()]
+    assert "use `/evaluate <pr>` or `/deploy <run-id>` in a channel" in said[0].params["text"]
     assert slack.calls_to("chat.postMessage") == []
 
 

@@ -27,6 +27,7 @@ __all__ = ["KIND", "deployment_line", "warnings_for"]
 KIND = RequestKind(
     name="deploy",
     command="/deploy",
+    arguments="<run-id>",
     access=command.access,
     handle_command=command.handle_command,
     usage=command.help_usage,
