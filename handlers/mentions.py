@@ -9,6 +9,7 @@ from typing import Any
 
 from bot import logs
 from bot.deps import Deps
+from bot.messages import status_words
 from bot.model import CANCELLED, OPEN_STATES, PENDING_APPROVAL, Request
 from bot.slack import SlackFailure
 from handlers import details, kinds, status
@@ -129,7 +130,10 @@ def cancel(deps: Deps, req: Request, user_id: str) -> None:
     """Open → cancelled with one conditional update; then ask GitHub to stop its runs."""
     if not req.is_open:
         count_command(deps, "mention cancel", "already_final")
-        said = f"Request `{req.id}` is already {req.status}; there is nothing to cancel."
+        said = (
+            f"Request `{req.id}` has already ended ({status_words(req.status)}); "
+            "there is nothing to cancel."
+        )
         _ephemeral(deps, req.channel_id, user_id, said, req.root_ts)
         return
     if not _may_cancel(deps, req, user_id):
@@ -144,7 +148,10 @@ def cancel(deps: Deps, req: Request, user_id: str) -> None:
     ):
         current = deps.store.get(req.id) or req
         count_command(deps, "mention cancel", "already_final")
-        said = f"Request `{req.id}` just became {current.status}; nothing was cancelled."
+        said = (
+            f"Request `{req.id}` just ended ({status_words(current.status)}); "
+            "nothing was cancelled."
+        )
         _ephemeral(deps, req.channel_id, user_id, said, req.root_ts)
         return
     details.merge(deps, req.id, ThreadDetails(cancelled_by=user_id))

@@ -333,7 +333,7 @@ def test_mention_cancel_by_the_requester_stops_the_run(harness: Harness, github,
 
     mention(harness, "cancel", thread_ts=req.root_ts)
     said = slack.wait_for("chat.postEphemeral", 2)[-1].params
-    assert "already cancelled; there is nothing to cancel" in said["text"]
+    assert "has already ended (cancelled); there is nothing to cancel" in said["text"]
 
 
 def test_cancel_explains_a_missing_actions_write_permission(
@@ -368,8 +368,24 @@ def test_cancel_of_a_pending_deploy_withdraws_the_approval(harness: Harness, git
     assert "cancelled this approval request" in replies(slack, req)[-1].params["text"]
     click(harness, "deploy_approve", req, APPROVER)
     said = slack.wait_for("chat.postEphemeral")[-1].params
-    assert said["user"] == APPROVER and said["text"].endswith("is already cancelled.")
+    assert said["user"] == APPROVER and said["text"].endswith(f"is already cancelled by <@{USER}>.")
     assert github.dispatches == []
+
+
+def test_a_request_that_ended_is_named_in_words_not_its_raw_status(
+    harness: Harness, github, slack
+) -> None:
+    """A click on a card, or `cancel` in a thread, of a request that could not start says so in
+    the words the root shows, never `error`."""
+    req = start_deploy(harness)
+    harness.store.update(req.id, only_if_status=("pending_approval",), status="error", error="x")
+    click(harness, "deploy_approve", req, APPROVER)
+    said = slack.wait_for("chat.postEphemeral")[-1].params["text"]
+    assert said == "This deploy request is no longer waiting for approval (now: could not start)."
+    mention(harness, "cancel", thread_ts=req.root_ts)
+    said = slack.wait_for("chat.postEphemeral", 2)[-1].params["text"]
+    assert said.endswith("has already ended (could not start); there is nothing to cancel.")
+    assert harness.store.get(req.id).status == "error" and github.dispatches == []
 
 
 def test_a_run_that_starts_after_its_deploy_was_cancelled_is_stopped_too(
