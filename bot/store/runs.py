@@ -151,4 +151,5 @@ def _run_record(m: RowMapping) -> RunRecord:
         name=m["name"],
         html_url=m["html_url"],
         started_at=m["started_at"],
+        head_sha=m["head_sha"],
     )
