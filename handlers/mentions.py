@@ -128,31 +128,30 @@ def _may_cancel(deps: Deps, req: Request, user_id: str) -> bool:
 
 def cancel(deps: Deps, req: Request, user_id: str) -> None:
     """Open → cancelled with one conditional update; then ask GitHub to stop its runs."""
-    if not req.is_open:
-        count_command(deps, "mention cancel", "already_final")
-        said = (
-            f"Request `{req.id}` has already ended ({status_words(req.status)}); "
-            "there is nothing to cancel."
-        )
+
+    def nothing_done(outcome: str, said: str) -> None:
+        count_command(deps, "mention cancel", outcome)
         _ephemeral(deps, req.channel_id, user_id, said, req.root_ts)
+
+    if not req.is_open:
+        ended = status_words(req.status)
+        nothing_done(
+            "already_final",
+            f"Request `{req.id}` has already ended ({ended}); there is nothing to cancel.",
+        )
         return
     if not _may_cancel(deps, req, user_id):
-        count_command(deps, "mention cancel", "refused")
         who = f"<@{req.user_id}> (who asked)" + kinds.get(req.kind).cancel_who
-        said = f"Only {who} can cancel request `{req.id}`."
-        _ephemeral(deps, req.channel_id, user_id, said, req.root_ts)
+        nothing_done("refused", f"Only {who} can cancel request `{req.id}`.")
         return
     # Not decided_by: that names who approved or rejected (deploy cards and replies say so).
     if not deps.store.update(
         req.id, only_if_status=OPEN_STATES, status=CANCELLED, finished_at=deps.clock()
     ):
-        current = deps.store.get(req.id) or req
-        count_command(deps, "mention cancel", "already_final")
-        said = (
-            f"Request `{req.id}` just ended ({status_words(current.status)}); "
-            "nothing was cancelled."
+        ended = status_words((deps.store.get(req.id) or req).status)
+        nothing_done(
+            "already_final", f"Request `{req.id}` just ended ({ended}); nothing was cancelled."
         )
-        _ephemeral(deps, req.channel_id, user_id, said, req.root_ts)
         return
     details.merge(deps, req.id, ThreadDetails(cancelled_by=user_id))
     was = "approval request" if req.status == PENDING_APPROVAL else "request"

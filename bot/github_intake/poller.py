@@ -222,20 +222,22 @@ class Poller:
             self._relayed[str(run.id)] = state
         self.deps.store.set_etag(key, found.etag)
 
-    # -- metric comments ------------------------------------------------------------------
-    def _comment_targets(self, waiting: list[Request], now: float) -> dict[tuple[str, int], float]:
-        """(repo, PR) → since: PRs of waiting evaluations, and of ones that just finished."""
+    def _just_finished(self, kind: str, now: float) -> list[Request]:
+        """Requests of `kind` that finished less than COMMENT_GRACE ago: what comes last (a
+        metrics comment, a deployment's final state) can follow the run's completion."""
         recent = self.deps.store.find(
-            kind="evaluate",
+            kind=kind,
             statuses=(SUCCEEDED, FAILED),
             since=now - self.deps.config.github.poll_max_age_hours * 3600,
             limit=200,
         )
-        just_finished = [
-            r for r in recent if r.finished_at and now - r.finished_at <= self.COMMENT_GRACE
-        ]
+        return [r for r in recent if r.finished_at and now - r.finished_at <= self.COMMENT_GRACE]
+
+    # -- metric comments ------------------------------------------------------------------
+    def _comment_targets(self, waiting: list[Request], now: float) -> dict[tuple[str, int], float]:
+        """(repo, PR) → since: PRs of waiting evaluations, and of ones that just finished."""
         targets: dict[tuple[str, int], float] = {}
-        for req in [*waiting, *just_finished]:
+        for req in [*waiting, *self._just_finished("evaluate", now)]:
             if req.kind != "evaluate" or req.pr_number is None or not req.root_ts:
                 continue
             key = (req.repo, req.pr_number)
@@ -288,17 +290,8 @@ class Poller:
     ) -> dict[tuple[str, str], list[Request]]:
         """(repo, environment) → its deploys that wait, or finished less than COMMENT_GRACE ago
         (a deployment's last status can come as its run completes)."""
-        recent = self.deps.store.find(
-            kind="deploy",
-            statuses=(SUCCEEDED, FAILED),
-            since=now - self.deps.config.github.poll_max_age_hours * 3600,
-            limit=200,
-        )
-        just_finished = [
-            r for r in recent if r.finished_at and now - r.finished_at <= self.COMMENT_GRACE
-        ]
         targets: dict[tuple[str, str], list[Request]] = {}
-        for req in [*waiting, *just_finished]:
+        for req in [*waiting, *self._just_finished("deploy", now)]:
             if req.kind == "deploy" and req.environment and req.root_ts:
                 targets.setdefault((req.repo, req.environment), []).append(req)
         return targets
