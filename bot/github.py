@@ -30,11 +30,23 @@ from github.GithubException import UnknownObjectException
 from requests.exceptions import RequestException
 from urllib3.util import Retry
 
-from bot.github_data import Conditional, PullInfo, RunInfo, route_of, run_from_payload
+from bot.github_data import (
+    Conditional,
+    PullInfo,
+    RunInfo,
+    pull_from_payload,
+    route_of,
+    run_from_payload,
+)
 from bot.metrics import Metrics
 from bot.slacktext import hhmm
 
 log = logging.getLogger(__name__)
+
+
+def _sent(action: str, **fields: Any) -> None:
+    """The log line of a write that GitHub accepted (ids only: never a payload)."""
+    log.info("GitHub action sent", extra={"github_action": action, **fields})
 
 
 class GitHubError(Exception):
@@ -329,19 +341,12 @@ class GitHubApp:
     def get_pull(self, repo: str, number: int) -> PullInfo:
         what = f"read pull request #{number}"
         _, _, data = self._raw(repo, what, "GET", f"/repos/{repo}/pulls/{int(number)}")
-        return PullInfo(
-            repo=repo,
-            number=int(data["number"]),
-            title=str(data.get("title") or ""),
-            state=str(data.get("state") or ""),
-            merged=bool(data.get("merged")),
-            head_sha=str(data["head"]["sha"]),
-            head_ref=str(data["head"].get("ref") or ""),
-            base_ref=str(data["base"].get("ref") or ""),
-            html_url=str(data.get("html_url") or ""),
-            author=str((data.get("user") or {}).get("login") or ""),
-            labels=tuple(str(lbl["name"]) for lbl in data.get("labels") or []),
-        )
+        return pull_from_payload(repo, data)
+
+    def pull(self, repo: str, number: int, *, etag: str | None = None) -> Conditional:
+        """The pull request as GitHub sends it, conditionally (poll mode: has its head moved?)."""
+        what = f"read pull request #{number}"
+        return self._conditional(repo, what, f"/repos/{repo}/pulls/{int(number)}", {}, etag)
 
     def labels(self, repo: str, number: int) -> list[str]:
         _, _, data = self._raw(
@@ -360,10 +365,7 @@ class GitHubApp:
             f"/repos/{repo}/issues/{int(number)}/labels",
             body={"labels": [label]},
         )
-        log.info(
-            "GitHub action sent",
-            extra={"github_action": "add_label", "repo": repo, "pr_number": number, "label": label},
-        )
+        _sent("add_label", repo=repo, pr_number=number, label=label)
 
     def remove_label(self, repo: str, number: int, label: str) -> None:
         with contextlib.suppress(NotFound):  # already gone: the goal of the call is reached
@@ -373,15 +375,7 @@ class GitHubApp:
                 "DELETE",
                 f"/repos/{repo}/issues/{int(number)}/labels/{quote(label, safe='')}",
             )
-        log.info(
-            "GitHub action sent",
-            extra={
-                "github_action": "remove_label",
-                "repo": repo,
-                "pr_number": number,
-                "label": label,
-            },
-        )
+        _sent("remove_label", repo=repo, pr_number=number, label=label)
 
     def dispatch(self, repo: str, event_type: str, client_payload: dict[str, Any]) -> None:
         if not 1 <= len(event_type) <= 100:
@@ -397,10 +391,7 @@ class GitHubApp:
             ok=(204,),
         )
         # Not the payload: it names people and threads; the request id is the line's context.
-        log.info(
-            "GitHub action sent",
-            extra={"github_action": "dispatch", "repo": repo, "event_type": event_type},
-        )
+        _sent("dispatch", repo=repo, event_type=event_type)
 
     def branch_head(self, repo: str, branch: str) -> str | None:
         """The commit at the head of a branch, or None when the repository has no such branch
@@ -443,6 +434,24 @@ class GitHubApp:
             etag,
         )
 
+    def list_deployments(
+        self, repo: str, *, params: dict[str, Any], etag: str | None = None
+    ) -> Conditional:
+        return self._conditional(
+            repo, "list deployments", f"/repos/{repo}/deployments", params, etag
+        )
+
+    def deployment_statuses(
+        self, repo: str, deployment_id: int, *, etag: str | None = None
+    ) -> Conditional:
+        return self._conditional(
+            repo,
+            f"list the statuses of deployment {deployment_id}",
+            f"/repos/{repo}/deployments/{int(deployment_id)}/statuses",
+            {"per_page": 100},
+            etag,
+        )
+
     def _conditional(
         self, repo: str, what: str, path: str, params: dict[str, Any], etag: str | None
     ) -> Conditional:
@@ -452,11 +461,7 @@ class GitHubApp:
             repo, what, "GET", path, params=params, headers=headers, ok=(200, 304)
         )
         lowered = {k.lower(): v for k, v in resp_headers.items()}
-        return Conditional(
-            not_modified=status == 304,
-            etag=lowered.get("etag") or etag,
-            data=data,
-        )
+        return Conditional(not_modified=status == 304, etag=lowered.get("etag") or etag, data=data)
 
     def repository(self, repo: str) -> dict[str, Any]:
         """The repository as the installation token sees it (operator `check`)."""
@@ -472,10 +477,7 @@ class GitHubApp:
             f"/repos/{repo}/actions/runs/{int(run_id)}/cancel",
             ok=(202,),
         )
-        log.info(
-            "GitHub action sent",
-            extra={"github_action": "cancel_run", "repo": repo, "run_id": str(run_id)},
-        )
+        _sent("cancel_run", repo=repo, run_id=str(run_id))
 
     def permission(self, repo: str, login: str) -> str:
         """The login's permission on repo: admin, maintain, write, triage, read or none."""

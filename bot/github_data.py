@@ -28,6 +28,23 @@ class PullInfo:
     labels: tuple[str, ...]
 
 
+def pull_from_payload(repo: str, data: dict[str, Any]) -> PullInfo:
+    """A pull request as REST and webhooks give it (the `pull_request` object)."""
+    return PullInfo(
+        repo=repo,
+        number=int(data["number"]),
+        title=str(data.get("title") or ""),
+        state=str(data.get("state") or ""),
+        merged=bool(data.get("merged")),
+        head_sha=str(data["head"]["sha"]),
+        head_ref=str(data["head"].get("ref") or ""),
+        base_ref=str(data["base"].get("ref") or ""),
+        html_url=str(data.get("html_url") or ""),
+        author=str((data.get("user") or {}).get("login") or ""),
+        labels=tuple(str(lbl["name"]) for lbl in data.get("labels") or []),
+    )
+
+
 @dataclass(frozen=True)
 class RunInfo:
     """The fields of a workflow run the bridge uses (same for webhook and REST)."""
@@ -50,7 +67,8 @@ class RunInfo:
     path: str | None = None
 
 
-def _ts(value: Any) -> float | None:
+def parse_time(value: Any) -> float | None:
+    """GitHub's ISO 8601 times ("2024-01-01T00:00:00Z") as UNIX seconds; None if not a time."""
     if value is None:
         return None
     if isinstance(value, datetime):
@@ -115,9 +133,9 @@ def run_from_payload(repo: str, run: dict[str, Any]) -> RunInfo:
         event=str(run.get("event") or ""),
         html_url=str(run.get("html_url") or ""),
         run_attempt=_count(run.get("run_attempt")) or 1,
-        created_at=_ts(run.get("created_at")),
-        run_started_at=_ts(run.get("run_started_at")),
-        updated_at=_ts(run.get("updated_at")),
+        created_at=parse_time(run.get("created_at")),
+        run_started_at=parse_time(run.get("run_started_at")),
+        updated_at=parse_time(run.get("updated_at")),
         pull_numbers=tuple(n for p in pulls if (n := _count(p.get("number"))) is not None),
         path=_text(run.get("path")),
     )

@@ -107,6 +107,7 @@ class RunRecord:
     name: str | None
     html_url: str | None
     started_at: float | None
+    head_sha: str | None = None
 
 
 @dataclass

@@ -84,17 +84,22 @@ def parse_pull_ref(text: str, *, allowed_hosts: tuple[str, ...] = ("github.com",
     if m := _QUALIFIED.match(token):
         return _checked(m["repo"], m["n"])
     if token.startswith(("http://", "https://")):
-        url = urlparse(token)
-        host = (url.hostname or "").lower()
-        if host not in allowed_hosts:
-            raise UsageError(
-                f"{_shown(host)} is not a GitHub host this bridge serves "
-                f"({', '.join(allowed_hosts)})."
-            )
-        if m := _PATH.match(url.path):
+        if m := _PATH.match(_github_path(token, allowed_hosts)):
             return _checked(m["repo"], m["n"])
         raise UsageError("That URL is not a pull request (expected …/owner/repo/pull/42).")
     raise UsageError(f"{_shown(token[:80])} is not a pull request reference.")
+
+
+def _github_path(url: str, allowed_hosts: tuple[str, ...]) -> str:
+    """The path of a URL on a GitHub host this bridge serves: another host's path must not
+    pick our repository."""
+    parsed = urlparse(url)
+    host = (parsed.hostname or "").lower()
+    if host not in allowed_hosts:
+        raise UsageError(
+            f"{_shown(host)} is not a GitHub host this bridge serves ({', '.join(allowed_hosts)})."
+        )
+    return parsed.path
 
 
 @dataclass(frozen=True)
@@ -123,14 +128,7 @@ def parse_deploy_args(
     repo: str | None = None
     run_id = raw
     if raw.startswith(("http://", "https://")):
-        url = urlparse(raw)
-        host = (url.hostname or "").lower()
-        if host not in allowed_hosts:
-            raise UsageError(
-                f"{_shown(host)} is not a GitHub host this bridge serves "
-                f"({', '.join(allowed_hosts)})."
-            )
-        m = re.match(r"^/([^/]+/[^/]+)/actions/runs/([0-9]+)", url.path)
+        m = re.match(r"^/([^/]+/[^/]+)/actions/runs/([0-9]+)", _github_path(raw, allowed_hosts))
         if not m:
             raise UsageError(
                 "That URL is not a workflow run (expected …/owner/repo/actions/runs/123)."

@@ -186,8 +186,13 @@ class Housekeeping:
     def add_interval(
         self, job_id: str, fn: Callable[[], Any], seconds: float, *, now: bool = False
     ) -> None:
+        """A leader-only job every `seconds` (`now`: the first run at once)."""
+        self._every(job_id, self.leader_job(fn), seconds, now=now)
+
+    def _every(self, job_id: str, fn: Callable[[], Any], seconds: float, *, now: bool) -> None:
+        """An interval job on this replica (leader or not: wrap fn in leader_job for that)."""
         self.scheduler.add_job(
-            self.leader_job(fn),
+            fn,
             "interval",
             seconds=seconds,
             id=job_id,
@@ -217,24 +222,10 @@ class Housekeeping:
     def start(self) -> None:
         if not self.enabled:
             return
-        self.scheduler.add_job(
-            self.check_leadership,
-            "interval",
-            seconds=self.LEADER_CHECK_SECONDS,
-            id="leadership",
-            replace_existing=True,
-            next_run_time=dt.datetime.now(dt.UTC),
-        )
+        self._every("leadership", self.check_leadership, self.LEADER_CHECK_SECONDS, now=True)
         # On every replica, at start and every few seconds: work of a dead process is carried
         # out at once, not when its lease runs out (bot/liveness.py).
-        self.scheduler.add_job(
-            self.takeover,
-            "interval",
-            seconds=self.TAKEOVER_SECONDS,
-            id="takeover",
-            replace_existing=True,
-            next_run_time=dt.datetime.now(dt.UTC),
-        )
+        self._every("takeover", self.takeover, self.TAKEOVER_SECONDS, now=True)
         self.add_interval("recovery-sweep", self.sweep, self.SWEEP_SECONDS, now=True)
         self.add_interval("prune-deliveries", self.prune, 3600)
         for installer in self._extra:

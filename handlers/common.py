@@ -9,11 +9,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bot import logs
 from bot.config import Access
 from bot.deps import Deps
+from bot.model import NewRequest, Request
 from bot.refs import UsageError
 from bot.slack import SlackFailure
 from bot.slacktext import escape_mrkdwn
+from bot.store import OverLimit
 
 log = logging.getLogger(__name__)
 
@@ -206,3 +209,76 @@ def refused(
     count_command(deps, command, outcome, why=rule_of(refusal))
     ack(text=refusal, response_type="ephemeral")
     return True
+
+
+# -- what every slash command of a kind does before and after its own checks -------------------
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """A slash command as a kind reads it (Slack's payload, `command` in Bolt)."""
+
+    text: str
+    user_id: str
+    channel_id: str
+    response_url: str | None
+    # Slack's trigger_id is unique per invocation: a retried delivery maps to one request.
+    idempotency_key: str
+
+
+def admitted(
+    deps: Deps, command: str, access: Access, payload: dict[str, Any], ack: Callable[..., Any]
+) -> Invocation | None:
+    """The invocation of `/command`, or None when its sender may not run it here (told so).
+
+    The rate limit is not counted here: `accept` stores with it, in the same statement as the
+    insert (an early count would let a parallel burst through together).
+    """
+    inv = Invocation(
+        text=str(payload.get("text") or "").strip(),
+        user_id=str(payload.get("user_id") or ""),
+        channel_id=str(payload.get("channel_id") or ""),
+        response_url=payload.get("response_url"),
+        idempotency_key=f"slack:{payload.get('trigger_id') or payload.get('response_url')}",
+    )
+    if refused(deps, command, access, inv.user_id, inv.channel_id, ack, check_rate=False):
+        return None
+    return inv
+
+
+def answer_usage(
+    deps: Deps, command: str, exc: UsageError, usage: str, ack: Callable[..., Any]
+) -> None:
+    """Answer command text that could not be read: what was wrong, then how to write it."""
+    count_command(deps, command, "usage_error", why=exc.name)
+    ack(text=f":warning: {exc}\n{usage}", response_type="ephemeral")
+
+
+def accept(
+    deps: Deps,
+    command: str,
+    new: NewRequest,
+    ack: Callable[..., Any],
+    said: Callable[[Request], str],
+    *,
+    audit_action: str | None = None,
+    audit_detail: str = "",
+) -> Request | None:
+    """Store the request (rate-limited in the insert), ack with `said(req)`, and hand a new
+    request to the job pool (a retried delivery finds the stored one and is only answered)."""
+    try:
+        req, created = deps.store.create_request(
+            new,
+            audit_action=audit_action,
+            audit_detail=audit_detail,
+            per_minute=deps.config.rate_limits.commands_per_minute,
+        )
+    except OverLimit:
+        rate_limited(deps, command, ack)
+        return None
+    logs.bind(request_id=req.id)
+    count_command(deps, command, "accepted" if created else "duplicate")
+    ack(text=said(req), response_type="ephemeral")
+    if created:
+        deps.jobs.submit(req.id)
+    return req

@@ -13,13 +13,12 @@ reports its states. A status is matched to a deploy request by, in order:
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 from typing import Any
 
 from bot import logs, messages, slacktext
 from bot.deps import Deps
 from bot.github import GitHubError, NotFound, Retryable
-from bot.github_data import CLOCK_SKEW, RunInfo, run_from_payload
+from bot.github_data import CLOCK_SKEW, RunInfo, parse_time, run_from_payload
 from bot.model import FAILED, SUCCEEDED, WAITING_FOR_RUNS, Request
 from bot.slacktext import escape_mrkdwn
 from handlers import details
@@ -89,7 +88,7 @@ def request_for_deployment(
     environment = deployment.get("environment")
     if not isinstance(environment, str) or not environment:
         return None
-    created = _ts(deployment.get("created_at"))
+    created = parse_time(deployment.get("created_at"))
     for req in deps.store.find(
         repo=repo,
         kind="deploy",
@@ -101,15 +100,6 @@ def request_for_deployment(
         if created is None or created >= started - CLOCK_SKEW:
             return req
     return None
-
-
-def _ts(value: Any) -> float | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 def deployment_reply(

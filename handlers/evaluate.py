@@ -6,29 +6,27 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypedDict, cast
 
-from bot import logs, messages, slacktext
+from bot import messages, slacktext
 from bot.config import Access
 from bot.deps import Deps
 from bot.github import (
     GitHubError,
     NotFound,
     NotInstalled,
-    PermissionDenied,
     Retryable,
-    ValidationFailed,
 )
 from bot.messages import status_label
-from bot.model import ACCEPTED, DUPLICATE, TRIGGERED, NewRequest, Request
+from bot.model import ACCEPTED, DUPLICATE, NewRequest, Request
 from bot.refs import UsageError, parse_pull_ref
 from bot.slack import SlackFailure
 from bot.slacktext import escape_mrkdwn
-from bot.store import OverLimit
 from handlers import details, schedules
 from handlers.common import (
+    accept,
+    admitted,
+    answer_usage,
     count_command,
     github_permission_refusal,
-    rate_limited,
-    refused,
     resolve_repo,
 )
 from handlers.kinds import RequestKind
@@ -38,7 +36,7 @@ from handlers.lifecycle import (
     fail,
     fail_or_wait,
     retry_or_give_up,
-    settle,
+    trigger,
 )
 from handlers.schedules import USER_ID as SCHEDULE_USER
 from handlers.status import LIMIT, status_list, thread_url
@@ -110,58 +108,39 @@ def usage(deps: Deps, channel_id: str) -> str:
 
 def handle_command(deps: Deps, command: dict[str, Any], ack: Ack) -> Request | None:
     """Parse, check, store, then ack — all inside Slack's 3 seconds. The rest runs in jobs."""
-    text = str(command.get("text") or "").strip()
-    user_id = str(command.get("user_id") or "")
-    channel_id = str(command.get("channel_id") or "")
     cmd = deps.config.commands.evaluate
-    # The rate limit is enforced by create_request below, in the same statement as the insert.
-    if refused(deps, "evaluate", cmd, user_id, channel_id, ack, check_rate=False):
+    inv = admitted(deps, "evaluate", cmd, command, ack)
+    if inv is None:
         return None
     try:
-        ref = parse_pull_ref(text, allowed_hosts=deps.web_hosts)
-        repo = resolve_repo(deps, ref.repo, channel_id)
+        ref = parse_pull_ref(inv.text, allowed_hosts=deps.web_hosts)
+        repo = resolve_repo(deps, ref.repo, inv.channel_id)
     except UsageError as exc:
-        count_command(deps, "evaluate", "usage_error")
-        ack(text=f":warning: {exc}\n{usage(deps, channel_id)}", response_type="ephemeral")
+        answer_usage(deps, "evaluate", exc, usage(deps, inv.channel_id), ack)
         return None
-    try:
-        req, created = _store(deps, command, repo, ref.number, user_id, channel_id)
-    except OverLimit:
-        rate_limited(deps, "evaluate", ack)
-        return None
-    logs.bind(request_id=req.id)
-    count_command(deps, "evaluate", "accepted" if created else "duplicate")
-    ack(
-        # The PR is read after the ack: say only what is known (the thread root, or "does not
-        # exist", follows without contradicting it).
-        text=f":hourglass_flowing_sand: Checking `{repo}#{ref.number}`… (request `{req.id}`)",
-        response_type="ephemeral",
+    new = NewRequest(
+        kind="evaluate",
+        repo=repo,
+        pr_number=ref.number,
+        trigger=cmd.trigger,
+        event_type=cmd.event_type if cmd.trigger == "dispatch" else None,
+        channel_id=inv.channel_id,
+        user_id=inv.user_id,
+        response_url=inv.response_url,
+        idempotency_key=inv.idempotency_key,
     )
-    if created:
-        deps.jobs.submit(req.id)
-    return req
-
-
-def _store(
-    deps: Deps, command: dict[str, Any], repo: str, number: int, user_id: str, channel_id: str
-) -> tuple[Request, bool]:
-    cmd = deps.config.commands.evaluate
-    return deps.store.create_request(
-        NewRequest(
-            kind="evaluate",
-            repo=repo,
-            pr_number=number,
-            trigger=cmd.trigger,
-            event_type=cmd.event_type if cmd.trigger == "dispatch" else None,
-            channel_id=channel_id,
-            user_id=user_id,
-            response_url=command.get("response_url"),
-            # Slack's trigger_id is unique per invocation: a retried delivery maps to one request.
-            idempotency_key=f"slack:{command.get('trigger_id') or command.get('response_url')}",
+    # The PR is read after the ack: say only what is known (the thread root, or "does not
+    # exist", follows without contradicting it).
+    return accept(
+        deps,
+        "evaluate",
+        new,
+        ack,
+        lambda req: (
+            f":hourglass_flowing_sand: Checking `{repo}#{ref.number}`… (request `{req.id}`)"
         ),
         audit_action="evaluate.requested",
-        audit_detail=f"{repo}#{number}",
-        per_minute=deps.config.rate_limits.commands_per_minute,
+        audit_detail=f"{repo}#{ref.number}",
     )
 
 
@@ -228,26 +207,21 @@ def carry_out(deps: Deps, req: Request) -> None:
         _tell_duplicates(deps, req)
         return
     _tell_duplicates(deps, req)
-    try:
+
+    def start_runs() -> None:
         if cmd.trigger == "label":
             _apply_label(deps, req, cmd.label)
         else:
             dispatch_once(deps, req, cmd.event_type, dispatch_payload(req))
-    except Retryable as exc:
-        retry_or_give_up(deps, req, exc)
-        return
-    except (PermissionDenied, ValidationFailed, NotFound, GitHubError) as exc:
-        fail(deps, req, exc.message)
-        return
-    if deps.store.update(req.id, only_if_status=(ACCEPTED,), status=TRIGGERED):
-        deps.store.audit(
-            actor="bridge",
-            action="evaluate.triggered",
-            outcome="ok",
-            request_id=req.id,
-            detail=cmd.trigger,
-        )
-    settle(deps, req)
+
+    trigger(
+        deps,
+        req,
+        start_runs,
+        from_statuses=(ACCEPTED,),
+        action="evaluate.triggered",
+        detail=cmd.trigger,
+    )
 
 
 def _settle_as_duplicate(deps: Deps, req: Request, holder: Request, head_sha: str) -> None:
@@ -418,6 +392,7 @@ def evaluate_status(deps: Deps, text: str, channel_id: str) -> str:
 KIND = RequestKind(
     name="evaluate",
     command="/evaluate",
+    arguments="<pr>",
     access=access,
     handle_command=handle_command,
     usage=usage,

@@ -11,17 +11,40 @@ from handlers.common import access_refusal, count_command
 
 Ack = Callable[..., Any]
 
-THREAD_HELP = (
-    "*In the thread of a request*, mention me: `@chatops-bridge status` (its state and links), "
-    "`@chatops-bridge rerun` (the same request again), `@chatops-bridge cancel` (by whoever "
-    "asked, or an approver) or `@chatops-bridge help`."
-)
 
-SHORT_HELP = (
-    "Mention me in the thread of a request: `@chatops-bridge status`, `rerun`, `cancel` or "
-    "`help`. To start one, use `/evaluate <pr>` or `/deploy <run-id>` in a channel; "
-    "`/evaluate help` lists what you may run there."
-)
+def _either(words: list[str]) -> str:
+    """ "a", "a or b", "a, b or c"."""
+    return " or ".join(filter(None, [", ".join(words[:-1]), *words[-1:]]))
+
+
+def thread_help() -> str:
+    """What a mention does in a request's thread; who may cancel, from the registered kinds."""
+    others = "".join(
+        f", or {k.cancel_who.strip().removeprefix('or ')} of a {k.name}"
+        for k in kinds.REGISTRY.all()
+        if k.cancel_who
+    )
+    return (
+        "*In the thread of a request*, mention me: `@chatops-bridge status` (its state and "
+        "links), `@chatops-bridge rerun` (the same request again), `@chatops-bridge cancel` "
+        f"(by whoever asked{others}) or `@chatops-bridge help`."
+    )
+
+
+def short_help() -> str:
+    """The answer to a mention outside a request's thread: the registered commands."""
+    said = (
+        "Mention me in the thread of a request: `@chatops-bridge status`, `rerun`, `cancel` or "
+        "`help`."
+    )
+    commands = kinds.REGISTRY.commands()
+    if not commands:
+        return said
+    starts = _either([f"`{' '.join(filter(None, (k.command, k.arguments)))}`" for k in commands])
+    return (
+        f"{said} To start one, use {starts} in a channel; `{commands[0].command} help` lists "
+        "what you may run there."
+    )
 
 
 def help_text(deps: Deps, user_id: str, channel_id: str, command: str | None = None) -> str:
@@ -47,7 +70,7 @@ def help_text(deps: Deps, user_id: str, channel_id: str, command: str | None = N
     parts = [f"*What you can run here* — {where}"]
     if allowed:
         parts += allowed
-        parts.append(THREAD_HELP)
+        parts.append(thread_help())
     else:
         parts.append("You may not run any command in this channel.")
     if refused:

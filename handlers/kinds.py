@@ -52,6 +52,7 @@ class RequestKind:
     root            its thread root message (or card), from the request's state
     what            the request in a few words, for status lines ("deploy of run `1` → *prod*")
     command         its slash command ("/deploy"), or None (created by other means)
+    arguments       what follows the command, in a word or two, for the short help ("<pr>")
     access          the chatops.yml rules for who may run the command where
     handle_command  parse, check, store, ack (help and status are answered before it)
     usage           the help text for the command (this channel's defaults)
@@ -69,6 +70,7 @@ class RequestKind:
     root: Callable[[Deps, Request], Message]
     what: Callable[[Request, str], str]
     command: str | None = None
+    arguments: str = ""
     access: Callable[[Deps], Access] | None = None
     handle_command: Callable[[Deps, dict[str, Any], Ack], Request | None] | None = None
     usage: Callable[[Deps, str], str] | None = None

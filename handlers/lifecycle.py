@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from bot import logs, messages, slacktext
@@ -25,6 +26,7 @@ from bot.model import (
     QUEUED,
     RUNNING,
     SUCCEEDED,
+    TRIGGERED,
     WAITING_FOR_RUNS,
     Request,
     RunRecord,
@@ -258,6 +260,36 @@ def dispatch_once(deps: Deps, req: Request, event_type: str, payload: dict[str, 
     else:
         log.warning("repeating a dispatch that may have happened", extra={"request_id": req.id})
     deps.github.dispatch(req.repo, event_type, payload)
+
+
+def trigger(
+    deps: Deps,
+    req: Request,
+    act: Callable[[], None],
+    *,
+    from_statuses: Sequence[str],
+    action: str,
+    detail: str,
+) -> None:
+    """The tail every kind's worker shares: `act` (the GitHub call that starts the runs: a
+    label, a repository_dispatch), then `from_statuses` → triggered with its audit line
+    (`action`, once: the update is conditional), then settle (runs may have come first).
+
+    GitHub down: tell once and wait it out (retry_or_give_up raises); GitHub refused: fail.
+    """
+    try:
+        act()
+    except Retryable as exc:
+        retry_or_give_up(deps, req, exc)
+        return
+    except GitHubError as exc:
+        fail(deps, req, exc.message)
+        return
+    if deps.store.update(req.id, only_if_status=tuple(from_statuses), status=TRIGGERED):
+        deps.store.audit(
+            actor="bridge", action=action, outcome="ok", request_id=req.id, detail=detail
+        )
+    settle(deps, req)
 
 
 def _aggregate(runs: list[RunRecord]) -> tuple[str, str]:

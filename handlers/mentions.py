@@ -9,12 +9,13 @@ from typing import Any
 
 from bot import logs
 from bot.deps import Deps
+from bot.messages import status_words
 from bot.model import CANCELLED, OPEN_STATES, PENDING_APPROVAL, Request
 from bot.slack import SlackFailure
 from handlers import details, kinds, status
 from handlers.common import count_command
 from handlers.details import ThreadDetails
-from handlers.help import SHORT_HELP, help_text
+from handlers.help import help_text, short_help
 from handlers.lifecycle import refresh_root, stop_runs
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ def _act(deps: Deps, event_id: str, event: dict[str, Any], user_id: str, channel
     req = deps.store.request_by_thread(channel_id, str(thread_ts)) if thread_ts else None
     if req is None:
         count_command(deps, "mention", "outside_request")
-        _ephemeral(deps, channel_id, user_id, SHORT_HELP, thread_ts)
+        _ephemeral(deps, channel_id, user_id, short_help(), thread_ts)
         return
     logs.bind(request_id=req.id)
     if word not in WORDS or word == "help":
@@ -127,25 +128,30 @@ def _may_cancel(deps: Deps, req: Request, user_id: str) -> bool:
 
 def cancel(deps: Deps, req: Request, user_id: str) -> None:
     """Open → cancelled with one conditional update; then ask GitHub to stop its runs."""
-    if not req.is_open:
-        count_command(deps, "mention cancel", "already_final")
-        said = f"Request `{req.id}` is already {req.status}; there is nothing to cancel."
+
+    def nothing_done(outcome: str, said: str) -> None:
+        count_command(deps, "mention cancel", outcome)
         _ephemeral(deps, req.channel_id, user_id, said, req.root_ts)
+
+    if not req.is_open:
+        ended = status_words(req.status)
+        nothing_done(
+            "already_final",
+            f"Request `{req.id}` has already ended ({ended}); there is nothing to cancel.",
+        )
         return
     if not _may_cancel(deps, req, user_id):
-        count_command(deps, "mention cancel", "refused")
         who = f"<@{req.user_id}> (who asked)" + kinds.get(req.kind).cancel_who
-        said = f"Only {who} can cancel request `{req.id}`."
-        _ephemeral(deps, req.channel_id, user_id, said, req.root_ts)
+        nothing_done("refused", f"Only {who} can cancel request `{req.id}`.")
         return
     # Not decided_by: that names who approved or rejected (deploy cards and replies say so).
     if not deps.store.update(
         req.id, only_if_status=OPEN_STATES, status=CANCELLED, finished_at=deps.clock()
     ):
-        current = deps.store.get(req.id) or req
-        count_command(deps, "mention cancel", "already_final")
-        said = f"Request `{req.id}` just became {current.status}; nothing was cancelled."
-        _ephemeral(deps, req.channel_id, user_id, said, req.root_ts)
+        ended = status_words((deps.store.get(req.id) or req).status)
+        nothing_done(
+            "already_final", f"Request `{req.id}` just ended ({ended}); nothing was cancelled."
+        )
         return
     details.merge(deps, req.id, ThreadDetails(cancelled_by=user_id))
     was = "approval request" if req.status == PENDING_APPROVAL else "request"

@@ -27,8 +27,7 @@ from bot import messages, slacktext
 from bot.config import Schedule
 from bot.cron import cron_trigger
 from bot.deps import Deps
-from bot.github import GitHubError, Retryable
-from bot.model import ACCEPTED, TRIGGERED, NewRequest, Request
+from bot.model import ACCEPTED, NewRequest, Request
 from bot.slack import SlackFailure
 from bot.slacktext import escape_mrkdwn, iso_utc
 from handlers import details
@@ -36,10 +35,8 @@ from handlers.kinds import RequestKind
 from handlers.lifecycle import (
     dispatch_once,
     ensure_root,
-    fail,
     fail_or_wait,
-    retry_or_give_up,
-    settle,
+    trigger,
 )
 
 if TYPE_CHECKING:
@@ -186,7 +183,8 @@ def carry_out(deps: Deps, req: Request) -> None:
     except SlackFailure as exc:
         fail_or_wait(deps, req, exc)
         return
-    assert req.event_type
+    event_type = req.event_type
+    assert event_type
     payload = {
         **(details_of(req).get("client_payload") or {}),
         "request_id": req.id,
@@ -194,23 +192,14 @@ def carry_out(deps: Deps, req: Request) -> None:
         "slack_channel": req.channel_id,
         "slack_thread_ts": req.root_ts,
     }
-    try:
-        dispatch_once(deps, req, req.event_type, payload)
-    except Retryable as exc:
-        retry_or_give_up(deps, req, exc)
-        return
-    except GitHubError as exc:
-        fail(deps, req, exc.message)
-        return
-    if deps.store.update(req.id, only_if_status=(ACCEPTED,), status=TRIGGERED):
-        deps.store.audit(
-            actor="bridge",
-            action="schedule.triggered",
-            outcome="ok",
-            request_id=req.id,
-            detail=req.event_type,
-        )
-    settle(deps, req)
+    trigger(
+        deps,
+        req,
+        lambda: dispatch_once(deps, req, event_type, payload),
+        from_statuses=(ACCEPTED,),
+        action="schedule.triggered",
+        detail=event_type,
+    )
 
 
 def root(deps: Deps, req: Request, what: str | None = None) -> messages.Message:

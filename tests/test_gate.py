@@ -270,8 +270,12 @@ def test_approval_none_deploys_at_once_and_says_so(make_harness, github, slack) 
     cfg["commands"]["deploy"]["approval"] = "none"
     h = make_harness(cfg)
     resp = h.slash("/deploy", "9001")
-    print(resp.json()["text"])
-    assert "no approval required by config (`approval: none`)" in resp.json()["text"]
+    ack = resp.json()["text"]
+    print(ack)
+    # Like /evaluate's ack: only what is known before the job reads the run.
+    assert ack.startswith(f":hourglass_flowing_sand: Checking run `9001` of `{REPO}` before ")
+    assert "deploying it to *production*… (request `" in ack and "On it" not in ack
+    assert "no approval required by config (`approval: none`)" in ack
     github.wait_for("POST", r"/dispatches$")
     h.settle()
     req = h.store.find(kind="deploy")[0]

@@ -8,6 +8,7 @@ through the real ASGI app — no other file knows it. A kind nobody registered f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
@@ -20,9 +21,8 @@ from bot import messages, slacktext
 from bot.config import Access
 from bot.deps import Deps
 from bot.model import ACCEPTED, CANCELLED, TRIGGERED, NewRequest, Request
-from bot.store import OverLimit
-from handlers import kinds, lifecycle, status
-from handlers.common import count_command, rate_limited, refused, resolve_repo
+from handlers import help, kinds, lifecycle, status
+from handlers.common import accept, admitted, resolve_repo
 from handlers.kinds import RequestKind, UnknownKind
 from handlers.status import LIMIT, status_list
 from tests.conftest import CHANNEL, REPO, USER, Harness
@@ -37,32 +37,21 @@ def _usage(deps: Deps, channel_id: str) -> str:
 
 
 def _handle(deps: Deps, command: dict[str, Any], ack: Callable[..., Any]) -> Request | None:
-    text = str(command.get("text") or "").strip()
-    user_id, channel_id = str(command["user_id"]), str(command["channel_id"])
-    if refused(deps, "rollback", Access(), user_id, channel_id, ack, check_rate=False):
+    inv = admitted(deps, "rollback", Access(), command, ack)
+    if inv is None:
         return None
-    try:
-        req, created = deps.store.create_request(
-            NewRequest(
-                kind="rollback",
-                repo=resolve_repo(deps, None, channel_id),
-                trigger="dispatch",
-                event_type="rollback",
-                run_ref=text,
-                channel_id=channel_id,
-                user_id=user_id,
-                idempotency_key=f"slack:{command.get('trigger_id')}",
-            ),
-            per_minute=deps.config.rate_limits.commands_per_minute,
-        )
-    except OverLimit:
-        rate_limited(deps, "rollback", ack)
-        return None
-    count_command(deps, "rollback", "accepted")
-    ack(text=f"On it: rollback to `{text}` (request `{req.id}`).", response_type="ephemeral")
-    if created:
-        deps.jobs.submit(req.id)
-    return req
+    new = NewRequest(
+        kind="rollback",
+        repo=resolve_repo(deps, None, inv.channel_id),
+        trigger="dispatch",
+        event_type="rollback",
+        run_ref=inv.text,
+        channel_id=inv.channel_id,
+        user_id=inv.user_id,
+        idempotency_key=inv.idempotency_key,
+    )
+    said = f"Rolling back to `{inv.text}`… (request `{{}}`)."
+    return accept(deps, "rollback", new, ack, lambda req: said.format(req.id))
 
 
 def _carry_out(deps: Deps, req: Request) -> None:
@@ -89,6 +78,7 @@ def _status_list(deps: Deps, text: str, channel_id: str) -> str:
 ROLLBACK = RequestKind(
     name="rollback",
     command="/rollback",
+    arguments="<release>",
     access=lambda deps: Access(),
     handle_command=_handle,
     usage=_usage,
@@ -158,6 +148,27 @@ def test_a_registered_kind_gets_help_and_status(
     _start(h)
     listing = h.slash("/rollback", "status").json()["text"]
     assert "Latest rollbacks" in listing and "rollback to `v1.2.3`" in listing
+
+
+def test_a_registered_kind_is_in_the_short_and_the_thread_help(
+    make_harness: Callable[..., Harness], slack: Any
+) -> None:
+    """The help a mention gets outside a request's thread names the kind's command and its
+    arguments, and the thread help says who else may cancel it — from the kind alone."""
+    toy = dataclasses.replace(
+        ROLLBACK, cancel_who=" or a release manager", may_cancel=lambda d, r, u: False
+    )
+    kinds.register(toy)
+    try:
+        h = make_harness()
+        _mention(h, "status", "1699999999.000100")  # a thread, but no request's
+        short = slack.wait_for("chat.postEphemeral")[-1].params["text"]
+        assert "`/evaluate <pr>`, `/deploy <run-id>` or `/rollback <release>`" in short
+        thread = h.slash("/rollback", "help").json()["text"]
+        assert "(by whoever asked, or an approver of a deploy, or a release manager of a " in thread
+    finally:
+        kinds.REGISTRY.unregister(toy.name)
+    assert "/rollback" not in help.short_help() and "release manager" not in help.thread_help()
 
 
 def test_a_registered_kind_is_carried_out_with_its_root_message(

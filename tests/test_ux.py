@@ -13,7 +13,7 @@ import pytest
 from slack_sdk.models.views import View
 from webhook_examples import fixture
 
-from handlers.help import SHORT_HELP
+from handlers.help import short_help
 from handlers.lifecycle import refresh_root
 from tests.conftest import CHANNEL, HEAD_SHA, REPO, USER, Harness
 
@@ -242,7 +242,8 @@ def test_mention_outside_a_request_thread_gets_short_help(harness: Harness, slac
     mention(harness, "status")
     mention(harness, "status", thread_ts="1699999999.000100")  # a thread, but no request's
     said = slack.wait_for("chat.postEphemeral", 2)
-    assert [c.params["text"] for c in said] == [SHORT_HELP, SHORT_HELP]
+    assert [c.params["text"] for c in said] == [short_help(), short_help()]
+    assert "use `/evaluate <pr>` or `/deploy <run-id>` in a channel" in said[0].params["text"]
     assert slack.calls_to("chat.postMessage") == []
 
 
@@ -332,7 +333,7 @@ def test_mention_cancel_by_the_requester_stops_the_run(harness: Harness, github,
 
     mention(harness, "cancel", thread_ts=req.root_ts)
     said = slack.wait_for("chat.postEphemeral", 2)[-1].params
-    assert "already cancelled; there is nothing to cancel" in said["text"]
+    assert "has already ended (cancelled); there is nothing to cancel" in said["text"]
 
 
 def test_cancel_explains_a_missing_actions_write_permission(
@@ -367,8 +368,24 @@ def test_cancel_of_a_pending_deploy_withdraws_the_approval(harness: Harness, git
     assert "cancelled this approval request" in replies(slack, req)[-1].params["text"]
     click(harness, "deploy_approve", req, APPROVER)
     said = slack.wait_for("chat.postEphemeral")[-1].params
-    assert said["user"] == APPROVER and said["text"].endswith("is already cancelled.")
+    assert said["user"] == APPROVER and said["text"].endswith(f"is already cancelled by <@{USER}>.")
     assert github.dispatches == []
+
+
+def test_a_request_that_ended_is_named_in_words_not_its_raw_status(
+    harness: Harness, github, slack
+) -> None:
+    """A click on a card, or `cancel` in a thread, of a request that could not start says so in
+    the words the root shows, never `error`."""
+    req = start_deploy(harness)
+    harness.store.update(req.id, only_if_status=("pending_approval",), status="error", error="x")
+    click(harness, "deploy_approve", req, APPROVER)
+    said = slack.wait_for("chat.postEphemeral")[-1].params["text"]
+    assert said == "This deploy request is no longer waiting for approval (now: could not start)."
+    mention(harness, "cancel", thread_ts=req.root_ts)
+    said = slack.wait_for("chat.postEphemeral", 2)[-1].params["text"]
+    assert said.endswith("has already ended (could not start); there is nothing to cancel.")
+    assert harness.store.get(req.id).status == "error" and github.dispatches == []
 
 
 def test_a_run_that_starts_after_its_deploy_was_cancelled_is_stopped_too(

@@ -8,11 +8,8 @@ answer costs no rate limit). What it finds is turned into the events a webhook w
 same Router.dispatch, so every handler registered for those events sees them, a thread reads
 the same either way, and the handlers' idempotency keys keep anything from being said twice.
 
-Still webhook-only: `pull_request` synchronize (it would take one more GET per repository and
-cycle, the open pulls list; not added here) and `deployment_status` (a deployment's statuses
-are one GET per deployment, and a listed status lacks the `workflow_run` a webhook carries,
-which is how most are matched to their request; the deploy's workflow_run events, polled,
-still settle the request).
+`pull_request` synchronize and `deployment_status` are polled too, and sent to the router as
+those events (see below); only what they need is asked for.
 
 Per repository and cycle:
 - one `GET /repos/{repo}/actions/runs?event=pull_request&head_sha=…` per head SHA of a waiting
@@ -20,7 +17,16 @@ Per repository and cycle:
 - one `GET /repos/{repo}/actions/runs?event=repository_dispatch&created=>=…` when a dispatched
   request waits (runs are matched by `chatops <request id>:` in their display_title);
 - one `GET /repos/{repo}/issues/{pr}/comments?since=…` per pull request whose evaluation waits
-  or finished less than COMMENT_GRACE ago (metric comments often come last).
+  or finished less than COMMENT_GRACE ago (metric comments often come last);
+- one `GET /repos/{repo}/pulls/{pr}` per pull request whose evaluation waits with a thread: a
+  head that is no longer the evaluated SHA becomes a `pull_request` synchronize event;
+- one `GET /repos/{repo}/deployments?environment=…` per environment with a deploy that waits or
+  finished less than COMMENT_GRACE ago, and one `GET …/deployments/{id}/statuses` per deployment
+  created since that deploy was dispatched: each status a `deployment_status` created event.
+  A listed deployment lacks the `workflow_run` a webhook carries, so one is named only when the
+  deployment's commit is that of a run already linked to a waiting deploy (the deploy workflow's
+  job creates the deployment at its run's commit), or the deployment's own payload names the
+  request; any other deployment to the environment is left alone.
 An ETag is stored only after everything in its answer was relayed, so a failure (Slack down)
 means the same answer is fetched and relayed again at the next cycle.
 """
@@ -35,7 +41,13 @@ from typing import TYPE_CHECKING, Any
 from bot import logs
 from bot.deps import Deps
 from bot.github import GitHubError, Retryable
-from bot.github_data import CLOCK_SKEW, Conditional, dispatch_runs_query, run_from_payload
+from bot.github_data import (
+    CLOCK_SKEW,
+    Conditional,
+    dispatch_runs_query,
+    parse_time,
+    run_from_payload,
+)
 from bot.metrics import Metrics
 from bot.model import FAILED, SUCCEEDED, WAITING_FOR_RUNS, Request
 from bot.slack import SlackFailure
@@ -85,6 +97,9 @@ class Poller:
         # run id -> (status, conclusion, attempt) last relayed by this process: an unchanged
         # run in a changed list (another run of the same SHA moved) is not relayed again.
         self._relayed: dict[str, tuple[str, str | None, int]] = {}
+        # (repo, environment) -> (ETag, deployments) of the last list: a new status does not
+        # change the list, so its 304 must still let the deployments' statuses be read.
+        self._deployments: dict[tuple[str, str], tuple[str | None, list[dict[str, Any]]]] = {}
         self._lock = threading.Lock()
 
     def install(self, hk: Housekeeping) -> None:
@@ -127,6 +142,10 @@ class Poller:
                 self._guard(repo, self._poll_runs, repo, waiting)
             for (repo, number), since in sorted(self._comment_targets(waiting, now).items()):
                 self._guard(repo, self._poll_comments, repo, number, since)
+            for (repo, number), shas in sorted(self._head_targets(waiting).items()):
+                self._guard(repo, self._poll_head, repo, number, shas)
+            for (repo, env), deploys in sorted(self._deploy_targets(waiting, now).items()):
+                self._guard(repo, self._poll_deployments, repo, env, deploys)
         except _RateLow:
             log.warning(
                 "GitHub rate limit low; poll cycle stopped",
@@ -203,20 +222,22 @@ class Poller:
             self._relayed[str(run.id)] = state
         self.deps.store.set_etag(key, found.etag)
 
-    # -- metric comments ------------------------------------------------------------------
-    def _comment_targets(self, waiting: list[Request], now: float) -> dict[tuple[str, int], float]:
-        """(repo, PR) → since: PRs of waiting evaluations, and of ones that just finished."""
+    def _just_finished(self, kind: str, now: float) -> list[Request]:
+        """Requests of `kind` that finished less than COMMENT_GRACE ago: what comes last (a
+        metrics comment, a deployment's final state) can follow the run's completion."""
         recent = self.deps.store.find(
-            kind="evaluate",
+            kind=kind,
             statuses=(SUCCEEDED, FAILED),
             since=now - self.deps.config.github.poll_max_age_hours * 3600,
             limit=200,
         )
-        just_finished = [
-            r for r in recent if r.finished_at and now - r.finished_at <= self.COMMENT_GRACE
-        ]
+        return [r for r in recent if r.finished_at and now - r.finished_at <= self.COMMENT_GRACE]
+
+    # -- metric comments ------------------------------------------------------------------
+    def _comment_targets(self, waiting: list[Request], now: float) -> dict[tuple[str, int], float]:
+        """(repo, PR) → since: PRs of waiting evaluations, and of ones that just finished."""
         targets: dict[tuple[str, int], float] = {}
-        for req in [*waiting, *just_finished]:
+        for req in [*waiting, *self._just_finished("evaluate", now)]:
             if req.kind != "evaluate" or req.pr_number is None or not req.root_ts:
                 continue
             key = (req.repo, req.pr_number)
@@ -238,6 +259,92 @@ class Poller:
         for comment in found.data or []:
             # Each event in its own log scope: the request a handler binds names its lines only.
             logs.scoped(self.dispatch)("issue_comment", issue_comment_event(repo, number, comment))
+        self.deps.store.set_etag(key, found.etag)
+
+    # -- pull request heads: pull_request synchronize --------------------------------------
+    @staticmethod
+    def _head_targets(waiting: list[Request]) -> dict[tuple[str, int], set[str]]:
+        """(repo, PR) → the head SHAs its waiting evaluations (with a thread) evaluate."""
+        targets: dict[tuple[str, int], set[str]] = {}
+        for req in waiting:
+            if req.kind == "evaluate" and req.pr_number and req.head_sha and req.root_ts:
+                targets.setdefault((req.repo, req.pr_number), set()).add(req.head_sha)
+        return targets
+
+    def _poll_head(self, repo: str, number: int, shas: set[str]) -> None:
+        gh = self.deps.github
+        key = f"pull:{repo}#{number}"
+        found = self._get("pulls", key, lambda etag: gh.pull(repo, number, etag=etag))
+        if found is None:
+            return
+        pull = found.data or {}
+        head = str((pull.get("head") or {}).get("sha") or "")
+        # Only a head that moved is a synchronize (the ETag also changes with labels, titles…).
+        if head and any(sha != head for sha in shas):
+            logs.scoped(self.dispatch)("pull_request", pull_request_event(repo, pull))
+        self.deps.store.set_etag(key, found.etag)
+
+    # -- deployments: deployment_status ----------------------------------------------------
+    def _deploy_targets(
+        self, waiting: list[Request], now: float
+    ) -> dict[tuple[str, str], list[Request]]:
+        """(repo, environment) → its deploys that wait, or finished less than COMMENT_GRACE ago
+        (a deployment's last status can come as its run completes)."""
+        targets: dict[tuple[str, str], list[Request]] = {}
+        for req in [*waiting, *self._just_finished("deploy", now)]:
+            if req.kind == "deploy" and req.environment and req.root_ts:
+                targets.setdefault((req.repo, req.environment), []).append(req)
+        return targets
+
+    def _poll_deployments(self, repo: str, environment: str, deploys: list[Request]) -> None:
+        gh = self.deps.github
+        cached_etag, deployments = self._deployments.get((repo, environment), (None, []))
+        params = {"environment": environment, "per_page": 20}
+        found = self._get(
+            "deployments",
+            f"deployments:{repo}:{environment}",
+            lambda _: gh.list_deployments(repo, params=params, etag=cached_etag),
+        )
+        if found is not None:
+            deployments = [d for d in found.data or [] if isinstance(d, dict)]
+            self._deployments[(repo, environment)] = (found.etag, deployments)
+        since = min(r.action_started_at or r.created_at for r in deploys) - CLOCK_SKEW
+        for deployment in sorted(deployments, key=lambda d: int(d.get("id") or 0)):
+            created = parse_time(deployment.get("created_at"))
+            if created is None or created < since:
+                continue
+            run = self._run_of(deployment, deploys)
+            if run is not None:
+                self._poll_statuses(repo, deployment, run)
+
+    def _run_of(self, deployment: dict[str, Any], deploys: list[Request]) -> dict[str, Any] | None:
+        """The `workflow_run` to name in the event ({} when the deployment's payload names the
+        request itself), or None: not (yet) known to be one of these deploys'."""
+        extra = deployment.get("payload")
+        if isinstance(extra, dict) and isinstance(extra.get("request_id"), str):
+            return {}
+        sha = str(deployment.get("sha") or "")
+        for req in deploys:
+            for run in self.deps.store.runs_of(req.id):
+                if sha and run.head_sha == sha:
+                    return {"id": int(run.run_id)}
+        return None
+
+    def _poll_statuses(self, repo: str, deployment: dict[str, Any], run: dict[str, Any]) -> None:
+        gh = self.deps.github
+        deployment_id = int(deployment["id"])
+        key = f"deployment-statuses:{repo}:{deployment_id}"
+        found = self._get(
+            "deployment_statuses",
+            key,
+            lambda etag: gh.deployment_statuses(repo, deployment_id, etag=etag),
+        )
+        if found is None:
+            return
+        statuses = [s for s in found.data or [] if isinstance(s, dict)]
+        for status in sorted(statuses, key=lambda s: int(s.get("id") or 0)):  # oldest first
+            event = deployment_status_event(repo, deployment, status, run)
+            logs.scoped(self.dispatch)("deployment_status", event)
         self.deps.store.set_etag(key, found.etag)
 
 
@@ -270,3 +377,27 @@ def issue_comment_event(repo: str, number: int, comment: dict[str, Any]) -> dict
         "comment": comment,
         "repository": {"full_name": repo},
     }
+
+
+def pull_request_event(repo: str, pull: dict[str, Any]) -> dict[str, Any]:
+    """A `pull_request` synchronize event for a pull request whose head moved."""
+    return {
+        "action": "synchronize",
+        "number": pull.get("number"),
+        "after": (pull.get("head") or {}).get("sha"),
+        "pull_request": pull,
+        "repository": {"full_name": repo},
+    }
+
+
+def deployment_status_event(
+    repo: str, deployment: dict[str, Any], status: dict[str, Any], run: dict[str, Any]
+) -> dict[str, Any]:
+    """A `deployment_status` created event; `run` ({} for none) is its `workflow_run`."""
+    event = {
+        "action": "created",
+        "deployment": deployment,
+        "deployment_status": status,
+        "repository": {"full_name": repo},
+    }
+    return {**event, "workflow_run": run} if run else event

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from sqlalchemy import (
+    RowMapping,
     and_,
     bindparam,
     insert,
@@ -97,18 +98,7 @@ class Runs(StoreBase):
             stored = conn.execute(_UPDATE_RUN_IF_NEWER, {"b_id": run_id, **newer, **values})
         # Linked before: later events of a run find their request by the link (runs table).
         self._log_run(run_id, request_id, "link", status, conclusion, attempt, stored.rowcount > 0)
-        m = row._mapping
-        prev = RunRecord(
-            run_id=m["run_id"],
-            request_id=m["request_id"],
-            status=m["status"],
-            conclusion=m["conclusion"],
-            attempt=m["attempt"],
-            name=m["name"],
-            html_url=m["html_url"],
-            started_at=m["started_at"],
-        )
-        return prev, bool(stored.rowcount)
+        return _run_record(row._mapping), bool(stored.rowcount)
 
     @staticmethod
     def _log_run(
@@ -147,16 +137,19 @@ class Runs(StoreBase):
             rows = conn.execute(
                 select(db.runs).where(db.runs.c.request_id == request_id).order_by(db.runs.c.run_id)
             ).all()
-        return [
-            RunRecord(
-                run_id=m["run_id"],
-                request_id=m["request_id"],
-                status=m["status"],
-                conclusion=m["conclusion"],
-                attempt=m["attempt"],
-                name=m["name"],
-                html_url=m["html_url"],
-                started_at=m["started_at"],
-            )
-            for m in (row._mapping for row in rows)
-        ]
+        return [_run_record(row._mapping) for row in rows]
+
+
+def _run_record(m: RowMapping) -> RunRecord:
+    """A row of the runs table as the domain sees it."""
+    return RunRecord(
+        run_id=m["run_id"],
+        request_id=m["request_id"],
+        status=m["status"],
+        conclusion=m["conclusion"],
+        attempt=m["attempt"],
+        name=m["name"],
+        html_url=m["html_url"],
+        started_at=m["started_at"],
+        head_sha=m["head_sha"],
+    )

@@ -40,6 +40,7 @@ def _housekeeping(hk: Housekeeping, deps: Deps) -> None:
 KIND = RequestKind(
     name="deploy",
     command="/deploy",
+    arguments="<run-id>",
     access=command.access,
     handle_command=command.handle_command,
     usage=command.help_usage,

@@ -12,7 +12,13 @@ from bot.markdown import render_comment
 from bot.model import ACCEPTED, EXPIRED, PENDING_APPROVAL, REJECTED, Request
 from bot.slacktext import escape_mrkdwn, slack_date
 from handlers import details
-from handlers.deploy.facts import DeployDetails, details_of
+from handlers.deploy.facts import (
+    DeployDetails,
+    LaterMetrics,
+    RunFacts,
+    ShownMetrics,
+    details_of,
+)
 from handlers.deploy.policy import (
     NO_APPROVAL,
     approved_by,
@@ -100,7 +106,7 @@ def warnings_for(details: DeployDetails) -> list[str]:
     return out
 
 
-def _run_line(run: dict[str, Any]) -> str:
+def _run_line(run: RunFacts) -> str:
     parts = [
         f"*Run:* {slacktext.slack_link(run.get('url'), str(run.get('name') or 'workflow run'))}"
     ]
@@ -117,7 +123,7 @@ def _run_line(run: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
-def _metrics_blocks(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+def _metrics_blocks(metrics: ShownMetrics, later: list[LaterMetrics]) -> list[dict[str, Any]]:
     """The metrics table with where it came from: author (and why trusted), the comment, the
     commit; how many metrics comments there were; newer ones posted after the card."""
     if not metrics.get("trusted_as"):
@@ -137,7 +143,7 @@ def _metrics_blocks(metrics: dict[str, Any]) -> list[dict[str, Any]]:
             if isinstance(e, dict)
         )
         text += f"\nThe newest of {count} metrics comments for this commit; earlier: {earlier}"
-    later = [e for e in metrics.get("later") or [] if isinstance(e, dict)]
+    later = [e for e in later if isinstance(e, dict)]
     if later:
         links = ", ".join(
             slacktext.slack_link(str(e.get("comment_url") or ""), str(e.get("author") or "someone"))
@@ -265,7 +271,7 @@ def render_card(
         )
     metrics = d.get("metrics")
     if isinstance(metrics, dict):
-        blocks += _metrics_blocks({**metrics, "later": d.get("metrics_later") or []})
+        blocks += _metrics_blocks(metrics, d.get("metrics_later") or [])
     warnings = warnings_for(d)
     if warnings:
         blocks.append(slacktext.section("\n".join(f":warning: {w}" for w in warnings)))

@@ -10,8 +10,10 @@ from typing import Any
 
 from bot import logs
 from bot.deps import Deps
-from bot.model import APPROVED, EXPIRED, PENDING_APPROVAL, REJECTED, Request
+from bot.messages import status_words
+from bot.model import APPROVED, CANCELLED, EXPIRED, PENDING_APPROVAL, REJECTED, Request
 from bot.slack import SlackFailure
+from handlers import details
 from handlers.deploy.card import (
     REASON_BLOCK,
     REASON_INPUT,
@@ -71,9 +73,12 @@ def state_words(req: Request) -> str:
     if req.status == EXPIRED:
         return "already expired"
     if req.decided_by:
-        now = f" (now {req.status})" if req.status != APPROVED else ""
+        now = f" (now: {status_words(req.status)})" if req.status != APPROVED else ""
         return f"already approved by <@{req.decided_by}>{now}"
-    return f"already {req.status}"
+    if req.status == CANCELLED:
+        by = details.thread(req).get("cancelled_by")
+        return "already cancelled" + (f" by <@{by}>" if by else "")
+    return f"no longer waiting for approval (now: {status_words(req.status)})"
 
 
 def _pending(deps: Deps, click: Click) -> Request | None:

@@ -6,14 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from bot import logs
 from bot.config import Access, ApprovalPolicy
 from bot.deps import Deps
 from bot.model import APPROVED, PENDING_APPROVAL, NewRequest, Request
 from bot.refs import UsageError, is_lock_command, parse_deploy_args
 from bot.slacktext import escape_mrkdwn
-from bot.store import OverLimit
-from handlers.common import count_command, rate_limited, refused, resolve_repo
+from handlers.common import accept, admitted, answer_usage, count_command, resolve_repo
 from handlers.deploy import locks
 from handlers.deploy.policy import NO_APPROVAL, excluded_self, who_can_approve
 from handlers.status import LIMIT, status_list
@@ -57,24 +55,19 @@ def _environment(deps: Deps, given: str | None) -> str | None:
 
 def handle_command(deps: Deps, command: dict[str, Any], ack: Ack) -> Request | None:
     """Parse, check, store, then ack — inside Slack's 3 seconds. GitHub and the card: jobs."""
-    text = str(command.get("text") or "").strip()
-    user_id = str(command.get("user_id") or "")
-    channel_id = str(command.get("channel_id") or "")
     cmd = deps.config.commands.deploy
-    if is_lock_command(text):
+    if is_lock_command(str(command.get("text") or "").strip()):
         # Locks have their own rule (the environment's approvers), checked there.
         locks.handle_command(deps, command, ack)
         return None
-    # The rate limit is enforced by create_request below, in the same statement as the insert
-    # (an early count would let a parallel burst through together).
-    if refused(deps, "deploy", cmd, user_id, channel_id, ack, check_rate=False):
+    inv = admitted(deps, "deploy", cmd, command, ack)
+    if inv is None:
         return None
     try:
-        args = parse_deploy_args(text, allowed_hosts=deps.web_hosts)
-        repo = resolve_repo(deps, args.repo, channel_id)
+        args = parse_deploy_args(inv.text, allowed_hosts=deps.web_hosts)
+        repo = resolve_repo(deps, args.repo, inv.channel_id)
     except UsageError as exc:
-        count_command(deps, "deploy", "usage_error")
-        ack(text=f":warning: {exc}\n{usage(deps, channel_id)}", response_type="ephemeral")
+        answer_usage(deps, "deploy", exc, usage(deps, inv.channel_id), ack)
         return None
     environment = _environment(deps, args.environment)
     if environment is None:
@@ -96,69 +89,52 @@ def handle_command(deps: Deps, command: dict[str, Any], ack: Ack) -> Request | N
             response_type="ephemeral",
         )
         return None
-    locked = locks.deploy_refusal(deps, repo, environment, user_id, channel_id)
+    locked = locks.deploy_refusal(deps, repo, environment, inv.user_id, inv.channel_id)
     if locked is not None:
         count_command(deps, "deploy", "refused", why="environment_locked")
         ack(text=locked, response_type="ephemeral")
         return None
     policy = cmd.policy_for(environment)
-    try:
-        req, created = _store(deps, command, repo, args.run_id, environment, policy)
-    except OverLimit:
-        rate_limited(deps, "deploy", ack)
-        return None
-    logs.bind(request_id=req.id)
-    count_command(deps, "deploy", "accepted" if created else "duplicate")
+    new = NewRequest(
+        kind="deploy",
+        repo=repo,
+        trigger="dispatch",
+        run_ref=args.run_id,
+        environment=environment,
+        event_type=cmd.event_type,
+        channel_id=inv.channel_id,
+        user_id=inv.user_id,
+        response_url=inv.response_url,
+        status=PENDING_APPROVAL if policy else APPROVED,
+        expires_at=deps.clock() + policy.expires_after_minutes * 60 if policy else None,
+        idempotency_key=inv.idempotency_key,
+    )
+    return accept(
+        deps,
+        "deploy",
+        new,
+        ack,
+        lambda req: _ack_text(req, policy, inv.user_id),
+        audit_action="deploy.requested",
+        audit_detail=f"{repo} run {args.run_id} to {environment}"
+        + ("" if policy else f"; {NO_APPROVAL}"),
+    )
+
+
+def _ack_text(req: Request, policy: ApprovalPolicy | None, user_id: str) -> str:
+    """What the requester is told at once: only what is known before the job reads the run."""
     what = f"deploy of run `{req.run_ref}` to *{req.environment}* in `{req.repo}`"
     if req.status == PENDING_APPROVAL and policy is not None:
         who = who_can_approve(policy, exclude=excluded_self(policy, user_id))
-        said = (
+        return (
             f":raised_hand: Asked for approval: {what} (request `{req.id}`). The approval card "
             f"will appear in this channel; {who} can "
             f"approve it within {policy.expires_after_minutes} minutes."
         )
-    else:
-        said = (
-            f":rocket: On it: {what} (request `{req.id}`); {NO_APPROVAL} "
-            "(`approval: none`). I'll follow it in a thread in this channel."
-        )
-    ack(text=said, response_type="ephemeral")
-    if created:
-        deps.jobs.submit(req.id)
-    return req
-
-
-def _store(
-    deps: Deps,
-    command: dict[str, Any],
-    repo: str,
-    run_id: str,
-    environment: str,
-    policy: ApprovalPolicy | None,
-) -> tuple[Request, bool]:
-    cmd = deps.config.commands.deploy
-    user_id = str(command.get("user_id") or "")
-    channel_id = str(command.get("channel_id") or "")
-    now = deps.clock()
-    return deps.store.create_request(
-        NewRequest(
-            kind="deploy",
-            repo=repo,
-            trigger="dispatch",
-            run_ref=run_id,
-            environment=environment,
-            event_type=cmd.event_type,
-            channel_id=channel_id,
-            user_id=user_id,
-            response_url=command.get("response_url"),
-            status=PENDING_APPROVAL if policy else APPROVED,
-            expires_at=now + policy.expires_after_minutes * 60 if policy else None,
-            idempotency_key=f"slack:{command.get('trigger_id') or command.get('response_url')}",
-        ),
-        audit_action="deploy.requested",
-        audit_detail=f"{repo} run {run_id} to {environment}"
-        + ("" if policy else f"; {NO_APPROVAL}"),
-        per_minute=deps.config.rate_limits.commands_per_minute,
+    return (
+        f":hourglass_flowing_sand: Checking run `{req.run_ref}` of `{req.repo}` before "
+        f"deploying it to *{req.environment}*… (request `{req.id}`); {NO_APPROVAL} "
+        "(`approval: none`)."
     )
 
 

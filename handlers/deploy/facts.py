@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, TypedDict, cast
+from typing import TypedDict, cast
 
 from bot.model import Request
 
@@ -16,12 +16,57 @@ class LaterMetrics(TypedDict, total=False):
     created_at: str
 
 
+class RunFacts(TypedDict, total=False):
+    """The GitHub run a deploy names, as the worker read it when the card was made."""
+
+    name: str | None
+    url: str | None
+    branch: str | None
+    sha: str
+    status: str
+    conclusion: str | None
+
+
+class PullHead(TypedDict):
+    """The head of the run's PR when the card was made."""
+
+    number: int
+    sha: str
+    url: str
+
+
+class BranchHead(TypedDict):
+    """The head of the run's branch when the card was made (a run of no PR)."""
+
+    branch: str
+    sha: str
+
+
+class EarlierMetrics(TypedDict, total=False):
+    comment_url: str | None
+    author: str | None
+
+
+class ShownMetrics(TypedDict, total=False):
+    """The newest trusted metrics comment for the run's commit: the table the card shows."""
+
+    id: int | None
+    comment_url: str | None
+    author: str | None
+    trusted_as: str | None
+    created_at: str | None
+    body: str | None
+    head_sha: str  # the run's commit the comment is for
+    count: int  # how many trusted metrics comments there were for it
+    earlier: list[EarlierMetrics]  # up to 5 of the others, newest first
+
+
 class DeployDetails(TypedDict, total=False):
     facts_checked: bool  # the worker looked the run up (or found it is not a GitHub run id)
-    run: dict[str, Any]  # name, url, branch, sha, status, conclusion of the GitHub run
-    pr_head: dict[str, Any]  # number, sha, url: the head of the run's PR when the card was made
-    branch_head: dict[str, Any]  # branch, sha: the head of the run's branch (no PR)
-    metrics: dict[str, Any]  # the newest trusted metrics comment for the run's commit
+    run: RunFacts
+    pr_head: PullHead
+    branch_head: BranchHead
+    metrics: ShownMetrics
     metrics_later: list[LaterMetrics]  # written by handlers/comments.py
     # written by handlers/deployment_status.py: the newest deployment status
     deployment_status_id: int

@@ -8,12 +8,20 @@ from typing import Any
 
 from bot.deps import Deps
 from bot.github import GitHubError, NotFound, Retryable
-from bot.model import APPROVED, PENDING_APPROVAL, TRIGGERED, Request
+from bot.model import APPROVED, PENDING_APPROVAL, Request
 from bot.provenance import newest, same_commit, trusted_as
 from bot.slack import SlackFailure
 from handlers import details, evaluate
 from handlers.common import github_permission_refusal
-from handlers.deploy.facts import DeployDetails, details_of
+from handlers.deploy.facts import (
+    BranchHead,
+    DeployDetails,
+    EarlierMetrics,
+    PullHead,
+    RunFacts,
+    ShownMetrics,
+    details_of,
+)
 from handlers.deploy.policy import approved_by
 from handlers.lifecycle import (
     dispatch_once,
@@ -21,7 +29,7 @@ from handlers.lifecycle import (
     fail,
     fail_or_wait,
     retry_or_give_up,
-    settle,
+    trigger,
 )
 
 GITHUB_RUN_ID = re.compile(r"^[1-9][0-9]{0,19}$")
@@ -81,22 +89,22 @@ def _gather_facts(deps: Deps, req: Request) -> None:
     facts = DeployDetails(facts_checked=True)
     if req.run_ref and GITHUB_RUN_ID.match(req.run_ref):
         run = deps.github.get_run(req.repo, int(req.run_ref))
-        facts["run"] = {
-            "name": run.name,
-            "url": run.html_url,
-            "branch": run.head_branch,
-            "sha": run.head_sha,
-            "status": run.status,
-            "conclusion": run.conclusion,
-        }
+        facts["run"] = RunFacts(
+            name=run.name,
+            url=run.html_url,
+            branch=run.head_branch,
+            sha=run.head_sha,
+            status=run.status,
+            conclusion=run.conclusion,
+        )
         # A run's commit can fall behind its PR, or (a run of a branch) behind its branch.
         for number in run.pull_numbers[:1]:
             pull = deps.github.get_pull(req.repo, number)
-            facts["pr_head"] = {"number": number, "sha": pull.head_sha, "url": pull.html_url}
+            facts["pr_head"] = PullHead(number=number, sha=pull.head_sha, url=pull.html_url)
         if not run.pull_numbers and run.head_branch:
             head = deps.github.branch_head(req.repo, run.head_branch)
             if head:
-                facts["branch_head"] = {"branch": run.head_branch, "sha": head}
+                facts["branch_head"] = BranchHead(branch=run.head_branch, sha=head)
         metrics = _relayed_metrics(deps, req.repo, run.head_sha, run.pull_numbers[:1])
         if metrics:
             facts["metrics"] = metrics
@@ -106,7 +114,7 @@ def _gather_facts(deps: Deps, req: Request) -> None:
 
 def _relayed_metrics(
     deps: Deps, repo: str, sha: str, pull_numbers: Sequence[int]
-) -> dict[str, Any] | None:
+) -> ShownMetrics | None:
     """The newest metrics comment for exactly this commit from an author trusted now, with how
     many there were; None when there is none. Entries recorded before provenance was kept
     (no "trusted_as") are not shown: nobody checked who wrote them."""
@@ -136,15 +144,20 @@ def _relayed_metrics(
         key=lambda e: (str(e.get("created_at") or ""), int(e.get("id") or 0)),
         reverse=True,
     )
-    return {
-        **{k: best.get(k) for k in ("id", "comment_url", "author", "trusted_as", "created_at")},
-        "body": best.get("body"),
-        "head_sha": sha,
-        "count": len(found),
-        "earlier": [
-            {"comment_url": e.get("comment_url"), "author": e.get("author")} for e in earlier[:5]
+    return ShownMetrics(
+        id=best.get("id"),
+        comment_url=best.get("comment_url"),
+        author=best.get("author"),
+        trusted_as=best.get("trusted_as"),
+        created_at=best.get("created_at"),
+        body=best.get("body"),
+        head_sha=sha,
+        count=len(found),
+        earlier=[
+            EarlierMetrics(comment_url=e.get("comment_url"), author=e.get("author"))
+            for e in earlier[:5]
         ],
-    }
+    )
 
 
 def _dispatch(deps: Deps, req: Request) -> None:
@@ -156,23 +169,14 @@ def _dispatch(deps: Deps, req: Request) -> None:
     the same payload again — the same request_id, which the deploy workflow recognises.
     """
     event_type = req.event_type or deps.config.commands.deploy.event_type
-    try:
-        dispatch_once(deps, req, event_type, dispatch_payload(deps, req))
-    except Retryable as exc:
-        retry_or_give_up(deps, req, exc)
-        return
-    except GitHubError as exc:
-        fail(deps, req, exc.message)
-        return
-    if deps.store.update(req.id, only_if_status=(APPROVED,), status=TRIGGERED):
-        deps.store.audit(
-            actor="bridge",
-            action="deploy.dispatched",
-            outcome="ok",
-            request_id=req.id,
-            detail=f"{event_type} to {req.repo}, run {req.run_ref}, {req.environment}",
-        )
-    settle(deps, req)
+    trigger(
+        deps,
+        req,
+        lambda: dispatch_once(deps, req, event_type, dispatch_payload(deps, req)),
+        from_statuses=(APPROVED,),
+        action="deploy.dispatched",
+        detail=f"{event_type} to {req.repo}, run {req.run_ref}, {req.environment}",
+    )
 
 
 def approvers_for_payload(deps: Deps, req: Request) -> list[str]:

@@ -49,7 +49,7 @@ OPERATIONS: list[tuple[str, str, str]] = [
         "GitHubApp.installation_id (PyGithub get_repo_installation)",
     ),
     ("GET", "/repos/{owner}/{repo}", "GitHubApp.repository (operator check)"),
-    ("GET", "/repos/{owner}/{repo}/pulls/{pull_number}", "GitHubApp.get_pull"),
+    ("GET", "/repos/{owner}/{repo}/pulls/{pull_number}", "GitHubApp.get_pull, pull (ETag)"),
     ("GET", "/repos/{owner}/{repo}/branches/{branch}", "GitHubApp.branch_head (deploy card)"),
     ("GET", "/repos/{owner}/{repo}/issues/{issue_number}/labels", "GitHubApp.labels"),
     ("POST", "/repos/{owner}/{repo}/issues/{issue_number}/labels", "GitHubApp.add_label"),
@@ -71,6 +71,12 @@ OPERATIONS: list[tuple[str, str, str]] = [
         "GET",
         "/repos/{owner}/{repo}/collaborators/{username}/permission",
         "GitHubApp.permission",
+    ),
+    ("GET", "/repos/{owner}/{repo}/deployments", "GitHubApp.list_deployments (ETag)"),
+    (
+        "GET",
+        "/repos/{owner}/{repo}/deployments/{deployment_id}/statuses",
+        "GitHubApp.deployment_statuses (ETag)",
     ),
 ]
 

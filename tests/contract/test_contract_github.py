@@ -81,6 +81,33 @@ def _get_pull(app: GitHubApp, gh: GitHubContract) -> None:
     assert gh.requests_to("GET", rf"^/repos/{REPO}/pulls/42$")
 
 
+def _pull(app: GitHubApp, gh: GitHubContract) -> None:
+    first, second = _conditional_twice(lambda etag: app.pull(REPO, 42, etag=etag))
+    assert not first.not_modified and len(first.data["head"]["sha"]) == 40
+    assert second.not_modified and second.etag == first.etag
+    sent = gh.calls_of("GET", "/repos/{owner}/{repo}/pulls/{pull_number}")
+    assert sent[-1].headers.get("If-None-Match") == first.etag
+
+
+def _list_deployments(app: GitHubApp, gh: GitHubContract) -> None:
+    params = {"environment": "production", "per_page": 20}
+    first, second = _conditional_twice(
+        lambda etag: app.list_deployments(REPO, params=params, etag=etag)
+    )
+    assert isinstance(first.data, list) and first.data[0]["id"] and first.data[0]["sha"]
+    assert first.data[0]["created_at"] and second.not_modified
+    sent = gh.calls_of("GET", "/repos/{owner}/{repo}/deployments")
+    assert sent[0].query == {"environment": "production", "per_page": "20"}
+
+
+def _deployment_statuses(app: GitHubApp, gh: GitHubContract) -> None:
+    first, second = _conditional_twice(lambda etag: app.deployment_statuses(REPO, 7, etag=etag))
+    assert isinstance(first.data, list) and first.data[0]["id"] and first.data[0]["state"]
+    assert second.not_modified
+    sent = gh.calls_of("GET", "/repos/{owner}/{repo}/deployments/{deployment_id}/statuses")
+    assert sent[0].path == f"/repos/{REPO}/deployments/7/statuses"
+
+
 def _branch_head(app: GitHubApp, gh: GitHubContract) -> None:
     sha = app.branch_head(REPO, "feature/eval")
     # Prism answers GitHub's example branch whatever name is asked.
@@ -169,6 +196,7 @@ EXERCISES = [
     Exercise("GET", "/repos/{owner}/{repo}/installation", "installation_id", _installation),
     Exercise("GET", "/repos/{owner}/{repo}", "repository", _repository),
     Exercise("GET", "/repos/{owner}/{repo}/pulls/{pull_number}", "get_pull", _get_pull),
+    Exercise("GET", "/repos/{owner}/{repo}/pulls/{pull_number}", "pull", _pull),
     Exercise("GET", "/repos/{owner}/{repo}/branches/{branch}", "branch_head", _branch_head),
     Exercise("GET", "/repos/{owner}/{repo}/issues/{issue_number}/labels", "labels", _labels),
     Exercise("POST", "/repos/{owner}/{repo}/issues/{issue_number}/labels", "add_label", _add_label),
@@ -195,6 +223,13 @@ EXERCISES = [
         "/repos/{owner}/{repo}/collaborators/{username}/permission",
         "permission",
         _permission,
+    ),
+    Exercise("GET", "/repos/{owner}/{repo}/deployments", "list_deployments", _list_deployments),
+    Exercise(
+        "GET",
+        "/repos/{owner}/{repo}/deployments/{deployment_id}/statuses",
+        "deployment_statuses",
+        _deployment_statuses,
     ),
 ]
 

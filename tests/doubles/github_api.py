@@ -335,6 +335,13 @@ _ROUTES: list[tuple[str, str, str, tuple[tuple[str, str], ...], str]] = [
     ),
     (
         "GET",
+        _REPO + r"/deployments",
+        "installation",
+        (("deployments", "read"),),
+        "_list_deployments",
+    ),
+    (
+        "GET",
         _REPO + r"/deployments/(?P<deployment_id>\d+)/statuses",
         "installation",
         (("deployments", "read"),),
@@ -417,6 +424,8 @@ class GitHubDouble:
         self.jobs: dict[int, list[dict[str, Any]]] = {}
         # (repo full name, deployment id) -> statuses
         self.deployment_statuses: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        # repo full name -> deployments, newest first (as GitHub lists them)
+        self.deployments: dict[str, list[dict[str, Any]]] = {}
         self._repos: dict[str, _Repo] = {}
         self._pulls: dict[tuple[str, int], dict[str, Any]] = {}
         self._labels: dict[tuple[str, int], list[str]] = {}
@@ -1567,6 +1576,15 @@ class GitHubDouble:
         }
         user["role_name"] = role
         return 200, {"permission": _ROLE_TO_PERMISSION[role], "role_name": role, "user": user}
+
+    def _list_deployments(self, ctx: _Ctx) -> tuple[int, Any]:
+        assert ctx.repo is not None
+        found = [
+            dict(d)
+            for d in self.deployments.get(ctx.repo.full_name, [])
+            if all(str(d.get(k)) == ctx.query[k] for k in ("environment", "sha") if k in ctx.query)
+        ]
+        return 200, self._paginate(ctx, found)
 
     def _list_deployment_statuses(self, ctx: _Ctx) -> tuple[int, Any]:
         assert ctx.repo is not None
