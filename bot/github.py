@@ -30,7 +30,7 @@ from github.GithubException import UnknownObjectException
 from requests.exceptions import RequestException
 from urllib3.util import Retry
 
-from bot.github_data import Conditional, PullInfo, RunInfo, route_of, run_from_payload
+from bot.github_data import Conditional, PullInfo, RunInfo, gate_path, route_of, run_from_payload
 from bot.metrics import Metrics
 from bot.slacktext import hhmm
 
@@ -245,6 +245,7 @@ class GitHubApp:
                     "account": i.raw_data.get("account", {}).get("login"),
                     "permissions": dict(i.raw_data.get("permissions") or {}),
                     "repository_selection": i.raw_data.get("repository_selection"),
+                    "events": list(i.raw_data.get("events") or []),
                 }
                 for i in self._integration.get_installations()
             ]
@@ -296,7 +297,7 @@ class GitHubApp:
         body: Any = None,
         params: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
-        ok: tuple[int, ...] = (200,),
+        ok: tuple[int, ...] = (200, 204),
     ) -> tuple[int, dict[str, Any], Any]:
         def go(client: Github) -> tuple[int, dict[str, Any], Any]:
             status, resp_headers, data = client.requester.requestJson(
@@ -403,8 +404,7 @@ class GitHubApp:
         )
 
     def branch_head(self, repo: str, branch: str) -> str | None:
-        """The commit at the head of a branch, or None when the repository has no such branch
-        (deleted since, or a fork's branch)."""
+        """The head commit of a branch; None when there is no such branch (deleted, a fork's)."""
         try:
             _, _, data = self._raw(
                 repo,
@@ -476,6 +476,11 @@ class GitHubApp:
             "GitHub action sent",
             extra={"github_action": "cancel_run", "repo": repo, "run_id": str(run_id)},
         )
+
+    def answer_gate(self, repo: str, run_id: int, env: str, state: str, comment: str) -> None:
+        """Answer a run's custom deployment protection rule (`deployments: write`)."""
+        body = {"environment_name": env, "state": state, "comment": comment[:1000]}
+        self._raw(repo, f"answer run {run_id}'s gate", "POST", gate_path(repo, run_id), body=body)
 
     def permission(self, repo: str, login: str) -> str:
         """The login's permission on repo: admin, maintain, write, triage, read or none."""

@@ -204,14 +204,24 @@ def give_up(deps: Deps, req: Request, what: str, attempts: int) -> None:
     """The job layer gave the request up (a bug, a refusal that will not change, or a peer
     down past the outage horizon): mark it `error`, audit it, and tell the requester once —
     in the thread, or ephemerally when there is none yet."""
-    fail(
-        deps,
-        req,
+    error = (
         f"I could not carry out request `{req.id}` and gave up after {attempts} "
-        f"attempt{'s' if attempts != 1 else ''}: {what}",
-        hint="Nothing more will happen for this request. Run the command again; if it fails "
-        f"the same way, tell the bridge's admins (request id `{req.id}` is in their logs).",
+        f"attempt{'s' if attempts != 1 else ''}: {what}"
     )
+    hint = (
+        "Nothing more will happen for this request. Run the command again; if it fails "
+        f"the same way, tell the bridge's admins (request id `{req.id}` is in their logs)."
+    )
+    current = deps.store.get(req.id) or req
+    if current.status in (ACCEPTED, PENDING_APPROVAL, APPROVED):
+        fail(deps, current, error, hint=hint)
+        return
+    # Decided already (e.g. rejected) and what failed is telling GitHub (a protection rule's
+    # answer): the status stays; the thread hears that the bridge stopped trying.
+    deps.store.audit(
+        actor="bridge", action=f"{req.kind}.given_up", outcome="error", request_id=req.id
+    )
+    tell(deps, current, error, hint="GitHub keeps waiting for an answer: give it on GitHub.")
 
 
 # -- GitHub side: dispatch once, settle from the runs, stop them --------------------------------

@@ -9,6 +9,8 @@ from sqlalchemy import inspect, select, text
 from bot import db
 from bot.db import make_engine, migrate
 
+LATEST = db.MIGRATIONS[-1][0]
+
 
 def test_a_version_1_database_upgrades_and_keeps_its_rows(database_url: str) -> None:
     engine = make_engine(database_url)
@@ -38,14 +40,14 @@ def test_a_version_1_database_upgrades_and_keeps_its_rows(database_url: str) -> 
             )
         assert "ix_requests_thread" not in _indexes(engine)
 
-        assert migrate(engine) == 3
-        assert migrate(engine) == 3  # a second replica starting later changes nothing
+        assert migrate(engine) == LATEST
+        assert migrate(engine) == LATEST  # a second replica starting later changes nothing
 
         assert "ix_requests_thread" in _indexes(engine)
         with engine.connect() as conn:
             versions = sorted(r[0] for r in conn.execute(select(db.schema_migrations.c.version)))
             ids = [r[0] for r in conn.execute(select(db.requests.c.id))]
-        assert versions == [1, 2, 3]
+        assert versions == [v for v, _ in db.MIGRATIONS]
         assert ids == ["0123456789ab"]
     finally:
         engine.dispose()
@@ -80,12 +82,40 @@ def test_a_version_2_database_gains_holders_and_heartbeats(database_url: str) ->
                 )
             )
         assert "processes" not in inspect(engine).get_table_names()
-        assert migrate(engine) == 3
+        assert migrate(engine) == LATEST
         assert "processes" in inspect(engine).get_table_names()
         for table in ("requests", "deliveries"):
             assert new <= {c["name"] for c in inspect(engine).get_columns(table)}
         with engine.connect() as conn:
             row = conn.execute(text("SELECT failures, holder FROM deliveries")).one()
         assert tuple(row) == (0, None)
+    finally:
+        engine.dispose()
+
+
+def test_a_version_3_database_gains_answer_due(database_url: str) -> None:
+    """Issue 12's v7: requests.answer_due (a GitHub answer is due), 0 for existing rows."""
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            db.schema_migrations.create(conn, checkfirst=True)
+            db._v1(conn)
+            conn.execute(text('ALTER TABLE requests DROP COLUMN "answer_due"'))
+            for version in (1, 2, 3):
+                conn.execute(
+                    db.schema_migrations.insert().values(version=version, applied_at=time.time())
+                )
+            conn.execute(
+                text(
+                    "INSERT INTO requests (id, idempotency_key, kind, repo, trigger, channel_id, "
+                    "user_id, status, details, created_at, updated_at, lease_until, attempts, "
+                    "failures) VALUES ('0123456789ab', 'k', 'deploy', 'acme/ml', 'dispatch', "
+                    "'C0ML', 'U0ALICE', 'rejected', '{}', 1.0, 1.0, 0.0, 0, 0)"
+                )
+            )
+        assert migrate(engine) == LATEST
+        with engine.connect() as conn:
+            row = conn.execute(text("SELECT id, answer_due FROM requests")).one()
+        assert tuple(row) == ("0123456789ab", 0)
     finally:
         engine.dispose()

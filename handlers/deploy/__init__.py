@@ -18,11 +18,11 @@ One module per job: `command` (parse, checks, store), `policy` (who may approve)
 
 from __future__ import annotations
 
-from handlers.deploy import card, clicks, command, expiry, policy, worker
+from handlers.deploy import card, clicks, command, expiry, gate, policy, worker
 from handlers.deploy.card import deployment_line, warnings_for
 from handlers.kinds import RequestKind, SlackAction, SlackView
 
-__all__ = ["KIND", "deployment_line", "warnings_for"]
+__all__ = ["KIND", "deployment_line", "gate", "warnings_for"]
 
 KIND = RequestKind(
     name="deploy",
@@ -47,4 +47,5 @@ KIND = RequestKind(
     # The modal may come from the Home tab.
     views=(SlackView(card.VIEW_REJECT, clicks.on_reject_submit, refreshes_home=True),),
     housekeeping=expiry.install,
+    answers_github=True,
 )

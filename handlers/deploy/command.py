@@ -105,6 +105,11 @@ def handle_command(deps: Deps, command: dict[str, Any], ack: Ack) -> Request | N
             f"will appear in this channel; {who} can "
             f"approve it within {policy.expires_after_minutes} minutes."
         )
+        if cmd.gated(environment):
+            said += (
+                f" *{environment}* is protected by this bridge on GitHub: I start the deploy "
+                "workflow now, and GitHub holds its deploy job until the approval."
+            )
     else:
         said = (
             f":rocket: On it: {what} (request `{req.id}`); {NO_APPROVAL} "
