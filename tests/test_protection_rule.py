@@ -5,17 +5,21 @@ card by the run's title, answered by the approval)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx2 as httpx
 import pytest
 from webhook_examples import fixture
 
 from bot.github_data import protection_rule_run_id
 from tests.conftest import CHANNEL, DEFAULT_CONFIG, HEAD_SHA, REPO, USER, Harness
+from tests.test_crash_recovery import held, spawn, store, sweeps_ran, wait_until
 from tests.test_deploy import (
     APPROVER,
     APPROVER2,
@@ -30,6 +34,8 @@ from tests.test_deploy import (
     submit_reject,
 )
 from tests.test_provenance import comment_payload, metrics_body, start_evaluation
+
+__all__ = ["spawn", "store"]  # fixtures of tests/test_crash_recovery.py, used below
 
 GATE_RUN = 7001
 GATE_CHANNEL = "C0DEPLOYS"
@@ -476,3 +482,77 @@ def test_a_push_run_titled_like_a_request_gets_its_own_card(make_harness, github
     h.settle()
     assert answers(github) == []  # the /deploy approval does not answer the push's rule
     assert USER not in (gate.user_id,)
+
+
+# -- crash between the click and the callback ---------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("decision", ["approve", "reject"])
+def test_killed_between_the_decision_and_the_callback_answers_once_after_restart(
+    spawn, store, github, slack, decision: str
+) -> None:
+    """SIGKILL while the decision's card edit is in flight: the decision (and answer_due) is
+    committed, the callback not sent. The restarted server's sweep sends exactly one."""
+    add_deploy_run(github)
+    server = spawn(gate_config()).start()
+    assert server.webhook("deployment_protection_rule", rule_payload(github)).status_code == 202
+    req = wait_until(
+        lambda: next((r for r in store.find(repo=REPO) if r.root_ts), None), what="the card"
+    )
+    edits = len(slack.calls_to("chat.update"))
+    slack.delay_next("chat.update", 5.0)  # hold the decision's card edit; kill inside it
+
+    def decide() -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            if decision == "approve":
+                server.interact(click_payload("deploy_approve", req, APPROVER))
+            else:
+                server.interact(reject_submission(req, APPROVER, "not tonight"))
+
+    sender = threading.Thread(target=decide, daemon=True)
+    sender.start()
+    wait_until(lambda: held(slack), what="the decision's card edit")
+    time.sleep(0.1)
+    server.kill()
+    sender.join(10)
+    wait_until(lambda: len(slack.calls_to("chat.update")) > edits, what="the held edit")
+    stored = store.get(req.id)
+    assert stored is not None
+    assert stored.status == ("approved" if decision == "approve" else "rejected")
+    assert github.gate_answers == []
+    server.start()
+    wait_until(lambda: github.gate_answers, timeout=15, what="the callback after the restart")
+    sweeps_ran(server, 6)
+    assert len(github.requests_to("POST", r"/deployment_protection_rule$")) == 1
+    (sent,) = github.gate_answers
+    assert sent["state"] == ("approved" if decision == "approve" else "rejected")
+    assert sent["environment_name"] == "production"
+    assert not store.get(req.id).answer_due
+
+
+def reject_submission(req: Any, user: str, reason: str) -> dict[str, Any]:
+    """The reject modal's view_submission, as Slack sends it."""
+    return {
+        "type": "view_submission",
+        "team": {"id": "T0001", "domain": "acme"},
+        "user": {"id": user, "username": user.lower(), "name": user.lower(), "team_id": "T0001"},
+        "api_app_id": "A0001",
+        "token": "unused",
+        "trigger_id": "1.2",
+        "view": {
+            "id": "V00000001",
+            "team_id": "T0001",
+            "type": "modal",
+            "callback_id": "deploy_reject_reason",
+            "private_metadata": req.id,
+            "state": {
+                "values": {
+                    "reason": {"reason_input": {"type": "plain_text_input", "value": reason}}
+                }
+            },
+            "hash": "1.abc",
+        },
+        "response_urls": [],
+        "is_enterprise_install": False,
+    }
