@@ -30,7 +30,7 @@ from github.GithubException import UnknownObjectException
 from requests.exceptions import RequestException
 from urllib3.util import Retry
 
-from bot.github_data import Conditional, PullInfo, RunInfo, gate_path, route_of, run_from_payload
+from bot.github_data import Conditional, PullInfo, RunInfo, route_of, run_from_payload
 from bot.metrics import Metrics
 from bot.slacktext import hhmm
 
@@ -46,20 +46,16 @@ class GitHubError(Exception):
         self.status = status
 
 
-class NotInstalled(GitHubError):
-    pass
+class NotInstalled(GitHubError): ...
 
 
-class NotFound(GitHubError):
-    pass
+class NotFound(GitHubError): ...
 
 
-class PermissionDenied(GitHubError):
-    pass
+class PermissionDenied(GitHubError): ...
 
 
-class ValidationFailed(GitHubError):
-    pass
+class ValidationFailed(GitHubError): ...
 
 
 class Retryable(GitHubError):
@@ -72,8 +68,7 @@ class RateLimited(Retryable):
         self.retry_at = retry_at
 
 
-class Unavailable(Retryable):
-    pass
+class Unavailable(Retryable): ...
 
 
 def _rate_reset(headers: dict[str, Any]) -> float:
@@ -478,9 +473,15 @@ class GitHubApp:
         )
 
     def answer_gate(self, repo: str, run_id: int, env: str, state: str, comment: str) -> None:
-        """Answer a run's custom deployment protection rule (`deployments: write`)."""
+        """Answer a run's custom deployment protection rule; never to a URL from a payload."""
         body = {"environment_name": env, "state": state, "comment": comment[:1000]}
-        self._raw(repo, f"answer run {run_id}'s gate", "POST", gate_path(repo, run_id), body=body)
+        self._raw(
+            repo,
+            f"answer the deployment protection rule of run {run_id} ({env})",
+            "POST",
+            f"/repos/{repo}/actions/runs/{int(run_id)}/deployment_protection_rule",
+            body=body,
+        )
 
     def permission(self, repo: str, login: str) -> str:
         """The login's permission on repo: admin, maintain, write, triage, read or none."""

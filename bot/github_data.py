@@ -129,11 +129,6 @@ def _login(user: Any) -> str | None:
     return _text(user.get("login")) if isinstance(user, dict) else None
 
 
-def gate_path(repo: str, run_id: int) -> str:
-    """GitHub's REST path answering a run's custom deployment protection rules."""
-    return f"/repos/{repo}/actions/runs/{int(run_id)}/deployment_protection_rule"
-
-
 def protection_rule_run_id(api_base: str, repo: str, callback_url: Any) -> int | None:
     """The run id of a deployment_protection_rule's `deployment_callback_url`, only when the
     URL is exactly GitHub's own callback operation for that repository
