@@ -556,3 +556,51 @@ def reject_submission(req: Any, user: str, reason: str) -> dict[str, Any]:
         "response_urls": [],
         "is_enterprise_install": False,
     }
+
+
+# -- setup: check and start ---------------------------------------------------------------------
+
+
+def test_check_verifies_the_gate_permissions_event_and_mode(
+    slack, github, database_url, tmp_path, capsys
+) -> None:
+    """`chatops-bridge check` with `gate: github`: deployments: write and actions: read on the
+    installation, the Deployment protection rule event, and webhook mode."""
+    from bot.__main__ import main
+    from tests.test_cli import _env
+
+    github.add_repo(
+        "acme/limited",
+        installation_id=102,
+        permissions={"metadata": "read", "pull_requests": "read", "contents": "write"},
+    )
+    cfg = gate_config()
+    cfg["repositories"]["allowed"] = ["acme/limited"]
+    env = _env(slack, github, database_url, tmp_path, cfg)
+    assert main(["check"], env=env) == 1
+    out = capsys.readouterr().out
+    assert "the App needs deployments: write (`gate: github` answers protection rules)" in out
+    assert "acme/limited: the App needs actions: read" in out
+    assert "does not subscribe to the *Deployment protection rule* event" in out
+    assert f"{REPO}: the App needs deployments" not in out  # REPO's installation has it
+
+    github.events.append("deployment_protection_rule")
+    github.add_repo("acme/limited", installation_id=102)  # now with every permission
+    env = _env(slack, github, database_url, tmp_path, {**cfg, "github": {"mode": "poll"}})
+    assert main(["check"], env=env) == 1
+    out = capsys.readouterr().out
+    assert "only arrives by webhook" in out and "production" in out
+    assert "Deployment protection rule* event" not in out
+    env = _env(slack, github, database_url, tmp_path, cfg)
+    assert main(["check"], env=env) == 0, capsys.readouterr().out
+
+
+def test_serve_says_at_start_that_poll_mode_cannot_see_the_rule() -> None:
+    from bot.config import parse_config
+    from bot.startup import gate_mode_problem
+
+    cfg = parse_config(gate_config())
+    said = gate_mode_problem(cfg, "poll")
+    assert said is not None and "only arrives by webhook" in said and "production" in said
+    assert gate_mode_problem(cfg, "webhook") is None
+    assert gate_mode_problem(parse_config(DEFAULT_CONFIG), "poll") is None
