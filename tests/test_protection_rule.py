@@ -604,3 +604,39 @@ def test_serve_says_at_start_that_poll_mode_cannot_see_the_rule() -> None:
     assert said is not None and "only arrives by webhook" in said and "production" in said
     assert gate_mode_problem(cfg, "webhook") is None
     assert gate_mode_problem(parse_config(DEFAULT_CONFIG), "poll") is None
+
+
+def test_a_held_run_github_cannot_find_is_rejected_with_why(make_harness, github, slack) -> None:
+    """The run cannot be read (gone, no actions: read): the card says why and GitHub hears
+    `rejected` — never a job left waiting silently."""
+    h = make_harness(gate_config())
+    add_deploy_run(github)
+    github.fail("GET", rf"/actions/runs/{GATE_RUN}$", 404, times=10)  # GitHub cannot find it
+    send_rule(h, github)
+    h.wait_until(lambda: answers(github), what="the callback")
+    h.settle()
+    (sent,) = answers(github)
+    assert sent["state"] == "rejected" and "could not carry out" in sent["comment"]
+    req = gate_request(h)
+    assert req.status == "error" and "was not found" in (req.error or "")
+
+
+def test_cancel_in_the_thread_answers_rejected_and_rerun_is_refused(
+    make_harness, github, slack
+) -> None:
+    from tests.test_ux import mention
+
+    h = make_harness(gate_config())
+    add_deploy_run(github)
+    send_rule(h, github)
+    req = gate_request(h)
+    mention(h, "rerun", user=APPROVER, thread_ts=req.root_ts, channel=GATE_CHANNEL)
+    h.settle()
+    assert "cannot run a `deploy` request again" in ephemerals(slack, APPROVER)[-1].params["text"]
+    mention(h, "cancel", user=APPROVER, thread_ts=req.root_ts, channel=GATE_CHANNEL)
+    h.wait_until(lambda: answers(github), what="the callback")
+    h.settle()
+    (sent,) = answers(github)
+    assert sent["state"] == "rejected"
+    assert sent["comment"] == f"cancelled in Slack by {APPROVER} (chatops request {req.id})"
+    assert h.store.get(req.id).status == "cancelled"

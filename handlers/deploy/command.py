@@ -13,6 +13,7 @@ from bot.refs import UsageError, parse_deploy_args
 from bot.slacktext import escape_mrkdwn
 from bot.store import OverLimit
 from handlers.common import count_command, rate_limited, refused, resolve_repo
+from handlers.deploy.gate import GATE
 from handlers.deploy.policy import NO_APPROVAL, excluded_self, who_can_approve
 from handlers.status import LIMIT, status_list
 
@@ -181,7 +182,10 @@ def what(req: Request, web_base: str) -> str:
 
 
 def rerun_text(req: Request) -> str | None:
-    """`/deploy` text that asks for the same deploy again."""
+    """`/deploy` text that asks for the same deploy again (not for a run GitHub held: its
+    run id names the deploy run itself, not what to deploy)."""
+    if req.trigger == GATE:
+        return None
     if req.run_ref and req.environment:
         return f"{req.repo}@{req.run_ref} {req.environment}"
     return None

@@ -72,23 +72,70 @@ def on_protection_rule(deps: Deps, payload: dict[str, Any]) -> None:
     rule = GateRule(
         run_id=run_id, environment=environment, deployment_id=int(deployment.get("id") or 0)
     )
-    run = deps.github.get_run(repo, run_id)  # Retryable: the delivery is retried
-    login = run.actor or str((payload.get("sender") or {}).get("login") or "")
+    try:
+        run = deps.github.get_run(repo, run_id)
+    except Retryable:
+        raise  # the delivery is retried
+    except GitHubError as exc:
+        # No run to read (no actions: read, gone): the card's own read fails the request
+        # loudly, and GitHub hears `rejected` with why.
+        log.warning("cannot read the held run", extra={"repo": repo, "error": exc.message})
+        run = _run_from_rule(deps, repo, run_id, payload, deployment)
+    owner = _deploy_request_of(deps, repo, run, environment)
+    # The requester: the Slack user of a /deploy (by github_users), else who triggered the run.
+    login = (deps.config.github_users.get(owner.user_id) if owner else None) or (
+        run.actor or str((payload.get("sender") or {}).get("login") or "")
+    )
     refusal = gate_refusal(deps, repo, environment, login)
     if refusal is not None:
         refuse(deps, repo, rule, refusal)
         return
-    owner = _deploy_request_of(deps, repo, run, environment)
     if owner is not None:
         record_rule(deps, owner, rule)
         return
     _open_gate(deps, repo, run, rule, login, str(payload.get("event") or run.event))
 
 
+def _run_from_rule(
+    deps: Deps, repo: str, run_id: int, payload: dict[str, Any], deployment: dict[str, Any]
+) -> RunInfo:
+    """What the payload itself says of the held run, when GitHub's API cannot be read."""
+    return RunInfo(
+        id=run_id,
+        repo=repo,
+        name="",
+        display_title="",
+        status="waiting",
+        conclusion=None,
+        head_sha=str(deployment.get("sha") or ""),
+        head_branch=str(deployment.get("ref") or "") or None,
+        event=str(payload.get("event") or ""),
+        html_url=_run_url(deps, repo, run_id),
+        run_attempt=1,
+        created_at=None,
+        run_started_at=None,
+        updated_at=None,
+        pull_numbers=(),
+    )
+
+
 def gate_refusal(deps: Deps, repo: str, environment: str, github_login: str) -> str | None:
     """Why a protection-rule request is answered `rejected` at once, without a card; None
-    when a Slack approval decides it. `github_login`: who triggered the run on GitHub."""
-    # Environment locks (issue 12, item 3) answer here first.
+    when a Slack approval decides it. `github_login`: the requester on GitHub (the Slack
+    requester's login for a /deploy's run, else who triggered the run).
+
+    THE decision point for "is this environment locked for this requester" (issue 12 item
+    3): the environment locks' check is one more entry of `refusals` below.
+    """
+    refusals = [
+        config_refusal(deps, repo, environment),
+    ]
+    return next((r for r in refusals if r), None)
+
+
+def config_refusal(deps: Deps, repo: str, environment: str) -> str | None:
+    """chatops.yml cannot decide this rule: repository or environment not configured, no
+    policy, no channel for the card."""
     cmd = deps.config.commands.deploy
     if not deps.config.repositories.permits(repo):
         return (
@@ -274,7 +321,8 @@ def decision(deps: Deps, req: Request) -> tuple[str, str] | None:
         return "rejected", f"expired: no decision in Slack before the deadline ({where})"
     if req.status == CANCELLED:
         by = details.thread(req).get("cancelled_by")
-        return "rejected", f"cancelled in Slack by {_who(deps, str(by or '?'))} ({where})"
+        who = f" by {_who(deps, str(by))}" if by else ""
+        return "rejected", f"cancelled in Slack{who} ({where})"
     if req.status == ERROR:
         return "rejected", f"the Slack bridge could not carry out the request ({where})"
     policy = policy_of(deps, req)
