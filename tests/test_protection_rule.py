@@ -503,8 +503,8 @@ def test_killed_between_the_decision_and_the_callback_answers_once_after_restart
     edits = len(slack.calls_to("chat.update"))
     slack.delay_next("chat.update", 5.0)  # hold the decision's card edit; kill inside it
     # The recovery sweep (every 0.5 s here) may pick the decided request up during the hold:
-    # its callback then never reaches GitHub either (a 502 after 3 s, long after the kill).
-    github.fail("POST", r"/deployment_protection_rule$", 502, times=1, delay=3.0)
+    # its callback then never reaches GitHub either (a 502 after 2 s, after the kill).
+    github.fail("POST", r"/deployment_protection_rule$", 502, times=1, delay=2.0)
 
     def decide() -> None:
         with contextlib.suppress(httpx.HTTPError):
@@ -527,7 +527,7 @@ def test_killed_between_the_decision_and_the_callback_answers_once_after_restart
     )
     assert github.gate_answers == []  # nothing reached GitHub before the kill
     server.start()
-    wait_until(lambda: github.gate_answers, timeout=20, what="the callback after the restart")
+    wait_until(lambda: github.gate_answers, timeout=30, what="the callback after the restart")
     sweeps_ran(server, 6)
     assert len(github.gate_answers) == 1  # one answer GitHub accepted
     (sent,) = github.gate_answers
