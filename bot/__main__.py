@@ -91,6 +91,9 @@ def serve(args: argparse.Namespace) -> int:
             "github_mode": bridge.housekeeping.github_mode,
         },
     )
+    gate_problem = startup.gate_mode_problem(bridge.config, bridge.housekeeping.github_mode)
+    if gate_problem:
+        log.warning(gate_problem)  # also a failure in `chatops-bridge check`
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:

@@ -110,6 +110,9 @@ def permission_findings(permissions: Mapping[str, str], config: Config) -> list[
         needs.append((True, (("contents", "write"),), "repository_dispatch (evaluate/schedules)"))
     needs.append((False, (("contents", "write"),), "/deploy sends repository_dispatch"))
     needs.append((False, (("actions", "write"),), "`@chatops-bridge cancel` stops runs"))
+    if config.commands.deploy.any_gate():
+        # GitHub's custom deployment protection rules (gate: github): answered with these.
+        needs.append((True, (("deployments", "write"),), "`gate: github` answers protection rules"))
     seen: set[tuple[tuple[str, str], ...]] = set()
     for hard, wanted, why in needs:
         if has(*wanted) or wanted in seen:
@@ -118,6 +121,16 @@ def permission_findings(permissions: Mapping[str, str], config: Config) -> list[
         names = " or ".join(f"{p}: {level}" for p, level in wanted)
         out.append((hard, f"needs {names} ({why})"))
     return out
+
+
+def gate_event_problem(config: Config, events: list[str]) -> str | None:
+    """The App is not subscribed to the event `gate: github` needs. Pure."""
+    if not config.commands.deploy.any_gate() or "deployment_protection_rule" in events:
+        return None
+    return (
+        "the App does not subscribe to the *Deployment protection rule* event (App settings → "
+        "Permissions & events → Subscribe to events), which `gate: github` needs"
+    )
 
 
 def configured_repos(config: Config) -> dict[str, list[str]]:
@@ -167,13 +180,16 @@ def check(args: argparse.Namespace) -> int:
     )
     if not repos:
         report.warn("no repository configured: every command must name one (owner/repo#42)")
-    from bot.startup import github_mode
+    from bot.startup import gate_mode_problem, github_mode
 
     for name, close in settings.unknown_variables:
         hint = f"; did you mean {close}?" if close else ""
         report.warn(f"{name} is not a chatops-bridge setting and is ignored{hint}")
     mode, why = github_mode(settings, config)
     report.ok(f"GitHub mode: {mode} ({why})")
+    gate_problem = gate_mode_problem(config, mode)  # bot/startup.py: also said at start
+    if gate_problem:
+        report.fail(gate_problem)
 
     _check_database(report, settings.database_url)
     _check_slack(report, settings.slack_bot_token.get(), settings.slack_api_url)
@@ -279,6 +295,10 @@ def _check_github(
     by_id = {int(i["id"]): i for i in installations}
     names = ", ".join(f"{i['account']} (id {i['id']})" for i in installations)
     report.ok(f"GitHub: {len(installations)} installation(s): {names}")
+    for inst in installations:
+        problem = gate_event_problem(config, list(inst.get("events") or []))
+        if problem:
+            report.fail(f"GitHub installation {inst['id']}: {problem}")
     for repo, where in repos.items():
         report.step(f"{repo} ({', '.join(where)})")
         try:

@@ -106,6 +106,9 @@ class EvaluateCommand(Access):
 
 class EnvironmentSettings(Strict):
     approval: Approval | None = None
+    # github: the App is enabled on this environment as a custom deployment protection rule,
+    # so GitHub itself waits for the approval (docs/deploy.md "GitHub enforces the approval").
+    gate: Literal["github"] | None = None
 
 
 class DeployCommand(Access):
@@ -118,6 +121,8 @@ class DeployCommand(Access):
     # `/deploy lock` holds until unlocked; with this set, a lock ends by itself after so many
     # hours (it stops blocking at once; a housekeeping job removes it and says so).
     lock_expires_after_hours: int | None = Field(None, ge=1, le=24 * 365)
+    # Where the cards of GitHub-initiated gates go when no channel maps to their repository.
+    channel: ChannelId | None = None
 
     @field_validator("environments")
     @classmethod
@@ -170,6 +175,18 @@ class DeployCommand(Access):
     @property
     def default_environment(self) -> str:
         return next(iter(self.environments))
+
+    def environment_named(self, name: str) -> str | None:
+        """The configured environment of that name (GitHub compares names case-insensitively)."""
+        return {e.lower(): e for e in self.environments}.get(name.lower())
+
+    def gated(self, environment: str) -> bool:
+        """Whether GitHub enforces this environment's approval (`gate: github`)."""
+        env = self.environments.get(environment)
+        return env is not None and env.gate == "github"
+
+    def any_gate(self) -> bool:
+        return any(env.gate == "github" for env in self.environments.values())
 
 
 class Commands(Strict):
@@ -283,7 +300,28 @@ class Config(Strict):
                     "repository: add it to repositories.allowed (or use repositories.default "
                     "/ repositories.channels)"
                 )
+        deploy = self.commands.deploy
+        if deploy.any_gate() and deploy.channel is None:
+            unmapped = sorted(
+                r for r in self.repositories.permitted() if self.gate_channel(r) is None
+            )
+            if unmapped or not self.repositories.permitted():
+                raise ValueError(
+                    "commands.deploy.channel is needed: an environment has `gate: github`, and "
+                    "GitHub's protection-rule requests for "
+                    + (", ".join(unmapped) if unmapped else "any repository")
+                    + " need a channel for their approval card (or map each repository to a "
+                    "channel in repositories.channels)"
+                )
         return self
+
+    def gate_channel(self, repo: str) -> str | None:
+        """Where a GitHub-initiated gate's card goes: the first channel mapped to the
+        repository, else commands.deploy.channel."""
+        for channel, mapped in self.repositories.channels.items():
+            if mapped.lower() == repo.lower():
+                return channel
+        return self.commands.deploy.channel
 
     def repository_for(self, channel_id: str) -> str | None:
         return self.repositories.channels.get(channel_id) or self.repositories.default

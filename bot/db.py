@@ -64,6 +64,9 @@ requests = Table(
     Column("failures", Integer, nullable=False, default=0),
     Column("waiting_since", Float),
     Column("waiting_on", String(16)),
+    # v7: an answer to GitHub is due (a custom deployment protection rule waiting for this
+    # decided request): a step for a worker whatever the status (handlers/deploy/gate.py).
+    Column("answer_due", Integer, nullable=False, default=0),
     Index("ix_requests_repo_pr", "repo", "pr_number"),
     Index("ix_requests_status", "status"),
     Index("ix_requests_user", "user_id", "created_at"),
@@ -243,11 +246,21 @@ def _v4(conn: Connection) -> None:
     env_locks.create(conn, checkfirst=True)
 
 
+def _v7(conn: Connection) -> None:
+    # Issue 12: decided deploys whose GitHub protection-rule answer is still to be sent.
+    names = {c["name"] for c in inspect(conn).get_columns("requests")}
+    if "answer_due" not in names:
+        conn.execute(
+            text('ALTER TABLE requests ADD COLUMN "answer_due" INTEGER NOT NULL DEFAULT 0')
+        )
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
     (2, _v2),
     (3, _v3),
     (4, _v4),
+    (7, _v7),
 ]
 
 _MIGRATION_LOCK = 0x43484154  # "CHAT": PostgreSQL advisory lock key for migrations

@@ -58,20 +58,16 @@ class GitHubError(Exception):
         self.status = status
 
 
-class NotInstalled(GitHubError):
-    pass
+class NotInstalled(GitHubError): ...
 
 
-class NotFound(GitHubError):
-    pass
+class NotFound(GitHubError): ...
 
 
-class PermissionDenied(GitHubError):
-    pass
+class PermissionDenied(GitHubError): ...
 
 
-class ValidationFailed(GitHubError):
-    pass
+class ValidationFailed(GitHubError): ...
 
 
 class Retryable(GitHubError):
@@ -84,8 +80,7 @@ class RateLimited(Retryable):
         self.retry_at = retry_at
 
 
-class Unavailable(Retryable):
-    pass
+class Unavailable(Retryable): ...
 
 
 def _rate_reset(headers: dict[str, Any]) -> float:
@@ -257,6 +252,7 @@ class GitHubApp:
                     "account": i.raw_data.get("account", {}).get("login"),
                     "permissions": dict(i.raw_data.get("permissions") or {}),
                     "repository_selection": i.raw_data.get("repository_selection"),
+                    "events": list(i.raw_data.get("events") or []),
                 }
                 for i in self._integration.get_installations()
             ]
@@ -308,7 +304,7 @@ class GitHubApp:
         body: Any = None,
         params: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
-        ok: tuple[int, ...] = (200,),
+        ok: tuple[int, ...] = (200, 204),
     ) -> tuple[int, dict[str, Any], Any]:
         def go(client: Github) -> tuple[int, dict[str, Any], Any]:
             status, resp_headers, data = client.requester.requestJson(
@@ -394,8 +390,7 @@ class GitHubApp:
         _sent("dispatch", repo=repo, event_type=event_type)
 
     def branch_head(self, repo: str, branch: str) -> str | None:
-        """The commit at the head of a branch, or None when the repository has no such branch
-        (deleted since, or a fork's branch)."""
+        """The head commit of a branch; None when there is no such branch (deleted, a fork's)."""
         try:
             _, _, data = self._raw(
                 repo,
@@ -478,6 +473,17 @@ class GitHubApp:
             ok=(202,),
         )
         _sent("cancel_run", repo=repo, run_id=str(run_id))
+
+    def answer_gate(self, repo: str, run_id: int, env: str, state: str, comment: str) -> None:
+        """Answer a run's custom deployment protection rule; never to a URL from a payload."""
+        body = {"environment_name": env, "state": state, "comment": comment[:1000]}
+        self._raw(
+            repo,
+            f"answer the deployment protection rule of run {run_id} ({env})",
+            "POST",
+            f"/repos/{repo}/actions/runs/{int(run_id)}/deployment_protection_rule",
+            body=body,
+        )
 
     def permission(self, repo: str, login: str) -> str:
         """The login's permission on repo: admin, maintain, write, triage, read or none."""

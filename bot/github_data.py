@@ -65,6 +65,7 @@ class RunInfo:
     updated_at: float | None
     pull_numbers: tuple[int, ...]
     path: str | None = None
+    actor: str | None = None  # who triggered the run (triggering_actor, else actor)
 
 
 def parse_time(value: Any) -> float | None:
@@ -138,7 +139,35 @@ def run_from_payload(repo: str, run: dict[str, Any]) -> RunInfo:
         updated_at=parse_time(run.get("updated_at")),
         pull_numbers=tuple(n for p in pulls if (n := _count(p.get("number"))) is not None),
         path=_text(run.get("path")),
+        actor=_login(run.get("triggering_actor")) or _login(run.get("actor")),
     )
+
+
+def _login(user: Any) -> str | None:
+    return _text(user.get("login")) if isinstance(user, dict) else None
+
+
+def protection_rule_run_id(api_base: str, repo: str, callback_url: Any) -> int | None:
+    """The run id of a deployment_protection_rule's `deployment_callback_url`, only when the
+    URL is exactly GitHub's own callback operation for that repository
+    (`{api}/repos/{owner}/{repo}/actions/runs/{run_id}/deployment_protection_rule`); else None.
+
+    Pure. The bridge never POSTs to a URL taken from a payload: it builds the call from the
+    repository and this run id (bot/github.py answer_gate).
+    """
+    if not isinstance(callback_url, str):
+        return None
+    prefix = f"{api_base.rstrip('/')}/repos/"
+    if not callback_url.lower().startswith(prefix.lower()) or "?" in callback_url:
+        return None
+    rest = callback_url[len(prefix) :]
+    owner_name, sep, tail = rest.partition("/actions/runs/")
+    if not sep or owner_name.lower() != repo.lower():
+        return None
+    run, sep, end = tail.partition("/")
+    if sep != "/" or end != "deployment_protection_rule" or not run.isdigit() or len(run) > 20:
+        return None
+    return int(run) if int(run) > 0 else None
 
 
 @dataclass(frozen=True)

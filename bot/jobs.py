@@ -320,6 +320,7 @@ class Jobs:
             error=f"gave up after {attempts} attempts: {what}",
             finished_at=self.store.clock(),
         )
+        self.store.update(req.id, answer_due=0)  # no step (a protection rule's answer) is due
 
     def _count(self, name: str, unit: str, why: str) -> None:
         if self.metrics is None:

@@ -85,6 +85,7 @@ class Request:
     failures: int = 0  # failures that are not outages, since the last success (the cap)
     waiting_since: float | None = None  # when its current outage wait began
     waiting_on: str | None = None  # the peer it waits for: GitHub | Slack
+    answer_due: bool = False  # GitHub waits for an answer to a protection rule (v7)
 
     @property
     def is_open(self) -> bool:

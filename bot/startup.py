@@ -32,6 +32,20 @@ def github_mode(settings: Settings, config: Config) -> tuple[str, str]:
     return "webhook", "GITHUB_WEBHOOK_SECRET is set"
 
 
+def gate_mode_problem(config: Config, mode: str) -> str | None:
+    """`gate: github` in poll mode: GitHub sends deployment_protection_rule only by webhook,
+    so the protected deploy jobs would wait unanswered. Pure."""
+    gated = [e for e in config.commands.deploy.environments if config.commands.deploy.gated(e)]
+    if mode != "poll" or not gated:
+        return None
+    return (
+        f"`gate: github` on {', '.join(gated)}, but GitHub is polled: the "
+        "deployment_protection_rule event only arrives by webhook, so those deploy jobs would "
+        "wait unanswered. Set GITHUB_WEBHOOK_SECRET and the App's webhook URL (github.mode: "
+        "webhook), or remove `gate: github`"
+    )
+
+
 def database_target(url: str) -> str:
     """Driver, host:port and database of a URL, never its password. Pure."""
     try:

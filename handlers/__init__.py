@@ -118,6 +118,12 @@ def register_github(router: Router, deps: Deps) -> None:
         action="created",
     )
     router.add("installation_repositories", lambda p: meta.on_installation_change(deps, p))
+    # Webhook only: polling cannot see it (bot/startup.py says so at start, `check` too).
+    router.add(
+        "deployment_protection_rule",
+        lambda p: deploy.gate.on_protection_rule(deps, p),
+        action="requested",
+    )
 
 
 def register_jobs(deps: Deps) -> None:

@@ -63,6 +63,7 @@ class RequestKind:
     workflow        `commands.<name>.workflow`: the only workflow whose runs may speak for it
     actions, views  Block Kit listeners of the kind
     housekeeping    the kind's periodic jobs (e.g. deploy expiry)
+    answers_github  a cancel must reach its worker (deploy: GitHub's protection rules hear it)
     """
 
     name: str
@@ -83,6 +84,7 @@ class RequestKind:
     actions: tuple[SlackAction, ...] = ()
     views: tuple[SlackView, ...] = ()
     housekeeping: Callable[[Housekeeping, Deps], None] | None = None
+    answers_github: bool = False
 
     def __post_init__(self) -> None:
         parts = (self.command, self.access, self.handle_command, self.usage, self.status_list)

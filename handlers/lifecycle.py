@@ -206,14 +206,24 @@ def give_up(deps: Deps, req: Request, what: str, attempts: int) -> None:
     """The job layer gave the request up (a bug, a refusal that will not change, or a peer
     down past the outage horizon): mark it `error`, audit it, and tell the requester once —
     in the thread, or ephemerally when there is none yet."""
-    fail(
-        deps,
-        req,
+    error = (
         f"I could not carry out request `{req.id}` and gave up after {attempts} "
-        f"attempt{'s' if attempts != 1 else ''}: {what}",
-        hint="Nothing more will happen for this request. Run the command again; if it fails "
-        f"the same way, tell the bridge's admins (request id `{req.id}` is in their logs).",
+        f"attempt{'s' if attempts != 1 else ''}: {what}"
     )
+    hint = (
+        "Nothing more will happen for this request. Run the command again; if it fails "
+        f"the same way, tell the bridge's admins (request id `{req.id}` is in their logs)."
+    )
+    current = deps.store.get(req.id) or req
+    if current.status in (ACCEPTED, PENDING_APPROVAL, APPROVED):
+        fail(deps, current, error, hint=hint)
+        return
+    # Decided already (e.g. rejected) and what failed is telling GitHub (a protection rule's
+    # answer): the status stays; the thread hears that the bridge stopped trying.
+    deps.store.audit(
+        actor="bridge", action=f"{req.kind}.given_up", outcome="error", request_id=req.id
+    )
+    tell(deps, current, error, hint="GitHub keeps waiting for an answer: give it on GitHub.")
 
 
 # -- GitHub side: dispatch once, settle from the runs, stop them --------------------------------
@@ -265,30 +275,42 @@ def dispatch_once(deps: Deps, req: Request, event_type: str, payload: dict[str, 
 def trigger(
     deps: Deps,
     req: Request,
-    act: Callable[[], None],
+    act: Callable[[], None] | None,
     *,
     from_statuses: Sequence[str],
     action: str,
     detail: str,
+    also: dict[str, Any] | None = None,
+    then: Callable[[], object] | None = None,
 ) -> None:
     """The tail every kind's worker shares: `act` (the GitHub call that starts the runs: a
     label, a repository_dispatch), then `from_statuses` → triggered with its audit line
     (`action`, once: the update is conditional), then settle (runs may have come first).
+    `act` None: the runs were started otherwise (no call, no audit line); `also`: columns set
+    in the same update; `then`: a step due after the status change, or after a refusal.
 
     GitHub down: tell once and wait it out (retry_or_give_up raises); GitHub refused: fail.
     """
     try:
-        act()
+        if act is not None:
+            act()
     except Retryable as exc:
         retry_or_give_up(deps, req, exc)
         return
     except GitHubError as exc:
         fail(deps, req, exc.message)
+        if then is not None:
+            then()
         return
-    if deps.store.update(req.id, only_if_status=tuple(from_statuses), status=TRIGGERED):
+    moved = deps.store.update(
+        req.id, only_if_status=tuple(from_statuses), status=TRIGGERED, **(also or {})
+    )
+    if moved and act is not None:
         deps.store.audit(
             actor="bridge", action=action, outcome="ok", request_id=req.id, detail=detail
         )
+    if then is not None:
+        then()
     settle(deps, req)
 
 

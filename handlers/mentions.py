@@ -145,8 +145,15 @@ def cancel(deps: Deps, req: Request, user_id: str) -> None:
         nothing_done("refused", f"Only {who} can cancel request `{req.id}`.")
         return
     # Not decided_by: that names who approved or rejected (deploy cards and replies say so).
+    # answers_github: the worker tells GitHub's waiting protection rules (deploy/gate.py),
+    # due in the same statement so a crash right after it cannot lose the answer.
+    answers = kinds.get(req.kind).answers_github
     if not deps.store.update(
-        req.id, only_if_status=OPEN_STATES, status=CANCELLED, finished_at=deps.clock()
+        req.id,
+        only_if_status=OPEN_STATES,
+        status=CANCELLED,
+        finished_at=deps.clock(),
+        **({"answer_due": 1} if answers else {}),
     ):
         ended = status_words((deps.store.get(req.id) or req).status)
         nothing_done(
@@ -163,3 +170,5 @@ def cancel(deps: Deps, req: Request, user_id: str) -> None:
     notes += stop_runs(deps, req)
     refresh_root(deps, req)
     _say(deps, req, "\n".join(notes))
+    if answers:
+        deps.jobs.submit(req.id)

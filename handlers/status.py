@@ -21,6 +21,11 @@ def thread_url(channel_id: str, ts: str) -> str:
     return f"https://slack.com/archives/{channel_id}/p{ts.replace('.', '')}"
 
 
+def asker(req: Request) -> str:
+    """Who asked: a Slack user, or GitHub (a deploy its protection rule started)."""
+    return f"<@{req.user_id}>" if req.user_id else "GitHub"
+
+
 def what(req: Request, web_base: str = "https://github.com") -> str:
     """A request in a few words, e.g. "acme/ml#42" or "run `123` → *production*", as its kind
     says it (UnknownKind for a kind nobody registered)."""
@@ -34,7 +39,7 @@ def request_line(req: Request, web_base: str = "https://github.com") -> str:
         rid = f"<{thread_url(req.channel_id, req.root_ts)}|{req.id}>"
     line = (
         f"• {rid} {what(req, web_base)} — {messages.status_label(req.status)} · "
-        f"<@{req.user_id}> · {slack_date(req.created_at)}"
+        f"{asker(req)} · {slack_date(req.created_at)}"
     )
     runs = details.thread(req).get("runs_summary")
     if runs:
@@ -60,7 +65,7 @@ def status_list(title: str, reqs: list[Request], *, empty: str, web_base: str) -
 def status_reply(req: Request, runs: list[RunRecord], *, web_base: str) -> messages.Message:
     """The answer to `@chatops-bridge status` in a request's thread."""
     head = (
-        f"*Request `{req.id}`*: {what(req, web_base)}, asked by <@{req.user_id}> "
+        f"*Request `{req.id}`*: {what(req, web_base)}, asked by {asker(req)} "
         f"{slack_date(req.created_at)}"
     )
     state = f"*Status:* {messages.status_label(req.status)}"

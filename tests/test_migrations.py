@@ -47,7 +47,7 @@ def test_a_version_1_database_upgrades_and_keeps_its_rows(database_url: str) -> 
         with engine.connect() as conn:
             versions = sorted(r[0] for r in conn.execute(select(db.schema_migrations.c.version)))
             ids = [r[0] for r in conn.execute(select(db.requests.c.id))]
-        assert versions == list(range(1, LATEST + 1))
+        assert versions == [v for v, _ in db.MIGRATIONS]
         assert ids == ["0123456789ab"]
     finally:
         engine.dispose()
@@ -110,5 +110,33 @@ def test_a_version_3_database_gains_environment_locks(database_url: str) -> None
         assert "env_locks" in inspect(engine).get_table_names()
         keys = inspect(engine).get_pk_constraint("env_locks")["constrained_columns"]
         assert sorted(keys) == ["environment", "repo"]
+    finally:
+        engine.dispose()
+
+
+def test_a_version_3_database_gains_answer_due(database_url: str) -> None:
+    """Issue 12's v7: requests.answer_due (a GitHub answer is due), 0 for existing rows."""
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            db.schema_migrations.create(conn, checkfirst=True)
+            db._v1(conn)
+            conn.execute(text('ALTER TABLE requests DROP COLUMN "answer_due"'))
+            for version in (1, 2, 3):
+                conn.execute(
+                    db.schema_migrations.insert().values(version=version, applied_at=time.time())
+                )
+            conn.execute(
+                text(
+                    "INSERT INTO requests (id, idempotency_key, kind, repo, trigger, channel_id, "
+                    "user_id, status, details, created_at, updated_at, lease_until, attempts, "
+                    "failures) VALUES ('0123456789ab', 'k', 'deploy', 'acme/ml', 'dispatch', "
+                    "'C0ML', 'U0ALICE', 'rejected', '{}', 1.0, 1.0, 0.0, 0, 0)"
+                )
+            )
+        assert migrate(engine) == LATEST
+        with engine.connect() as conn:
+            row = conn.execute(text("SELECT id, answer_due FROM requests")).one()
+        assert tuple(row) == ("0123456789ab", 0)
     finally:
         engine.dispose()

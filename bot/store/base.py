@@ -37,6 +37,7 @@ def _needs_work() -> Any:
     return or_(
         c.status.in_(list(TO_CARRY_OUT)),
         and_(c.status == PENDING_APPROVAL, c.root_ts.is_(None)),
+        c.answer_due == 1,
     )
 
 
@@ -83,6 +84,7 @@ def _request_from(m: Any) -> Request:
         failures=m["failures"] or 0,
         waiting_since=m["waiting_since"],
         waiting_on=m["waiting_on"],
+        answer_due=bool(m["answer_due"]),
     )
 
 

@@ -21,14 +21,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from bot.deps import Deps
-from handlers.deploy import card, clicks, command, expiry, locks, policy, worker
+from handlers.deploy import card, clicks, command, expiry, gate, locks, policy, worker
 from handlers.deploy.card import deployment_line, warnings_for
 from handlers.kinds import RequestKind, SlackAction, SlackView
 
 if TYPE_CHECKING:
     from bot.scheduler import Housekeeping
 
-__all__ = ["KIND", "deployment_line", "warnings_for"]
+__all__ = ["KIND", "deployment_line", "gate", "warnings_for"]
 
 
 def _housekeeping(hk: Housekeeping, deps: Deps) -> None:
@@ -61,4 +61,5 @@ KIND = RequestKind(
     # The modal may come from the Home tab.
     views=(SlackView(card.VIEW_REJECT, clicks.on_reject_submit, refreshes_home=True),),
     housekeeping=_housekeeping,
+    answers_github=True,
 )

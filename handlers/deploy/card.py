@@ -51,7 +51,7 @@ def reject_modal(req: Request) -> dict[str, Any]:
         "blocks": [
             slacktext.section(
                 f"Reject the deploy of run `{short(req.run_ref)}` to *{req.environment}* in "
-                f"`{req.repo}`, requested by <@{req.user_id}>?"
+                f"`{req.repo}`, requested by {requester(req)}?"
             ),
             {
                 "type": "input",
@@ -69,6 +69,30 @@ def reject_modal(req: Request) -> dict[str, Any]:
     }
 
 
+def requester(req: Request) -> str:
+    """Who asked: a Slack user, else (a deploy GitHub's protection rule started) the GitHub
+    login that triggered the run."""
+    if req.user_id:
+        return f"<@{req.user_id}>"
+    actor = str((details_of(req).get("gate") or {}).get("actor") or "")
+    return f"`{escape_mrkdwn(actor)[:39]}` on GitHub" if actor else "GitHub"
+
+
+def _gate_header(req: Request, repo_link: str) -> str:
+    """The first lines of a card that GitHub's protection rule started (facts from GitHub)."""
+    gate = details_of(req).get("gate") or {}
+    event = escape_mrkdwn(str(gate.get("event") or "?"))[:40]
+    who = requester(req)
+    if req.user_id and gate.get("actor"):
+        who += f" (GitHub `{escape_mrkdwn(str(gate['actor']))[:39]}`)"
+    return (
+        f":shield: *GitHub asks to deploy to {escape_mrkdwn(req.environment or '?')}* in "
+        f"{repo_link}\nA job of workflow run `{short(req.run_ref, 30)}` waits for this approval "
+        f"(custom deployment protection rule). Triggered by {who} ({event} event, as GitHub "
+        f"reports the run) {slack_date(req.created_at, '{date_short_pretty} at {time}')}"
+    )
+
+
 def short(text: str | None, n: int = 60) -> str:
     text = text or "?"
     return text if len(text) <= n else text[: n - 1] + "…"
@@ -80,7 +104,9 @@ def warnings_for(details: DeployDetails) -> list[str]:
     if not isinstance(run, dict):
         return []
     out = []
-    if run.get("status") != "completed":
+    if details.get("gate"):
+        pass  # the run GitHub holds for this approval is not finished: that is the point
+    elif run.get("status") != "completed":
         out.append(f"The run is not finished (status: {escape_mrkdwn(str(run.get('status')))}).")
     elif run.get("conclusion") != "success":
         conclusion = escape_mrkdwn(str(run.get("conclusion") or "none"))
@@ -215,7 +241,7 @@ def _approver(req: Request, policy: ApprovalPolicy | None, user_id: str) -> str:
 def approval_buttons(req: Request) -> dict[str, Any]:
     confirm_text = (
         f"Deploy run `{short(req.run_ref)}` to *{req.environment}* in `{req.repo}`, "
-        f"requested by <@{req.user_id}>?"
+        f"requested by {requester(req)}?"
     )
     return {
         "type": "actions",
@@ -255,13 +281,16 @@ def render_card(
     """The approval card (the thread root of a deploy), from the request's state alone."""
     d = details_of(req)
     repo = slacktext.slack_link(f"{web_base}/{req.repo}", req.repo)
-    blocks: list[dict[str, Any]] = [
-        slacktext.section(
+    header = (
+        _gate_header(req, repo)
+        if d.get("gate")
+        else (
             f":rocket: *Deploy of run `{short(req.run_ref, 100)}` to {req.environment}* "
-            f"in {repo}\nRequested by <@{req.user_id}> "
+            f"in {repo}\nRequested by {requester(req)} "
             f"{slack_date(req.created_at, '{date_short_pretty} at {time}')}"
         )
-    ]
+    )
+    blocks: list[dict[str, Any]] = [slacktext.section(header)]
     run = d.get("run")
     if isinstance(run, dict):
         blocks.append(slacktext.section(_run_line(run)))
@@ -272,6 +301,14 @@ def render_card(
     metrics = d.get("metrics")
     if isinstance(metrics, dict):
         blocks += _metrics_blocks(metrics, d.get("metrics_later") or [])
+    if d.get("dispatched_at_once") and req.status in UNDECIDED:
+        blocks.append(
+            slacktext.context(
+                f":shield: *{escape_mrkdwn(req.environment or '?')}* is protected by this "
+                "bridge on GitHub: the deploy workflow was started at once, and GitHub holds "
+                "its deploy job until this request is approved."
+            )
+        )
     warnings = warnings_for(d)
     if warnings:
         blocks.append(slacktext.section("\n".join(f":warning: {w}" for w in warnings)))
@@ -322,7 +359,7 @@ def approval_blocks(req: Request, buttons: Block) -> list[Block]:
     the same handlers answer). block_id made unique: a view may hold several of them."""
     summary = (
         f":raised_hand: *Deploy of run `{escape_mrkdwn(str(req.run_ref))[:60]}` to "
-        f"{req.environment}* in `{req.repo}`, asked by <@{req.user_id}> "
+        f"{req.environment}* in `{req.repo}`, asked by {requester(req)} "
         f"{slack_date(req.created_at)}"
     )
     if req.expires_at:

@@ -226,6 +226,7 @@ def on_reject_submit(deps: Deps, body: dict[str, Any], view: dict[str, Any], ack
         decided_at=now,
         finished_at=now,
         reason=reason or None,
+        answer_due=1,  # GitHub's protection rules of the request hear `rejected` (gate.py)
     )
     if not won:
         current = deps.store.get(req.id) or req
@@ -241,6 +242,7 @@ def on_reject_submit(deps: Deps, body: dict[str, Any], view: dict[str, Any], ack
         detail=reason,
     )
     refresh_root(deps, req)
+    deps.jobs.submit(req.id)
 
 
 def _reason(view: dict[str, Any]) -> str:

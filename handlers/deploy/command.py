@@ -13,6 +13,7 @@ from bot.refs import UsageError, is_lock_command, parse_deploy_args
 from bot.slacktext import escape_mrkdwn
 from handlers.common import accept, admitted, answer_usage, count_command, resolve_repo
 from handlers.deploy import locks
+from handlers.deploy.gate import GATE
 from handlers.deploy.policy import NO_APPROVAL, excluded_self, who_can_approve
 from handlers.status import LIMIT, status_list
 
@@ -114,14 +115,14 @@ def handle_command(deps: Deps, command: dict[str, Any], ack: Ack) -> Request | N
         "deploy",
         new,
         ack,
-        lambda req: _ack_text(req, policy, inv.user_id),
+        lambda req: _ack_text(req, policy, inv.user_id, gated=cmd.gated(environment)),
         audit_action="deploy.requested",
         audit_detail=f"{repo} run {args.run_id} to {environment}"
         + ("" if policy else f"; {NO_APPROVAL}"),
     )
 
 
-def _ack_text(req: Request, policy: ApprovalPolicy | None, user_id: str) -> str:
+def _ack_text(req: Request, policy: ApprovalPolicy | None, user_id: str, *, gated: bool) -> str:
     """What the requester is told at once: only what is known before the job reads the run."""
     what = f"deploy of run `{req.run_ref}` to *{req.environment}* in `{req.repo}`"
     if req.status == PENDING_APPROVAL and policy is not None:
@@ -130,6 +131,11 @@ def _ack_text(req: Request, policy: ApprovalPolicy | None, user_id: str) -> str:
             f":raised_hand: Asked for approval: {what} (request `{req.id}`). The approval card "
             f"will appear in this channel; {who} can "
             f"approve it within {policy.expires_after_minutes} minutes."
+        ) + (
+            f" *{req.environment}* is protected by this bridge on GitHub: I start the deploy "
+            "workflow now, and GitHub holds its deploy job until the approval."
+            if gated
+            else ""
         )
     return (
         f":hourglass_flowing_sand: Checking run `{req.run_ref}` of `{req.repo}` before "
@@ -164,7 +170,10 @@ def what(req: Request, web_base: str) -> str:
 
 
 def rerun_text(req: Request) -> str | None:
-    """`/deploy` text that asks for the same deploy again."""
+    """`/deploy` text that asks for the same deploy again (not for a run GitHub held: its
+    run id names the deploy run itself, not what to deploy)."""
+    if req.trigger == GATE:
+        return None
     if req.run_ref and req.environment:
         return f"{req.repo}@{req.run_ref} {req.environment}"
     return None

@@ -18,8 +18,13 @@ EXPIRY_EVERY_SECONDS = 15
 
 def expire(deps: Deps, req: Request) -> bool:
     """pending_approval → expired, once; edits the card. False when something else came first."""
+    # answer_due: GitHub's protection rules of the request hear `rejected` (gate.py).
     if not deps.store.update(
-        req.id, only_if_status=(PENDING_APPROVAL,), status=EXPIRED, finished_at=deps.clock()
+        req.id,
+        only_if_status=(PENDING_APPROVAL,),
+        status=EXPIRED,
+        finished_at=deps.clock(),
+        answer_due=1,
     ):
         return False
     deps.store.audit(
@@ -30,6 +35,7 @@ def expire(deps: Deps, req: Request) -> bool:
         detail=f"no decision by {slacktext.hhmm(req.expires_at or deps.clock())}",
     )
     refresh_root(deps, req)
+    deps.jobs.submit(req.id)
     return True
 
 

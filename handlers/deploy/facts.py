@@ -61,6 +61,23 @@ class ShownMetrics(TypedDict, total=False):
     earlier: list[EarlierMetrics]  # up to 5 of the others, newest first
 
 
+class GateRule(TypedDict, total=False):
+    """A custom deployment protection rule GitHub waits on (handlers/deploy/gate.py)."""
+
+    run_id: int  # from the payload's deployment_callback_url, checked to be GitHub's own
+    environment: str  # as GitHub names it: the callback's environment_name
+    deployment_id: int
+    answered: str  # approved | rejected | failed (GitHub refused the answer)
+
+
+class GateFacts(TypedDict, total=False):
+    """Who started a GitHub-initiated deploy (from the run, as GitHub's API reports it)."""
+
+    actor: str  # the run's triggering actor (GitHub login)
+    event: str  # the event that started the run (push, workflow_dispatch, ...)
+    slack_user: str  # that login's Slack user (github_users), when configured
+
+
 class DeployDetails(TypedDict, total=False):
     facts_checked: bool  # the worker looked the run up (or found it is not a GitHub run id)
     run: RunFacts
@@ -73,6 +90,10 @@ class DeployDetails(TypedDict, total=False):
     deployment_state: str
     deployment_environment: str
     deployment_url: str | None
+    # custom deployment protection rules (handlers/deploy/gate.py)
+    gate_rules: list[GateRule]
+    gate: GateFacts  # set on a request that GitHub's protection rule started
+    dispatched_at_once: bool  # a `gate: github` deploy: dispatched before the approval
 
 
 def details_of(req: Request) -> DeployDetails:

@@ -172,13 +172,18 @@ def deploy_refusal(
 
 
 def lock_refusal_for_gate(
-    deps: Deps, repo: str, environment: str, github_login: str | None
+    deps: Deps,
+    repo: str,
+    environment: str,
+    github_login: str | None,
+    slack_user: str | None = None,
 ) -> str | None:
-    """For GitHub's protection-rule gate: None when the environment is free or `github_login`
-    is the holder's linked login (`github_users`), else the comment to send GitHub with
+    """For GitHub's protection-rule gate: None when the environment is free, `slack_user` (the
+    Slack requester of the /deploy the held run belongs to) holds the lock, or `github_login`
+    is the holder's linked login (`github_users`); else the comment to send GitHub with
     `rejected`, e.g. "locked by @alice: release freeze (since …)"."""
     lock = deps.store.lock_of(repo, environment)
-    if lock is None:
+    if lock is None or (slack_user is not None and slack_user == lock.user_id):
         return None
     holder = deps.config.github_users.get(lock.user_id)
     if holder is not None and github_login is not None and holder.lower() == github_login.lower():

@@ -45,7 +45,7 @@ def approval_refusal(
             f"You cannot approve deploys to *{env}* (rule `approvers` / `approver_usergroups`). "
             f"{capital(who_can_approve(policy, exclude=excluded_self(policy, req.user_id)))} can."
         )
-    if user_id == req.user_id and not policy.allow_self_approval:
+    if user_id and user_id == req.user_id and not policy.allow_self_approval:
         return (
             "You asked for this deploy, so someone else must approve it (rule "
             f"`allow_self_approval: false`): {who_can_approve(policy, exclude=user_id)}."
@@ -65,11 +65,14 @@ def rejection_refusal(
     deps: Deps, req: Request, policy: ApprovalPolicy | None, user_id: str
 ) -> str | None:
     """The requester may withdraw; approvers may reject. Everyone else is told who can."""
-    if user_id == req.user_id or (policy is not None and _is_listed(deps, policy, user_id)):
+    if (user_id and user_id == req.user_id) or (
+        policy is not None and _is_listed(deps, policy, user_id)
+    ):
         return None
     who = who_can_approve(policy) if policy else "nobody"
+    asker = f"<@{req.user_id}> (who asked) or " if req.user_id else ""
     return (
-        f"Only <@{req.user_id}> (who asked) or an approver ({who}) can reject this deploy "
+        f"Only {asker}an approver ({who}) can reject this deploy "
         "(rule `approvers` / `approver_usergroups`)."
     )
 

@@ -22,6 +22,7 @@ from handlers.deploy.facts import (
     ShownMetrics,
     details_of,
 )
+from handlers.deploy.gate import GATE, answer_rules
 from handlers.deploy.policy import approved_by
 from handlers.lifecycle import (
     dispatch_once,
@@ -29,6 +30,7 @@ from handlers.lifecycle import (
     fail,
     fail_or_wait,
     retry_or_give_up,
+    settle,
     trigger,
 )
 
@@ -36,27 +38,40 @@ GITHUB_RUN_ID = re.compile(r"^[1-9][0-9]{0,19}$")
 
 
 def carry_out(deps: Deps, req: Request) -> None:
-    """The job's steps, each safe to repeat: facts and card (once), then the dispatch (once).
+    """The job's steps, each safe to repeat: facts and card (once), then the dispatch (once),
+    then the answers to GitHub's protection rules (handlers/deploy/gate.py).
 
-    Claimed for `approved` requests and for `pending_approval` ones whose card is not posted
-    yet (bot/store/base.py `_needs_work`); a pending request with a card waits for a click.
+    Claimed for `approved` requests, for `pending_approval` ones whose card is not posted
+    yet (bot/store/base.py `_needs_work`), and for any whose `answer_due` is set; a pending
+    request with a card otherwise waits for a click.
     """
-    if req.status == PENDING_APPROVAL and req.root_ts:
+    if req.status not in (PENDING_APPROVAL, APPROVED):
+        answer_rules(deps, req)  # decided before: answering GitHub is what is left
         return
     if not req.root_ts:
         posted = _post_card(deps, req)
         if posted is None:
+            answer_rules(deps, deps.store.get(req.id) or req)  # failed: GitHub hears so
             return
         # A click may have approved the request while the card was being posted.
         req = deps.store.get(req.id) or posted
-    if req.status == APPROVED:
+    if req.status == PENDING_APPROVAL:
+        req = answer_rules(deps, req)  # nothing is decided yet: clears answer_due
+        if deps.config.commands.deploy.gated(req.environment or "") and req.trigger != GATE:
+            _dispatch_at_once(deps, req)
+    elif req.status == APPROVED:
         _dispatch(deps, req)
 
 
 def _post_card(deps: Deps, req: Request) -> Request | None:
     cmd = deps.config.commands.deploy
     try:
-        refusal = github_permission_refusal(deps, cmd, req.repo, req.user_id)
+        # A gate's requester is whoever started the run on GitHub: no Slack access rules.
+        refusal = (
+            None
+            if req.trigger == GATE
+            else github_permission_refusal(deps, cmd, req.repo, req.user_id)
+        )
         if refusal:
             fail(deps, req, refusal)
             return None
@@ -161,22 +176,58 @@ def _relayed_metrics(
 
 
 def _dispatch(deps: Deps, req: Request) -> None:
-    """repository_dispatch once: approved → (action_started_at) → POST → triggered.
+    """repository_dispatch once: approved → (action_started_at) → POST → triggered; then
+    GitHub's protection rules recorded on the request are answered (gate.answer_rules).
 
     Only the lease holder gets here, and only from `approved`. A crash (or a lost answer)
     between the POST and the status change leaves `approved` with action_started_at set; the
     retry first looks for a run titled with this request id and, when there is none, sends
     the same payload again — the same request_id, which the deploy workflow recognises.
+    A request GitHub's rule started, or a `gate: github` deploy dispatched at once, is not
+    dispatched here.
     """
     event_type = req.event_type or deps.config.commands.deploy.event_type
+    dispatching = req.trigger != GATE and not details_of(req).get("dispatched_at_once")
     trigger(
         deps,
         req,
-        lambda: dispatch_once(deps, req, event_type, dispatch_payload(deps, req)),
+        (lambda: dispatch_once(deps, req, event_type, dispatch_payload(deps, req)))
+        if dispatching
+        else None,
         from_statuses=(APPROVED,),
         action="deploy.dispatched",
         detail=f"{event_type} to {req.repo}, run {req.run_ref}, {req.environment}",
+        # answer_due with the status change: a crash right after it still answers GitHub.
+        also={"answer_due": 1},
+        then=lambda: answer_rules(deps, deps.store.get(req.id) or req),
     )
+
+
+def _dispatch_at_once(deps: Deps, req: Request) -> None:
+    """A `gate: github` environment: dispatch before the approval (GitHub holds the deploy
+    job until the protection rule is answered), once. An outage keeps the step due."""
+    if details_of(req).get("dispatched_at_once"):
+        return
+    event_type = req.event_type or deps.config.commands.deploy.event_type
+    try:
+        dispatch_once(deps, req, event_type, dispatch_payload(deps, req))
+    except Retryable as exc:
+        deps.store.update(req.id, answer_due=1)  # claimable again for the retry
+        retry_or_give_up(deps, req, exc)
+        return
+    except GitHubError as exc:
+        fail(deps, req, exc.message)
+        return
+    details.merge(deps, req.id, DeployDetails(dispatched_at_once=True))
+    deps.store.audit(
+        actor="bridge",
+        action="deploy.dispatched",
+        outcome="ok",
+        request_id=req.id,
+        detail=f"{event_type} to {req.repo}, run {req.run_ref}, {req.environment}; "
+        "before the approval: GitHub's protection rule holds the deploy job",
+    )
+    settle(deps, req)  # runs reported before this point (a fast webhook) are shown
 
 
 def approvers_for_payload(deps: Deps, req: Request) -> list[str]:

@@ -63,6 +63,11 @@ OPERATIONS: list[tuple[str, str, str]] = [
     ("GET", "/repos/{owner}/{repo}/actions/runs", "GitHubApp.list_runs (ETag)"),
     ("POST", "/repos/{owner}/{repo}/actions/runs/{run_id}/cancel", "GitHubApp.cancel_run"),
     (
+        "POST",
+        "/repos/{owner}/{repo}/actions/runs/{run_id}/deployment_protection_rule",
+        "GitHubApp.answer_gate (custom deployment protection rules, issue 12)",
+    ),
+    (
         "GET",
         "/repos/{owner}/{repo}/issues/{issue_number}/comments",
         "GitHubApp.list_comments (ETag)",

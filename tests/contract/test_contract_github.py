@@ -178,6 +178,21 @@ def _cancel_run(app: GitHubApp, gh: GitHubContract) -> None:
     assert sent.status == 202
 
 
+def _answer_gate(app: GitHubApp, gh: GitHubContract) -> None:
+    app.answer_gate(REPO, 30433642, "production", "approved", "Approved in Slack by U0APPROVER1")
+    app.answer_gate(REPO, 30433642, "production", "rejected", "expired")
+    sent = gh.requests_to(
+        "POST", rf"^/repos/{REPO}/actions/runs/30433642/deployment_protection_rule$"
+    )
+    assert [r.status for r in sent] == [204, 204]
+    assert sent[0].body == {
+        "environment_name": "production",
+        "state": "approved",
+        "comment": "Approved in Slack by U0APPROVER1",
+    }
+    assert sent[1].body["state"] == "rejected" and sent[0].auth == "token"
+
+
 def _repository(app: GitHubApp, gh: GitHubContract) -> None:
     data = app.repository(REPO)
     assert data["full_name"] and data["default_branch"] and "permissions" in data
@@ -217,6 +232,12 @@ EXERCISES = [
         "/repos/{owner}/{repo}/issues/{issue_number}/comments",
         "list_comments",
         _list_comments,
+    ),
+    Exercise(
+        "POST",
+        "/repos/{owner}/{repo}/actions/runs/{run_id}/deployment_protection_rule",
+        "answer_gate",
+        _answer_gate,
     ),
     Exercise(
         "GET",

@@ -472,3 +472,37 @@ def test_committed_fixtures_keep_githubs_shape(name: str, corpus: list[dict[str,
     assert [e.message for e in validator.iter_errors(payload)] == []
     top = jsonschema.Draft7Validator(webhook_examples.schema())
     assert top.is_valid(payload)
+
+
+# deployment_protection_rule (issue 12): @octokit/webhooks-examples 7.6.1 has no example of it,
+# so tests/fixtures/deployment_protection_rule.requested.json is assembled from the real
+# deployment_status example's objects (tests/fixtures/README.md) and checked here, with the
+# payloads the tests send, against the schema's `deployment_protection_rule$requested`.
+PROTECTION_RULE_READS = [
+    "repository.full_name",
+    "environment",
+    "deployment_callback_url",
+    "deployment.id",
+    "event?",
+    "sender.login?",
+]
+
+
+def test_protection_rule_payloads_match_githubs_schema(github: GitHubDouble) -> None:
+    from tests.test_protection_rule import rule_payload
+
+    fixture = webhook_examples.fixture("deployment_protection_rule.requested")
+    source = webhook_examples.fixture("deployment_status.created")
+    for key in ("deployment", "repository", "sender", "installation"):
+        assert fixture[key] == source[key], key  # GitHub's own objects, unchanged
+    schema = webhook_examples.event_schema("deployment_protection_rule$requested")
+    checker = jsonschema.FormatChecker()
+    sent = [rule_payload(github), rule_payload(github, 7002, environment="qa", deployment=2)]
+    for payload in (fixture, *sent):
+        validator = jsonschema.Draft7Validator(schema, format_checker=checker)
+        assert [e.message for e in validator.iter_errors(payload)] == []
+        assert jsonschema.Draft7Validator(webhook_examples.schema()).is_valid(payload)
+    defs = webhook_examples.schema()["definitions"]
+    for field in PROTECTION_RULE_READS:
+        path = field.rstrip("?").split(".")
+        assert _declared(defs["deployment_protection_rule$requested"], defs, path), field

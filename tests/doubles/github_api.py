@@ -320,6 +320,13 @@ _ROUTES: list[tuple[str, str, str, tuple[tuple[str, str], ...], str]] = [
         "_cancel_run",
     ),
     (
+        "POST",
+        _REPO + r"/actions/runs/(?P<run_id>\d+)/deployment_protection_rule",
+        "installation",
+        (("deployments", "write"),),
+        "_answer_gate",
+    ),
+    (
         "GET",
         _REPO + r"/actions/runs/(?P<run_id>\d+)/jobs",
         "installation",
@@ -414,6 +421,9 @@ class GitHubDouble:
         self.jwt_rejections: list[str] = []
         self.tokens_issued: list[str] = []
         self.dispatches: list[dict[str, Any]] = []
+        # answers to custom deployment protection rules (POST .../deployment_protection_rule)
+        self.gate_answers: list[dict[str, Any]] = []
+        self.events = ["issue_comment", "pull_request", "workflow_run", "repository_dispatch"]
         self.unknown_routes: list[str] = []
         self.server_errors: list[str] = []
         self.not_modified = 0
@@ -711,6 +721,7 @@ class GitHubDouble:
             self.jwt_claims.clear()
             self.jwt_rejections.clear()
             self.dispatches.clear()
+            self.gate_answers.clear()
             self.unknown_routes.clear()
             self.server_errors.clear()
             self._faults.clear()
@@ -954,7 +965,7 @@ class GitHubDouble:
             "target_id": self._user(account)["id"],
             "target_type": "Organization",
             "permissions": self._installation_permissions(iid),
-            "events": ["issue_comment", "pull_request", "workflow_run", "repository_dispatch"],
+            "events": list(self.events),
             "created_at": created,
             "updated_at": created,
             "single_file_name": None,
@@ -1195,7 +1206,7 @@ class GitHubDouble:
             "created_at": created,
             "updated_at": created,
             "permissions": dict(DEFAULT_PERMISSIONS),
-            "events": ["issue_comment", "pull_request", "workflow_run", "repository_dispatch"],
+            "events": list(self.events),
             "installations_count": len({r.installation_id for r in self._repos.values()}),
         }
 
@@ -1521,6 +1532,31 @@ class GitHubDouble:
             raise _Answer(409, "Cannot cancel a workflow run that is completed.")
         run.update(status="completed", conclusion="cancelled", updated_at=_iso(time.time()))
         return 202, {}
+
+    def _answer_gate(self, ctx: _Ctx) -> tuple[int, Any]:
+        """GitHub's actions/review-custom-gates-for-run: environment_name, and state
+        approved|rejected (or a comment alone); answered 204, recorded in gate_answers."""
+        run = self._run(ctx)
+        body = ctx.body if isinstance(ctx.body, dict) else None
+        errors: list[str] = []
+        if body is None:
+            raise _Answer(400, "Problems parsing JSON")
+        if not isinstance(body.get("environment_name"), str):
+            errors.append("environment_name is missing or not a string")
+        if "state" in body and body["state"] not in ("approved", "rejected"):
+            errors.append("state must be approved or rejected")
+        if "state" not in body and not isinstance(body.get("comment"), str):
+            errors.append("comment is required when state is not provided")
+        if "comment" in body and not isinstance(body["comment"], str):
+            errors.append("comment is not a string")
+        if set(body) - {"environment_name", "state", "comment"}:
+            errors.append(f"unknown properties {sorted(set(body) - {'environment_name'})}")
+        if errors:
+            raise _Answer(422, "Invalid request.", errors=errors)
+        self.gate_answers.append(
+            {"repo": ctx.repo.full_name if ctx.repo else "", "run_id": int(run["id"]), **body}
+        )
+        return 204, None
 
     def _list_jobs(self, ctx: _Ctx) -> tuple[int, Any]:
         run = self._run(ctx)
