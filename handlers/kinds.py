@@ -62,6 +62,8 @@ class RequestKind:
     workflow        `commands.<name>.workflow`: the only workflow whose runs may speak for it
     actions, views  Block Kit listeners of the kind
     housekeeping    the kind's periodic jobs (e.g. deploy expiry)
+    on_succeeded    after each settle that finds the request succeeded (idempotent; may raise
+                    an outage, and the event being handled is retried)
     """
 
     name: str
@@ -81,6 +83,7 @@ class RequestKind:
     actions: tuple[SlackAction, ...] = ()
     views: tuple[SlackView, ...] = ()
     housekeeping: Callable[[Housekeeping, Deps], None] | None = None
+    on_succeeded: Callable[[Deps, Request], None] | None = None
 
     def __post_init__(self) -> None:
         parts = (self.command, self.access, self.handle_command, self.usage, self.status_list)

@@ -18,11 +18,11 @@ One module per job: `command` (parse, checks, store), `policy` (who may approve)
 
 from __future__ import annotations
 
-from handlers.deploy import card, clicks, command, expiry, policy, worker
+from handlers.deploy import card, clicks, command, expiry, model_worker, models, policy, worker
 from handlers.deploy.card import deployment_line, warnings_for
 from handlers.kinds import RequestKind, SlackAction, SlackView
 
-__all__ = ["KIND", "deployment_line", "warnings_for"]
+__all__ = ["KIND", "MODEL_KIND", "deployment_line", "warnings_for"]
 
 KIND = RequestKind(
     name="deploy",
@@ -47,4 +47,18 @@ KIND = RequestKind(
     # The modal may come from the Home tab.
     views=(SlackView(card.VIEW_REJECT, clicks.on_reject_submit, refreshes_home=True),),
     housekeeping=expiry.install,
+)
+
+# A registered model version (MLflow): asked by the registry's signed webhook (router event
+# `mlflow`, handlers/__init__.py) or by hand with `/deploy model:<name>@<version|alias>`. The
+# same card, clicks, expiry and App Home as above (they take both kinds: facts.DEPLOY_KINDS).
+MODEL_KIND = RequestKind(
+    name="model_deploy",
+    carry_out=model_worker.carry_out,
+    root=card.card,
+    what=models.what,
+    may_cancel=policy.may_cancel,
+    cancel_who=" or an approver",
+    workflow=lambda deps: deps.config.commands.deploy.workflow,
+    on_succeeded=model_worker.after_success,
 )

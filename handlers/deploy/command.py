@@ -9,10 +9,11 @@ from bot import logs
 from bot.config import Access, ApprovalPolicy
 from bot.deps import Deps
 from bot.model import APPROVED, PENDING_APPROVAL, NewRequest, Request
-from bot.refs import UsageError, parse_deploy_args
+from bot.refs import UsageError, is_model_ref, parse_deploy_args
 from bot.slacktext import escape_mrkdwn
 from bot.store import OverLimit
 from handlers.common import count_command, rate_limited, refused, resolve_repo
+from handlers.deploy.models import handle_model_command
 from handlers.deploy.policy import NO_APPROVAL, excluded_self, who_can_approve
 from handlers.status import LIMIT, status_list
 
@@ -24,6 +25,8 @@ USAGE = (
     "`/deploy https://github.com/acme/ml-models/actions/runs/9876543210`.\n"
     "A GitHub workflow run id shows the run's facts on the approval card; any other run id "
     "(an MLflow or W&B run, say) is passed to the deploy workflow as it is.\n"
+    "`/deploy model:<name>@<version|alias> [environment]` deploys a registered model version "
+    "(models listed under `models:` in chatops.yml; read from MLflow).\n"
     "`/deploy status [environment]` lists recent deploys; `/deploy help` shows this."
 )
 
@@ -62,6 +65,8 @@ def handle_command(deps: Deps, command: dict[str, Any], ack: Ack) -> Request | N
     # (an early count would let a parallel burst through together).
     if refused(deps, "deploy", cmd, user_id, channel_id, ack, check_rate=False):
         return None
+    if is_model_ref(text):  # `/deploy model:<name>@<version|alias>`: a registered model
+        return handle_model_command(deps, command, ack)
     try:
         args = parse_deploy_args(text, allowed_hosts=deps.web_hosts)
         repo = resolve_repo(deps, args.repo, channel_id)

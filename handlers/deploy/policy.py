@@ -7,6 +7,7 @@ from bot.deps import Deps
 from bot.github import GitHubError
 from bot.model import Request
 from handlers.common import github_permission_refusal, membership
+from handlers.deploy.model_card import requester
 
 # Said on the card, the ack and the audit when an environment has `approval: none`.
 NO_APPROVAL = "no approval required by config"
@@ -69,7 +70,7 @@ def rejection_refusal(
         return None
     who = who_can_approve(policy) if policy else "nobody"
     return (
-        f"Only <@{req.user_id}> (who asked) or an approver ({who}) can reject this deploy "
+        f"Only {requester(req)} (who asked) or an approver ({who}) can reject this deploy "
         "(rule `approvers` / `approver_usergroups`)."
     )
 
