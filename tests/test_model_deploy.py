@@ -346,6 +346,72 @@ def test_reject_and_app_home_list_model_deploys(mh: Harness, slack: Any) -> None
     assert "the MLflow registry" in json.dumps(opened.params["view"])
 
 
+def test_an_unanswered_model_card_expires(make_harness: Any, slack: Any, clock: Any) -> None:
+    h = make_harness(model_config(), use_clock=True, MLFLOW_WEBHOOK_SECRET=MLFLOW_SECRET)
+    send(h, alias_event(), timestamp=int(clock()))
+    req = h.wait_until(
+        lambda: next((r for r in model_requests(h) if r.root_ts), None), what="the card"
+    )
+    h.settle()
+    clock.advance(30 * 60 + 1)
+    click(h, "deploy_approve", req, APPROVER)
+    h.settle()
+    assert h.store.get(req.id).status == "expired"
+    assert "Expired at" in card_text(slack, req) and "deploy_approve" not in card_text(slack, req)
+
+
+def test_after_deploy_alias_failure_is_said_in_the_thread(
+    make_harness: Any, github: Any, slack: Any
+) -> None:
+    """The deploy run succeeded; the alias cannot be set (no MLFLOW_TRACKING_URI): said why."""
+    from webhook_examples import fixture
+
+    h = make_harness(
+        model_config(after_deploy_alias="production"), MLFLOW_WEBHOOK_SECRET=MLFLOW_SECRET
+    )
+    send(h, alias_event())
+    req = h.wait_until(
+        lambda: next((r for r in model_requests(h) if r.root_ts), None), what="the card"
+    )
+    h.settle()
+    click(h, "deploy_approve", req, APPROVER)
+    h.wait_until(lambda: h.store.get(req.id).status == "triggered", what="triggered")
+    run: dict[str, Any] = json.loads(json.dumps(fixture("workflow_run.completed")))
+    run["repository"]["full_name"] = REPO
+    run["workflow_run"].update(
+        id=8151,
+        name="deploy",
+        display_title=f"chatops {req.id}: deploy model churn-model version 7 to production",
+        status="completed",
+        conclusion="success",
+        event="repository_dispatch",
+        created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        pull_requests=[],
+    )
+    assert h.webhook("workflow_run", run).status_code == 202
+    h.wait_until(lambda: h.store.get(req.id).status == "succeeded", what="succeeded")
+    h.settle()
+    replies = [m["text"] for m in slack.thread_replies(MODEL_CHANNEL, req.root_ts)]
+    said = [t for t in replies if "could not set the alias `production`" in t]
+    assert len(said) == 1 and "MLFLOW_TRACKING_URI is not set" in said[0], replies
+    assert "Could not set alias `production` in MLflow" in card_text(slack, req)
+    # The same run reported again: said once.
+    assert h.webhook("workflow_run", run).status_code == 202
+    h.settle()
+    replies = [m["text"] for m in slack.thread_replies(MODEL_CHANNEL, req.root_ts)]
+    assert len([t for t in replies if "could not set the alias" in t]) == 1
+    actions = [row["action"] for row in h.store.audit_rows(request_id=req.id)]
+    assert actions.count("deploy.alias_set") == 1
+
+
+def test_deploy_status_lists_model_deploys(mh: Harness, slack: Any) -> None:
+    send(mh, alias_event())
+    mh.wait_until(lambda: roots_in(slack, MODEL_CHANNEL), what="the card")
+    mh.settle()
+    said = mh.slash("/deploy", "status", channel=MODEL_CHANNEL).json()["text"]
+    assert "model `churn-model` v7" in said, said
+
+
 # -- by hand --------------------------------------------------------------------------------
 def test_by_hand_refused_without_tracking_uri(mh: Harness) -> None:
     for text in ("model:churn-model@7", "model:churn-model@candidate staging"):
@@ -431,3 +497,51 @@ def test_the_example_config_models_block_is_valid() -> None:
         lines.append(line[2:] if inside and line.startswith("# ") else line)
     (model,) = parse_config(yaml.safe_load("\n".join(lines))).models
     assert (model.name, model.on.alias) == ("churn-model", "candidate")
+
+
+@pytest.mark.parametrize(
+    ("name", "version", "run_id", "rc"),
+    [
+        ("churn-model", "7", RUN, 0),
+        ("churn-model", "7", "", 0),  # MLflow records no run for the version
+        ("churn-model", "$(touch pwned)", RUN, 1),
+        ("$(touch pwned)", "7", RUN, 1),
+        ("churn-model", "7", "x;touch pwned", 1),
+    ],
+)
+def test_example_workflow_checks_a_model_payload(
+    tmp_path: Any, name: str, version: str, run_id: str, rc: int
+) -> None:
+    """The `check` step of examples/workflows/deploy.yml with a model's client_payload."""
+    import subprocess
+    from pathlib import Path
+
+    doc = yaml.safe_load(
+        (Path(__file__).parent.parent / "examples/workflows/deploy.yml").read_text()
+    )
+    step = next(s for s in doc["jobs"]["check"]["steps"] if s.get("id") == "request")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "gh").write_text("#!/bin/sh\necho 0\n")
+    (bin_dir / "gh").chmod(0o755)
+    out = tmp_path / "output"
+    out.write_text("")
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "GITHUB_OUTPUT": str(out),
+        "GITHUB_REPOSITORY": REPO,
+        "GITHUB_RUN_ID": "123",
+        "GITHUB_WORKFLOW_REF": f"{REPO}/.github/workflows/deploy.yml@refs/heads/main",
+        "REQUEST_ID": "0a1b2c3d4e5f",
+        "RUN_ID": run_id,
+        "ENVIRONMENT": "production",
+        "MODEL_NAME": name,
+        "MODEL_VERSION": version,
+    }
+    done = subprocess.run(
+        ["bash", "-c", step["run"]], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == rc, done.stdout + done.stderr
+    assert not (tmp_path / "pwned").exists()
+    if rc == 0:
+        assert "model=true" in out.read_text() and "github_run=false" in out.read_text()

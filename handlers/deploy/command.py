@@ -13,6 +13,7 @@ from bot.refs import UsageError, is_model_ref, parse_deploy_args
 from bot.slacktext import escape_mrkdwn
 from bot.store import OverLimit
 from handlers.common import count_command, rate_limited, refused, resolve_repo
+from handlers.deploy.facts import DEPLOY_KINDS
 from handlers.deploy.models import handle_model_command
 from handlers.deploy.policy import NO_APPROVAL, excluded_self, who_can_approve
 from handlers.status import LIMIT, status_list
@@ -192,7 +193,7 @@ def deploy_status(deps: Deps, text: str, channel_id: str) -> str:
     channel's: a listing must not show what was asked in a private channel)."""
     text = text.strip()
     if not text:
-        reqs = deps.store.find(kind="deploy", channel_id=channel_id, limit=LIMIT)
+        reqs = _deploys(deps, channel_id=channel_id)
         return status_list(
             "Latest deploys in this channel",
             reqs,
@@ -207,10 +208,22 @@ def deploy_status(deps: Deps, text: str, channel_id: str) -> str:
             f":warning: `{escape_mrkdwn(text[:60])}` is not an environment I deploy to. "
             f"Known environments: {known}.\n*Usage:* `/deploy status [environment]`."
         )
-    reqs = deps.store.find(kind="deploy", environment=env, channel_id=channel_id, limit=LIMIT)
+    reqs = _deploys(deps, channel_id=channel_id, environment=env)
     return status_list(
         f"Latest deploys to {env} from this channel",
         reqs,
         empty=f"None yet: start one with `/deploy <run-id> {env}`.",
         web_base=deps.web_base,
     )
+
+
+def _deploys(deps: Deps, *, channel_id: str, environment: str | None = None) -> list[Request]:
+    """The newest deploys of both kinds (runs and registered model versions), newest first."""
+    found = [
+        req
+        for kind in DEPLOY_KINDS
+        for req in deps.store.find(
+            kind=kind, channel_id=channel_id, environment=environment, limit=LIMIT
+        )
+    ]
+    return sorted(found, key=lambda r: r.created_at, reverse=True)[:LIMIT]
