@@ -252,11 +252,13 @@ class MetricsTrust(Strict):
     author_association: Literal["OWNER", "MEMBER", "COLLABORATOR"] | None = None
 
 
-MLFLOW_ALIAS_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")  # MLflow's own alias rule: ^[\w\-]*$
+# MLflow's own alias rule is ^[\w\-]*$; lengths are capped so that `models:/<name>@<alias>`
+# fits requests.run_ref (200) and the idempotency key (255).
+MLFLOW_ALIAS_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MlflowAlias = Annotated[str, Field(pattern=MLFLOW_ALIAS_RE.pattern)]
 # MLflow allows almost any registered model name; this bridge takes the ones a command can name
 # and a workflow can pass safely (no spaces, quotes or slashes).
-MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,255}$")
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,119}$")
 
 
 class ModelTrigger(Strict):

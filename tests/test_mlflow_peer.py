@@ -142,7 +142,8 @@ def event_of(p: Any) -> str:
 
 
 def seen(hooks: Forwarder, event: str, *, since: float) -> list[Any]:
-    return [p for p in hooks.to(HOOK_PATH) if p.at >= since and event_of(p) == event]
+    """Deliveries of this event that have been answered (the forwarder records on arrival)."""
+    return [p for p in hooks.to(HOOK_PATH) if p.at >= since and event_of(p) == event and p.answered]
 
 
 def done_run(req: Any) -> dict[str, Any]:
@@ -251,6 +252,15 @@ def test_registry_webhooks_to_card_dispatch_and_alias(
         "the alias note in the thread",
     )
     assert "set the alias `production`" in replies[0]["text"]
+    production = wait_until(
+        lambda: [
+            p
+            for p in seen(hooks, "model_version_alias.created", since=t0)
+            if json.loads(p.body)["data"]["alias"] == "production"
+        ],
+        30,
+        "MLflow's event for the alias the bridge set",
+    )
     assert len(github.dispatches) == 1 and len(cards(slack)) == 1
 
     # By hand, by alias (resolved through MLflow's REST API), to another environment.
@@ -268,6 +278,19 @@ def test_registry_webhooks_to_card_dispatch_and_alias(
         p.path for p in rest.passed
     )
 
+    time.sleep(1.0)
+    assert len(production) == 1  # set once, though two settles of the request may meet
+    assert (
+        len(
+            [
+                p
+                for p in seen(hooks, "model_version_alias.created", since=t0)
+                if json.loads(p.body)["data"]["alias"] == "production"
+            ]
+        )
+        == 1
+    )
+
     # What MLflow sent, for the record (printed with -s).
     first = attempts[0]
     shown = {
@@ -275,7 +298,11 @@ def test_registry_webhooks_to_card_dispatch_and_alias(
     }
     print(f"\nMLflow {peer.MLFLOW_VERSION}: events seen at /mlflow/webhooks:")
     for p in hooks.to(HOOK_PATH):
-        print(f"  {event_of(p)}  bridge {p.status} → MLflow got {p.answered}")
+        data = json.loads(p.body or b"{}").get("data") or {}
+        print(
+            f"  {event_of(p)} {json.dumps(data)[:90]} id {p.headers.get('X-MLflow-Delivery-Id')}"
+            f": bridge {p.status} → MLflow got {p.answered}"
+        )
     print(f"  headers: {json.dumps(shown)}")
     print(f"  body: {first.body.decode()}")
 

@@ -467,6 +467,8 @@ models:
         ({"repository": "acme/elsewhere"}, "not a configured repository"),
         ({"environment": "mars"}, "not one of commands.deploy.environments"),
         ({"name": "has space"}, "models[0].name"),
+        ({"name": "m" * 121}, "models[0].name"),  # models:/<name>@<alias> must fit run_ref
+        ({"on": {"alias": "a" * 65}}, "models[0].on.alias"),
         ({"channel": "not-a-channel"}, "models[0].channel"),
         ({"surprise": 1}, "unknown key"),
         ({"after_deploy_alias": "candidate"}, "must differ from on.alias"),
@@ -545,3 +547,29 @@ def test_example_workflow_checks_a_model_payload(
     assert not (tmp_path / "pwned").exists()
     if rc == 0:
         assert "model=true" in out.read_text() and "github_run=false" in out.read_text()
+
+
+def test_model_text_by_hand_is_parsed_or_refused_with_the_reason() -> None:
+    from bot.refs import UsageError, parse_model_args
+
+    args = parse_model_args("model:churn-model@7 staging")
+    assert (args.name, args.version, args.alias, args.environment) == (
+        "churn-model",
+        "7",
+        None,
+        "staging",
+    )
+    assert parse_model_args("MODEL:churn-model@candidate").alias == "candidate"
+    for text, name in [
+        ("model:churn-model", "missing_model_version"),
+        ("model:@7", "bad_model_name"),
+        ("model:" + "m" * 121 + "@7", "bad_model_name"),
+        ("model:churn-model@<!channel>", "bad_model_version"),
+        ("model:churn-model@" + "a" * 65, "bad_model_version"),
+        ("model:churn-model@7 prod extra", "too_many_words"),
+        ("model:churn-model@7 prod;rm", "bad_environment_name"),
+    ]:
+        with pytest.raises(UsageError) as err:
+            parse_model_args(text)
+        assert err.value.name == name, (text, str(err.value))
+        assert "<!channel>" not in str(err.value)

@@ -183,7 +183,17 @@ def after_success(deps: Deps, req: Request) -> None:
         return
     after = details_of(req).get("alias_after")
     if not isinstance(after, dict):
-        after = _set_alias(deps, req, str(model["name"]), spec.after_deploy_alias, model["version"])
+        # Two settles of one request can meet here (the dispatch's and a webhook's): one sets.
+        claim = f"alias-after:{req.id}"
+        if not deps.store.first_time(claim):
+            return
+        try:
+            after = _set_alias(
+                deps, req, str(model["name"]), spec.after_deploy_alias, model["version"]
+            )
+        except MlflowUnavailable:
+            deps.store.forget(claim)  # not set: the retry of this event claims it again
+            raise
         refresh_root(deps, req)
     name, alias, version = model.get("name"), after.get("alias"), after.get("version")
     text = (

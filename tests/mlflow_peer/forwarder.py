@@ -58,7 +58,8 @@ class Forwarder:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._client = httpx.Client(timeout=30)
+        # No kept-alive upstream connections (an idle one closing as it is reused fails).
+        self._client = httpx.Client(timeout=30, limits=httpx.Limits(max_keepalive_connections=0))
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def start(self) -> Forwarder:

@@ -91,7 +91,11 @@ class MlflowServer:
         self.workdir = workdir
         self.log_path = workdir / "mlflow-server.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.http = httpx.Client(base_url=self.url, timeout=30)
+        # No kept-alive connections: the server closes idle ones after 5 s, and a request sent
+        # on one as it closes fails with "Server disconnected" (seen under load).
+        self.http = httpx.Client(
+            base_url=self.url, timeout=30, limits=httpx.Limits(max_keepalive_connections=0)
+        )
         self.started_in = 0.0
 
     def start(self) -> MlflowServer:
