@@ -22,7 +22,8 @@ from urllib.parse import urlparse
 import yaml
 
 from bot.config import Config, ConfigError, load_config
-from bot.settings import SettingsError, database_url_from, load_settings
+from bot.mlflow import MlflowError, MlflowRegistry
+from bot.settings import Settings, SettingsError, database_url_from, load_settings
 from bot.slacktext import iso_utc
 
 PLACEHOLDER_HOST = "https://YOUR-HOST.example.com"
@@ -194,7 +195,39 @@ def check(args: argparse.Namespace) -> int:
     _check_database(report, settings.database_url)
     _check_slack(report, settings.slack_bot_token.get(), settings.slack_api_url)
     _check_github(report, settings, config, repos)
+    _check_mlflow(report, settings, config)
     return _summary(report, code=1)
+
+
+def _check_mlflow(report: Report, settings: Settings, config: Config) -> None:
+    """The MLflow settings, and whether the registry answers (docs/model-registry.md)."""
+    models = ", ".join(m.name for m in config.models)
+    uri = settings.mlflow_tracking_uri
+    if not (models or uri or settings.mlflow_webhook_secret):
+        return
+    hooks = "on (POST /mlflow/webhooks)" if settings.mlflow_webhook_secret else "off"
+    report.ok(
+        f"MLflow: webhooks {hooks}; models: {models or 'none'}; tracking URI: {uri or 'unset'}"
+    )
+    if models and not settings.mlflow_webhook_secret:
+        report.warn(
+            "models: are configured but MLFLOW_WEBHOOK_SECRET is unset: registry events "
+            "cannot reach the bridge (only `/deploy model:…` works)"
+        )
+    if not uri:
+        if models:
+            report.warn(
+                "MLFLOW_TRACKING_URI is unset: cards show only what the webhook says, "
+                "and `/deploy model:…` is refused"
+            )
+        return
+    report.step(f"MLflow registry at {uri}")
+    try:
+        n = MlflowRegistry(uri, settings.mlflow_tracking_token, timeout=10).ping()
+    except MlflowError as exc:
+        report.fail(f"MLflow: {exc.message}")
+        return
+    report.ok(f"MLflow: the registry answers ({n} registered model(s) on its first page)")
 
 
 def _summary(report: Report, *, code: int) -> int:

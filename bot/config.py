@@ -272,6 +272,70 @@ class MetricsTrust(Strict):
     author_association: Literal["OWNER", "MEMBER", "COLLABORATOR"] | None = None
 
 
+# MLflow's own alias rule is ^[\w\-]*$; lengths are capped so that `models:/<name>@<alias>`
+# fits requests.run_ref (200) and the idempotency key (255).
+MLFLOW_ALIAS_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MlflowAlias = Annotated[str, Field(pattern=MLFLOW_ALIAS_RE.pattern)]
+# MLflow allows almost any registered model name; this bridge takes the ones a command can name
+# and a workflow can pass safely (no spaces, quotes or slashes).
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,119}$")
+
+
+class ModelTrigger(Strict):
+    """`models[].on`: which registry events open an approval card (any of these)."""
+
+    alias: MlflowAlias | None = None  # a version gets this alias
+    tag: dict[str, str] | None = None  # a version gets this tag (one key: value)
+    created: bool = False  # every new version
+
+    @model_validator(mode="after")
+    def _something(self) -> ModelTrigger:
+        if self.alias is None and self.tag is None and not self.created:
+            raise ValueError("give at least one of alias, tag or created: true")
+        if self.tag is not None and len(self.tag) != 1:
+            raise ValueError('tag takes exactly one key: value, e.g. {deploy: "true"}')
+        return self
+
+    def asked_by(self, entity: str, action: str, data: dict[str, Any]) -> str | None:
+        """What in this registry event asks for a deploy, in words; None when nothing (pure)."""
+        if entity == "model_version_alias" and action == "created":
+            if self.alias is not None and data.get("alias") == self.alias:
+                return f"alias {self.alias}"
+        elif entity == "model_version_tag" and action == "set":
+            for key, value in (self.tag or {}).items():
+                if data.get("key") == key and data.get("value") == value:
+                    return f"tag {key}={value}"
+        elif entity == "model_version" and action == "created" and self.created:
+            return "new version"
+        return None
+
+
+class ModelSpec(Strict):
+    """`models[]`: a registered model in MLflow whose versions ask for their own deploy."""
+
+    name: str = Field(pattern=MODEL_NAME_RE.pattern)
+    repository: Repo
+    channel: ChannelId
+    environment: str | None = None  # default: the first of commands.deploy.environments
+    on: ModelTrigger
+    after_deploy_alias: MlflowAlias | None = None  # set on the version once its deploy succeeded
+
+    @model_validator(mode="after")
+    def _no_loop(self) -> ModelSpec:
+        if self.after_deploy_alias is not None and self.after_deploy_alias == self.on.alias:
+            # Setting it after a deploy would ask for the same deploy again, for ever.
+            raise ValueError("after_deploy_alias must differ from on.alias")
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, data: Any) -> Any:
+        # YAML 1.1 (PyYAML) reads a bare `on:` key as the boolean True, as GitHub workflows know.
+        if isinstance(data, dict) and True in data and "on" not in data:
+            data = {("on" if k is True else k): v for k, v in data.items()}
+        return data
+
+
 class Config(Strict):
     repositories: Repositories = Repositories()
     commands: Commands = Commands()
@@ -281,6 +345,53 @@ class Config(Strict):
     channels: dict[ChannelId, ChannelSettings] = {}
     rate_limits: RateLimits = RateLimits()
     metrics: MetricsTrust = MetricsTrust()
+    models: list[ModelSpec] = []
+
+    @model_validator(mode="after")
+    def _models(self) -> Config:
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"models[].name must be unique: {', '.join(dupes)}")
+        envs = self.commands.deploy.environments
+        for i, model in enumerate(self.models):
+            if not self.repositories.permits(model.repository):
+                raise ValueError(
+                    f"models[{i}].repository {model.repository} is not a configured repository: "
+                    "add it to repositories.allowed (or use repositories.default / channels)"
+                )
+            if model.environment is not None and model.environment not in envs:
+                raise ValueError(
+                    f"models[{i}].environment {model.environment!r} is not one of "
+                    f"commands.deploy.environments ({', '.join(envs)})"
+                )
+            env = self.model_environment(model)
+            if self.commands.deploy.approval_for(env) is None:
+                # A registry event must never deploy without approval by omission.
+                raise ValueError(
+                    f"models[{i}] deploys to {env}: "
+                    + self.commands.deploy.missing_policy_text([env])
+                )
+        return self
+
+    def model_named(self, name: str) -> ModelSpec | None:
+        return next((m for m in self.models if m.name == name), None)
+
+    def model_environment(self, model: ModelSpec) -> str:
+        return model.environment or self.commands.deploy.default_environment
+
+    def models_asked(
+        self, entity: str, action: str, data: dict[str, Any]
+    ) -> list[tuple[ModelSpec, str]]:
+        """The configured models this registry event asks a deploy for, with what asked (pure)."""
+        found = []
+        for model in self.models:
+            if data.get("name") != model.name:
+                continue
+            asked = model.on.asked_by(entity, action, data)
+            if asked is not None:
+                found.append((model, asked))
+        return found
 
     @model_validator(mode="after")
     def _unique_schedules(self) -> Config:

@@ -11,6 +11,7 @@ from bot.config import Config
 from bot.github import GitHubApp
 from bot.jobs import Jobs
 from bot.metrics import Metrics
+from bot.mlflow import MlflowRegistry
 from bot.slack import SlackOut
 from bot.store import Store
 
@@ -28,6 +29,7 @@ class Deps:
     metrics: Metrics | None = None  # None: nothing is counted (tests that build Deps by hand)
     health: Callable[[], dict[str, Any]] | None = None  # the GET /healthz report (App Home)
     caches: Caches = field(default_factory=lambda: Caches())
+    mlflow: MlflowRegistry | None = None  # None: MLFLOW_TRACKING_URI is not set
 
 
 @dataclass

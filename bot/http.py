@@ -368,12 +368,14 @@ def make_asgi(
     settings: Settings,
     github_webhooks: Callable[[Request], Any],
     bolt: App | None,
+    mlflow_webhooks: Callable[[Request], Any] | None = None,
     health: Callable[[], dict[str, Any]],
     metrics: Metrics,
     refresh_gauges: Callable[[], None],
     lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]],
 ) -> Starlette:
-    """The four endpoints on one port; /slack/events only when bolt is given (HTTP mode).
+    """The endpoints on one port; /slack/events only when bolt is given (HTTP mode),
+    /mlflow/webhooks when its endpoint is given (it answers 404 itself while switched off).
 
     settings gives the header limits; health and refresh_gauges run on the thread pool."""
 
@@ -387,6 +389,11 @@ def make_asgi(
 
     routes = [
         Route("/github/webhooks", github_webhooks, methods=["POST"]),
+        *(
+            [Route("/mlflow/webhooks", mlflow_webhooks, methods=["POST"])]
+            if mlflow_webhooks
+            else []
+        ),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]

@@ -20,6 +20,7 @@ from bot import logs
 from bot.github import Retryable
 from bot.messages import duration
 from bot.metrics import Metrics
+from bot.mlflow import MlflowUnavailable
 from bot.model import ACCEPTED, APPROVED, ERROR, PENDING_APPROVAL, Request
 from bot.slack import SlackFailure
 from bot.store import Store
@@ -71,6 +72,8 @@ def outage_of(exc: BaseException) -> tuple[str, float | None] | None:
         return "GitHub", exc.retry_at
     if isinstance(exc, SlackFailure) and exc.is_outage:
         return "Slack", exc.retry_at
+    if isinstance(exc, MlflowUnavailable):
+        return "MLflow", exc.retry_at
     if isinstance(exc, OperationalError | InterfaceError | DisconnectionError):
         return "database", None  # the database went away
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
@@ -86,7 +89,8 @@ PAYLOAD_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError)
 
 def _describe(exc: BaseException) -> str:
     text = getattr(exc, "message", None) or str(exc) or ""
-    return f"{type(exc).__name__}: {text}"[:300] if not isinstance(exc, Retryable) else text
+    outage = isinstance(exc, Retryable | MlflowUnavailable)
+    return f"{type(exc).__name__}: {text}"[:300] if not outage else text
 
 
 class _Timers:

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-from bot.config import REPO_RE
+from bot.config import MLFLOW_ALIAS_RE, MODEL_NAME_RE, REPO_RE
 from bot.slacktext import escape_mrkdwn
 
 
@@ -38,6 +38,9 @@ _USAGE_ERROR_NAMES = (
     ("is not a run id", "bad_run_id"),
     ("is not an environment name", "bad_environment_name"),
     ("No repository given", "no_repository"),
+    ("is not a registered model name", "bad_model_name"),
+    ("Which version?", "missing_model_version"),
+    ("is not a model version or alias", "bad_model_version"),
     ("is not a repository this bridge works on", "repository_not_allowed"),
     ("Which environment?", "missing_environment"),
     ("The reason is too long", "lock_reason_too_long"),
@@ -194,3 +197,53 @@ def parse_lock_args(text: str) -> LockArgs:
             f"The reason is too long ({len(reason)} characters; at most {MAX_LOCK_REASON})."
         )
     return LockArgs(action, env, repo, reason)
+
+
+MODEL_PREFIX = "model:"
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    """`/deploy model:<name>@<version|alias> [environment]`: exactly one of version, alias."""
+
+    name: str
+    version: str | None
+    alias: str | None
+    environment: str | None
+
+
+def is_model_ref(text: str) -> bool:
+    """Whether /deploy's text names a registered model version rather than a run."""
+    return text.strip().lower().startswith(MODEL_PREFIX)
+
+
+def parse_model_args(text: str) -> ModelArgs:
+    """`model:churn-model@7 [environment]` or `model:churn-model@candidate` → ModelArgs."""
+    parts = text.split()
+    if len(parts) > 2:
+        raise UsageError(
+            "Too many words: use `/deploy model:&lt;name&gt;@&lt;version&gt; [environment]`."
+        )
+    ref = parts[0][len(MODEL_PREFIX) :] if parts else ""
+    name, at, which = ref.partition("@")
+    if not MODEL_NAME_RE.match(name):
+        raise UsageError(
+            f"{_shown(name[:80]) if name else 'That'} is not a registered model name "
+            "(letters, digits and . _ -)."
+        )
+    if not at or not which:
+        raise UsageError(
+            "Which version? Name it after `@`: `model:churn-model@7`, or an alias: "
+            "`model:churn-model@candidate`."
+        )
+    version = alias = None
+    if re.fullmatch(r"[1-9][0-9]{0,9}", which):
+        version = which
+    elif MLFLOW_ALIAS_RE.match(which):
+        alias = which
+    else:
+        raise UsageError(f"{_shown(which[:80])} is not a model version or alias.")
+    env = parts[1] if len(parts) == 2 else None
+    if env is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,255}", env):
+        raise UsageError(f"{_shown(env[:80])} is not an environment name.")
+    return ModelArgs(name=name, version=version, alias=alias, environment=env)

@@ -103,6 +103,11 @@ class Settings:
     outage_horizon_hours: float = 24.0  # CHATOPS_OUTAGE_HORIZON_HOURS: wait out a peer this long
     max_attempts: int = 5  # CHATOPS_MAX_ATTEMPTS: tries of a unit failing other than by outage
 
+    # MLflow model registry (docs/model-registry.md): webhooks in, REST API out.
+    mlflow_webhook_secret: Secret | None = None  # turns on POST /mlflow/webhooks
+    mlflow_tracking_uri: str | None = None  # REST base: run metrics, aliases
+    mlflow_tracking_token: Secret | None = None  # bearer token for that API
+
     @property
     def socket_mode(self) -> bool:
         return self.slack_app_token is not None
@@ -110,7 +115,13 @@ class Settings:
     def secret_values(self) -> list[str]:
         """Every secret's plain value: used by the log redaction filter."""
         out = [self.slack_bot_token.get(), self.github_private_key.get()]
-        for s in (self.slack_signing_secret, self.slack_app_token, self.github_webhook_secret):
+        for s in (
+            self.slack_signing_secret,
+            self.slack_app_token,
+            self.github_webhook_secret,
+            self.mlflow_webhook_secret,
+            self.mlflow_tracking_token,
+        ):
             if s:
                 out.append(s.get())
         out.append(database_password(self.database_url))
@@ -232,14 +243,11 @@ def database_url_from(env: Mapping[str, str]) -> str:
 
 # Prefixes of the variables this program reads; others under them are likely typos.
 OUR_PREFIXES = ("SLACK_", "GITHUB_", "CHATOPS_", "MLFLOW_")
-# Ours though load_settings does not read them: the design's MLflow settings, the OAuth
+# Ours though load_settings does not read them: the OAuth
 # variables that bot/__main__.py removes with its own warning, and the test suite's own
 # (scripts/test, tests/conftest.py), which a developer's shell keeps set while serving.
 ALSO_KNOWN = frozenset(
     {
-        "MLFLOW_WEBHOOK_SECRET",
-        "MLFLOW_TRACKING_URI",
-        "MLFLOW_TRACKING_TOKEN",
         "SLACK_CLIENT_ID",
         "SLACK_CLIENT_SECRET",
         "CHATOPS_TEST_DB",
@@ -376,6 +384,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         )
         horizon = 24.0
     max_attempts = _whole(env, "CHATOPS_MAX_ATTEMPTS", 5, 1, 100, problems)
+    mlflow_secret = env.get("MLFLOW_WEBHOOK_SECRET", "").strip() or None
+    mlflow_uri = env.get("MLFLOW_TRACKING_URI", "").strip().rstrip("/") or None
+    if mlflow_uri and not mlflow_uri.startswith(("http://", "https://")):
+        # mlflow's own clients also take file paths and `databricks`: the bridge needs the
+        # tracking server's REST API.
+        problems.append("MLFLOW_TRACKING_URI must be the http(s) URL of an MLflow server")
+    mlflow_token = env.get("MLFLOW_TRACKING_TOKEN", "").strip() or None
 
     # Last: every name read above is known, so none of ours is taken for a typo.
     unknown = _unknown_and_placeholders(reading.env, reading.read | ALSO_KNOWN, problems)
@@ -411,4 +426,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         holder_dead_seconds=holder_dead,
         outage_horizon_hours=horizon,
         max_attempts=max_attempts,
+        mlflow_webhook_secret=Secret(mlflow_secret) if mlflow_secret else None,
+        mlflow_tracking_uri=mlflow_uri,
+        mlflow_tracking_token=Secret(mlflow_token) if mlflow_token else None,
     )

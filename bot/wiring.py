@@ -26,6 +26,7 @@ from bot.http import bolt_error_response
 from bot.jobs import Jobs, RetryPolicy
 from bot.liveness import Liveness
 from bot.metrics import Metrics
+from bot.mlflow import MlflowRegistry
 from bot.model import PENDING_APPROVAL
 from bot.routing import Router
 from bot.scheduler import Housekeeping, HousekeepingTiming, github_mode
@@ -128,6 +129,9 @@ class Bridge:
             # health: App Home shows the same report as GET /healthz.
             metrics=self.metrics,
             health=self.health,
+            mlflow=MlflowRegistry(settings.mlflow_tracking_uri, settings.mlflow_tracking_token)
+            if settings.mlflow_tracking_uri
+            else None,
         )
         self.router = Router()
         handlers.register_github(self.router, self.deps)
@@ -223,6 +227,7 @@ class Bridge:
 
     def asgi(self) -> Starlette:
         from bot.http import make_asgi, make_github_endpoint
+        from bot.mlflow_intake import make_mlflow_endpoint
 
         return make_asgi(
             settings=self.settings,
@@ -232,6 +237,16 @@ class Bridge:
                 router=self.router,
                 store=self.store,
                 jobs=self.jobs,
+            ),
+            mlflow_webhooks=make_mlflow_endpoint(
+                secret=self.settings.mlflow_webhook_secret,
+                wanted=lambda entity, action, data: bool(
+                    self.config.models_asked(entity, action, data)
+                ),
+                store=self.store,
+                jobs=self.jobs,
+                metrics=self.metrics,
+                clock=self.clock,
             ),
             bolt=None if self.settings.socket_mode else self.bolt,
             health=self.health,
@@ -269,7 +284,8 @@ class Bridge:
         replica says the same."""
         waiting = self.store.waiting()
         out: dict[str, dict[str, Any]] = {}
-        for peer in ("GitHub", "Slack"):
+        peers = ("GitHub", "Slack", "MLflow") if self.deps.mlflow else ("GitHub", "Slack")
+        for peer in peers:
             if peer in waiting:
                 n, since = waiting[peer]
                 out[peer] = {

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 # The kinds of request, one line each (help lists their commands in this order).
 kinds.register(evaluate.KIND)
 kinds.register(deploy.KIND)
+kinds.register(deploy.MODEL_KIND)
 kinds.register(schedules.KIND)
 
 SLACK_EVENTS: tuple[str, ...] = ("app_home_opened", "app_mention")
@@ -124,6 +125,8 @@ def register_github(router: Router, deps: Deps) -> None:
         lambda p: deploy.gate.on_protection_rule(deps, p),
         action="requested",
     )
+    # MLflow registry deliveries, stored by bot/mlflow_intake.py under this one event name.
+    router.add("mlflow", lambda p: deploy.models.on_registry_event(deps, p))
 
 
 def register_jobs(deps: Deps) -> None:

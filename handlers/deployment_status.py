@@ -23,7 +23,7 @@ from bot.model import FAILED, SUCCEEDED, WAITING_FOR_RUNS, Request
 from bot.slacktext import escape_mrkdwn
 from handlers import details
 from handlers.deploy import deployment_line
-from handlers.deploy.facts import DeployDetails
+from handlers.deploy.facts import DEPLOY_KINDS, DeployDetails
 from handlers.deploy.facts import details_of as deploy_details
 from handlers.lifecycle import refresh_root, reply_once, request_id_in_title
 from handlers.workflow_run import title_match
@@ -84,7 +84,8 @@ def request_for_deployment(
         return None  # a run of some other workflow (GitHub Pages, a manual deploy, ...)
     if rid:
         req = deps.store.get(rid)
-        return req if req is not None and req.kind == "deploy" and req.repo == repo else None
+        found = req is not None and req.kind in DEPLOY_KINDS and req.repo == repo
+        return req if found else None
     environment = deployment.get("environment")
     if not isinstance(environment, str) or not environment:
         return None

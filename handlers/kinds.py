@@ -64,6 +64,8 @@ class RequestKind:
     actions, views  Block Kit listeners of the kind
     housekeeping    the kind's periodic jobs (e.g. deploy expiry)
     answers_github  a cancel must reach its worker (deploy: GitHub's protection rules hear it)
+    on_succeeded    after each settle that finds the request succeeded (idempotent; may raise
+                    an outage, and the event being handled is retried)
     """
 
     name: str
@@ -85,6 +87,7 @@ class RequestKind:
     views: tuple[SlackView, ...] = ()
     housekeeping: Callable[[Housekeeping, Deps], None] | None = None
     answers_github: bool = False
+    on_succeeded: Callable[[Deps, Request], None] | None = None
 
     def __post_init__(self) -> None:
         parts = (self.command, self.access, self.handle_command, self.usage, self.status_list)

@@ -357,6 +357,9 @@ def settle(deps: Deps, req: Request) -> None:
             detail=" ".join(r.html_url for r in runs if r.html_url),
         )
     refresh_root(deps, req)
+    hook = kinds.get(req.kind).on_succeeded
+    if status == SUCCEEDED and hook is not None:
+        hook(deps, req)
 
 
 def stop_run(deps: Deps, req: Request, run_id: int, name: str) -> str | None:

@@ -21,14 +21,25 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from bot.deps import Deps
-from handlers.deploy import card, clicks, command, expiry, gate, locks, policy, worker
+from handlers.deploy import (
+    card,
+    clicks,
+    command,
+    expiry,
+    gate,
+    locks,
+    model_worker,
+    models,
+    policy,
+    worker,
+)
 from handlers.deploy.card import deployment_line, warnings_for
 from handlers.kinds import RequestKind, SlackAction, SlackView
 
 if TYPE_CHECKING:
     from bot.scheduler import Housekeeping
 
-__all__ = ["KIND", "deployment_line", "gate", "warnings_for"]
+__all__ = ["KIND", "MODEL_KIND", "deployment_line", "gate", "warnings_for"]
 
 
 def _housekeeping(hk: Housekeeping, deps: Deps) -> None:
@@ -62,4 +73,18 @@ KIND = RequestKind(
     views=(SlackView(card.VIEW_REJECT, clicks.on_reject_submit, refreshes_home=True),),
     housekeeping=_housekeeping,
     answers_github=True,
+)
+
+# A registered model version (MLflow): asked by the registry's signed webhook (router event
+# `mlflow`, handlers/__init__.py) or by hand with `/deploy model:<name>@<version|alias>`. The
+# same card, clicks, expiry and App Home as above (they take both kinds: facts.DEPLOY_KINDS).
+MODEL_KIND = RequestKind(
+    name="model_deploy",
+    carry_out=model_worker.carry_out,
+    root=card.card,
+    what=models.what,
+    may_cancel=policy.may_cancel,
+    cancel_who=" or an approver",
+    workflow=lambda deps: deps.config.commands.deploy.workflow,
+    on_succeeded=model_worker.after_success,
 )

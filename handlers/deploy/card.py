@@ -12,13 +12,16 @@ from bot.markdown import render_comment
 from bot.model import ACCEPTED, EXPIRED, PENDING_APPROVAL, REJECTED, Request
 from bot.slacktext import escape_mrkdwn, slack_date
 from handlers import details
+from handlers.deploy import model_card
 from handlers.deploy.facts import (
+    REGISTRY_USER,
     DeployDetails,
     LaterMetrics,
     RunFacts,
     ShownMetrics,
     details_of,
 )
+from handlers.deploy.model_card import subject
 from handlers.deploy.policy import (
     NO_APPROVAL,
     approved_by,
@@ -50,7 +53,7 @@ def reject_modal(req: Request) -> dict[str, Any]:
         "close": {"type": "plain_text", "text": "Cancel"},
         "blocks": [
             slacktext.section(
-                f"Reject the deploy of run `{short(req.run_ref)}` to *{req.environment}* in "
+                f"Reject the deploy of {subject(req)} to *{req.environment}* in "
                 f"`{req.repo}`, requested by {requester(req)}?"
             ),
             {
@@ -70,8 +73,10 @@ def reject_modal(req: Request) -> dict[str, Any]:
 
 
 def requester(req: Request) -> str:
-    """Who asked: a Slack user, else (a deploy GitHub's protection rule started) the GitHub
-    login that triggered the run."""
+    """Who asked: a Slack user, the MLflow registry (its signed webhook), else (a deploy
+    GitHub's protection rule started) the GitHub login that triggered the run."""
+    if req.user_id == REGISTRY_USER:
+        return model_card.requester(req)
     if req.user_id:
         return f"<@{req.user_id}>"
     actor = str((details_of(req).get("gate") or {}).get("actor") or "")
@@ -240,7 +245,7 @@ def _approver(req: Request, policy: ApprovalPolicy | None, user_id: str) -> str:
 
 def approval_buttons(req: Request) -> dict[str, Any]:
     confirm_text = (
-        f"Deploy run `{short(req.run_ref)}` to *{req.environment}* in `{req.repo}`, "
+        f"Deploy {subject(req)} to *{req.environment}* in `{req.repo}`, "
         f"requested by {requester(req)}?"
     )
     return {
@@ -281,35 +286,13 @@ def render_card(
     """The approval card (the thread root of a deploy), from the request's state alone."""
     d = details_of(req)
     repo = slacktext.slack_link(f"{web_base}/{req.repo}", req.repo)
-    header = (
-        _gate_header(req, repo)
-        if d.get("gate")
-        else (
-            f":rocket: *Deploy of run `{short(req.run_ref, 100)}` to {req.environment}* "
-            f"in {repo}\nRequested by {requester(req)} "
-            f"{slack_date(req.created_at, '{date_short_pretty} at {time}')}"
-        )
-    )
-    blocks: list[dict[str, Any]] = [slacktext.section(header)]
-    run = d.get("run")
-    if isinstance(run, dict):
-        blocks.append(slacktext.section(_run_line(run)))
-    elif d.get("facts_checked"):
-        blocks.append(
-            slacktext.context("Not a GitHub workflow run id: passed to the workflow as it is.")
-        )
-    metrics = d.get("metrics")
-    if isinstance(metrics, dict):
-        blocks += _metrics_blocks(metrics, d.get("metrics_later") or [])
-    if d.get("dispatched_at_once") and req.status in UNDECIDED:
-        blocks.append(
-            slacktext.context(
-                f":shield: *{escape_mrkdwn(req.environment or '?')}* is protected by this "
-                "bridge on GitHub: the deploy workflow was started at once, and GitHub holds "
-                "its deploy job until this request is approved."
-            )
-        )
-    warnings = warnings_for(d)
+    blocks: list[dict[str, Any]] = []
+    if model_card.model_of(req) is not None:  # a registered model version (MLflow)
+        blocks += model_card.header(req, repo) + model_card.facts(d)
+        warnings = model_card.warnings(d)
+    else:
+        blocks += _run_blocks(req, d, repo)
+        warnings = warnings_for(d)
     if warnings:
         blocks.append(slacktext.section("\n".join(f":warning: {w}" for w in warnings)))
     status = f"*Status:* {messages.status_label(req.status)}"
@@ -331,6 +314,9 @@ def render_card(
     runs_summary = details.thread(req).get("runs_summary")
     if runs_summary:
         blocks.append(slacktext.context(runs_summary))
+    alias_after = model_card.alias_after_line(d)
+    if alias_after:
+        blocks.append(slacktext.context(alias_after))
     footer = f"request `{req.id}`"
     if policy is None:
         footer += f" · {NO_APPROVAL}"
@@ -341,10 +327,44 @@ def render_card(
         )
     blocks.append(slacktext.context(footer))
     text = (
-        f"Deploy of run {req.run_ref} to {req.environment} in {req.repo}: "
+        f"Deploy of {subject(req, 100).replace('`', '')} to {req.environment} in {req.repo}: "
         f"{messages.status_words(req.status)}"
     )
     return {"text": text, "blocks": blocks}
+
+
+def _run_blocks(req: Request, d: DeployDetails, repo: str) -> list[Block]:
+    """The head of a /deploy <run-id> card (or of one GitHub's protection rule started): the
+    run's facts and relayed metrics."""
+    header = (
+        _gate_header(req, repo)
+        if d.get("gate")
+        else (
+            f":rocket: *Deploy of run `{short(req.run_ref, 100)}` to {req.environment}* "
+            f"in {repo}\nRequested by {requester(req)} "
+            f"{slack_date(req.created_at, '{date_short_pretty} at {time}')}"
+        )
+    )
+    blocks: list[Block] = [slacktext.section(header)]
+    run = d.get("run")
+    if isinstance(run, dict):
+        blocks.append(slacktext.section(_run_line(run)))
+    elif d.get("facts_checked"):
+        blocks.append(
+            slacktext.context("Not a GitHub workflow run id: passed to the workflow as it is.")
+        )
+    metrics = d.get("metrics")
+    if isinstance(metrics, dict):
+        blocks += _metrics_blocks(metrics, d.get("metrics_later") or [])
+    if d.get("dispatched_at_once") and req.status in UNDECIDED:
+        blocks.append(
+            slacktext.context(
+                f":shield: *{escape_mrkdwn(req.environment or '?')}* is protected by this "
+                "bridge on GitHub: the deploy workflow was started at once, and GitHub holds "
+                "its deploy job until this request is approved."
+            )
+        )
+    return blocks
 
 
 def card(deps: Deps, req: Request) -> Message:
@@ -357,8 +377,13 @@ def card(deps: Deps, req: Request) -> Message:
 def approval_blocks(req: Request, buttons: Block) -> list[Block]:
     """A pending deploy and the channel card's own Approve/Reject buttons (same action ids, so
     the same handlers answer). block_id made unique: a view may hold several of them."""
+    what = (
+        subject(req)
+        if model_card.model_of(req) is not None
+        else f"run `{escape_mrkdwn(str(req.run_ref))[:60]}`"
+    )
     summary = (
-        f":raised_hand: *Deploy of run `{escape_mrkdwn(str(req.run_ref))[:60]}` to "
+        f":raised_hand: *Deploy of {what} to "
         f"{req.environment}* in `{req.repo}`, asked by {requester(req)} "
         f"{slack_date(req.created_at)}"
     )

@@ -22,6 +22,7 @@ from handlers.deploy.card import (
     reject_modal,
 )
 from handlers.deploy.expiry import expire
+from handlers.deploy.facts import DEPLOY_KINDS
 from handlers.deploy.locks import deploy_refusal
 from handlers.deploy.policy import approval_refusal, policy_of, rejection_refusal
 from handlers.lifecycle import refresh_root
@@ -84,7 +85,7 @@ def state_words(req: Request) -> str:
 def _pending(deps: Deps, click: Click) -> Request | None:
     """The clicked request if a decision can still be made; else tell the clicker why not."""
     req = deps.store.get(click.request_id) if click.request_id else None
-    if req is None or req.kind != "deploy":
+    if req is None or req.kind not in DEPLOY_KINDS:
         answer_click(deps, None, click, "I have no record of this deploy request.")
         return None
     logs.bind(request_id=req.id)  # the click's log lines name the request from here on
@@ -206,7 +207,7 @@ def on_reject_submit(deps: Deps, body: dict[str, Any], view: dict[str, Any], ack
     user_id = str((body.get("user") or {}).get("id") or "")
     reason = _reason(view)
     req = deps.store.get(str(view.get("private_metadata") or ""))
-    if req is None or req.kind != "deploy":
+    if req is None or req.kind not in DEPLOY_KINDS:
         ack(response_action="errors", errors={REASON_BLOCK: "This deploy request is unknown."})
         return
     logs.bind(request_id=req.id)  # the submission's log lines name the request from here on
@@ -263,7 +264,12 @@ def awaiting(deps: Deps, user_id: str) -> list[list[Block]]:
     blocks with the channel card's own buttons (same action ids: the same listeners answer)."""
     out: list[list[Block]] = []
     now = deps.clock()
-    for req in deps.store.find(kind="deploy", statuses=(PENDING_APPROVAL,), limit=50):
+    pending = [
+        req
+        for kind in DEPLOY_KINDS
+        for req in deps.store.find(kind=kind, statuses=(PENDING_APPROVAL,), limit=50)
+    ]
+    for req in sorted(pending, key=lambda r: r.created_at, reverse=True):
         if req.expires_at is not None and req.expires_at <= now:
             continue
         policy = policy_of(deps, req)

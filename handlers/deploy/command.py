@@ -9,11 +9,13 @@ from typing import Any
 from bot.config import Access, ApprovalPolicy
 from bot.deps import Deps
 from bot.model import APPROVED, PENDING_APPROVAL, NewRequest, Request
-from bot.refs import UsageError, is_lock_command, parse_deploy_args
+from bot.refs import UsageError, is_lock_command, is_model_ref, parse_deploy_args
 from bot.slacktext import escape_mrkdwn
 from handlers.common import accept, admitted, answer_usage, count_command, resolve_repo
 from handlers.deploy import locks
+from handlers.deploy.facts import DEPLOY_KINDS
 from handlers.deploy.gate import GATE
+from handlers.deploy.models import handle_model_command
 from handlers.deploy.policy import NO_APPROVAL, excluded_self, who_can_approve
 from handlers.status import LIMIT, status_list
 
@@ -25,6 +27,8 @@ USAGE = (
     "`/deploy https://github.com/acme/ml-models/actions/runs/9876543210`.\n"
     "A GitHub workflow run id shows the run's facts on the approval card; any other run id "
     "(an MLflow or W&B run, say) is passed to the deploy workflow as it is.\n"
+    "`/deploy model:<name>@<version|alias> [environment]` deploys a registered model version "
+    "(models listed under `models:` in chatops.yml; read from MLflow).\n"
     "`/deploy status [environment]` lists recent deploys (and locked environments); "
     "`/deploy help` shows this.\n" + locks.LOCK_USAGE
 )
@@ -64,6 +68,8 @@ def handle_command(deps: Deps, command: dict[str, Any], ack: Ack) -> Request | N
     inv = admitted(deps, "deploy", cmd, command, ack)
     if inv is None:
         return None
+    if is_model_ref(inv.text):  # `/deploy model:<name>@<version|alias>`: a registered model
+        return handle_model_command(deps, command, ack)
     try:
         args = parse_deploy_args(inv.text, allowed_hosts=deps.web_hosts)
         repo = resolve_repo(deps, args.repo, inv.channel_id)
@@ -185,7 +191,7 @@ def deploy_status(deps: Deps, text: str, channel_id: str) -> str:
     text = text.strip()
     if not text:
         locked = locks.status_lines(deps, channel_id)
-        reqs = deps.store.find(kind="deploy", channel_id=channel_id, limit=LIMIT)
+        reqs = _deploys(deps, channel_id=channel_id)
         listing = status_list(
             "Latest deploys in this channel",
             reqs,
@@ -201,7 +207,7 @@ def deploy_status(deps: Deps, text: str, channel_id: str) -> str:
             f":warning: `{escape_mrkdwn(text[:60])}` is not an environment I deploy to. "
             f"Known environments: {known}.\n*Usage:* `/deploy status [environment]`."
         )
-    reqs = deps.store.find(kind="deploy", environment=env, channel_id=channel_id, limit=LIMIT)
+    reqs = _deploys(deps, channel_id=channel_id, environment=env)
     listing = status_list(
         f"Latest deploys to {env} from this channel",
         reqs,
@@ -210,3 +216,15 @@ def deploy_status(deps: Deps, text: str, channel_id: str) -> str:
     )
     locked = locks.status_lines(deps, channel_id, env)
     return f"{locked}\n{listing}" if locked else listing
+
+
+def _deploys(deps: Deps, *, channel_id: str, environment: str | None = None) -> list[Request]:
+    """The newest deploys of both kinds (runs and registered model versions), newest first."""
+    found = [
+        req
+        for kind in DEPLOY_KINDS
+        for req in deps.store.find(
+            kind=kind, channel_id=channel_id, environment=environment, limit=LIMIT
+        )
+    ]
+    return sorted(found, key=lambda r: r.created_at, reverse=True)[:LIMIT]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TypedDict, cast
+from typing import Any, TypedDict, cast
 
 from bot.model import Request
 
@@ -78,6 +78,31 @@ class GateFacts(TypedDict, total=False):
     slack_user: str  # that login's Slack user (github_users), when configured
 
 
+# Both kinds share the approval card, clicks, expiry and the deploy workflow.
+DEPLOY = "deploy"  # /deploy <run-id>
+MODEL_DEPLOY = "model_deploy"  # a registered model version (MLflow webhook or /deploy model:…)
+DEPLOY_KINDS = (DEPLOY, MODEL_DEPLOY)
+# requests.user_id of a deploy the registry asked for (no Slack user asked; never an approver).
+REGISTRY_USER = "mlflow"
+
+
+class ModelFacts(TypedDict, total=False):
+    """A registered model version, as the signed webhook and MLflow's REST API said."""
+
+    name: str
+    version: str  # empty until an alias typed by hand is resolved
+    alias: str  # `/deploy model:name@alias`: the alias typed
+    asked_by: str  # what asked: "alias candidate", "tag deploy=true", "new version"
+    event: str  # the registry event, e.g. model_version_alias.created (webhook only)
+    delivery_id: str  # X-MLflow-Delivery-Id (webhook only)
+    run_id: str | None  # the source run of the version
+    source: str | None
+    registered_by: str | None  # MLflow's user_id of the version, when it has one
+    status: str | None  # READY, PENDING_REGISTRATION, FAILED_REGISTRATION
+    aliases: list[str]  # the version's aliases when the card was made
+    mlflow_host: str  # where the facts were read; empty: MLFLOW_TRACKING_URI not set
+
+
 class DeployDetails(TypedDict, total=False):
     facts_checked: bool  # the worker looked the run up (or found it is not a GitHub run id)
     run: RunFacts
@@ -94,6 +119,10 @@ class DeployDetails(TypedDict, total=False):
     gate_rules: list[GateRule]
     gate: GateFacts  # set on a request that GitHub's protection rule started
     dispatched_at_once: bool  # a `gate: github` deploy: dispatched before the approval
+    # model deploys (handlers/deploy/models.py)
+    model: ModelFacts
+    mlflow_run: dict[str, Any]  # name, status, user, metrics {key: value}, read_at
+    alias_after: dict[str, Any]  # alias, version, ok, error: models[].after_deploy_alias
 
 
 def details_of(req: Request) -> DeployDetails:

@@ -7,6 +7,7 @@ from bot.deps import Deps
 from bot.github import GitHubError
 from bot.model import Request
 from handlers.common import github_permission_refusal, membership
+from handlers.deploy.facts import REGISTRY_USER
 
 # Said on the card, the ack and the audit when an environment has `approval: none`.
 NO_APPROVAL = "no approval required by config"
@@ -70,7 +71,9 @@ def rejection_refusal(
     ):
         return None
     who = who_can_approve(policy) if policy else "nobody"
-    asker = f"<@{req.user_id}> (who asked) or " if req.user_id else ""
+    asker = (
+        f"<@{req.user_id}> (who asked) or " if req.user_id and req.user_id != REGISTRY_USER else ""
+    )
     return (
         f"Only {asker}an approver ({who}) can reject this deploy "
         "(rule `approvers` / `approver_usergroups`)."
