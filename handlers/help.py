@@ -19,11 +19,13 @@ def _either(words: list[str]) -> str:
 
 def thread_help() -> str:
     """What a mention does in a request's thread; who may cancel, from the registered kinds."""
-    others = "".join(
-        f", or {k.cancel_who.strip().removeprefix('or ')} of a {k.name}"
-        for k in kinds.REGISTRY.all()
-        if k.cancel_who
-    )
+    by_who: dict[str, list[str]] = {}  # kinds with the same rule are named together
+    for k in kinds.REGISTRY.all():
+        if k.cancel_who:
+            by_who.setdefault(k.cancel_who.strip().removeprefix("or "), []).append(
+                k.name.replace("_", " ")
+            )
+    others = "".join(f", or {who} of a {' or '.join(names)}" for who, names in by_who.items())
     return (
         "*In the thread of a request*, mention me: `@chatops-bridge status` (its state and "
         "links), `@chatops-bridge rerun` (the same request again), `@chatops-bridge cancel` "

@@ -165,7 +165,10 @@ def test_a_registered_kind_is_in_the_short_and_the_thread_help(
         short = slack.wait_for("chat.postEphemeral")[-1].params["text"]
         assert "`/evaluate <pr>`, `/deploy <run-id>` or `/rollback <release>`" in short
         thread = h.slash("/rollback", "help").json()["text"]
-        assert "(by whoever asked, or an approver of a deploy, or a release manager of a " in thread
+        assert (
+            "(by whoever asked, or an approver of a deploy or model deploy, or a release manager of a "
+            in thread
+        )
     finally:
         kinds.REGISTRY.unregister(toy.name)
     assert "/rollback" not in help.short_help() and "release manager" not in help.thread_help()
