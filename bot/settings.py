@@ -103,6 +103,14 @@ class Settings:
     outage_horizon_hours: float = 24.0  # CHATOPS_OUTAGE_HORIZON_HOURS: wait out a peer this long
     max_attempts: int = 5  # CHATOPS_MAX_ATTEMPTS: tries of a unit failing other than by outage
 
+    # Issue 14: retention of the tables that only grow (days; 0 = keep forever), pruned by the
+    # leader's housekeeping in batches (bot/store/retention.py), and serving processes.
+    keep_requests_days: int = 90  # CHATOPS_KEEP_REQUESTS_DAYS: finished requests, runs, approvals
+    keep_deliveries_days: int = 7  # CHATOPS_KEEP_DELIVERIES_DAYS: processed webhook deliveries
+    keep_sent_days: int = 30  # CHATOPS_KEEP_SENT_DAYS: side-effect keys (>= deliveries)
+    keep_audit_days: int = 0  # CHATOPS_KEEP_AUDIT_DAYS: the audit trail (default: forever)
+    workers: int = 1  # CHATOPS_WORKERS (or serve --workers): serving processes, PostgreSQL only
+
     @property
     def socket_mode(self) -> bool:
         return self.slack_app_token is not None
@@ -376,6 +384,16 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         )
         horizon = 24.0
     max_attempts = _whole(env, "CHATOPS_MAX_ATTEMPTS", 5, 1, 100, problems)
+    keep_requests = _whole(env, "CHATOPS_KEEP_REQUESTS_DAYS", 90, 0, 36500, problems)
+    keep_deliveries = _whole(env, "CHATOPS_KEEP_DELIVERIES_DAYS", 7, 1, 36500, problems)
+    keep_sent = _whole(env, "CHATOPS_KEEP_SENT_DAYS", 30, 1, 36500, problems)
+    if keep_sent < keep_deliveries:
+        problems.append(
+            "CHATOPS_KEEP_SENT_DAYS must be at least CHATOPS_KEEP_DELIVERIES_DAYS "
+            f"({keep_sent} < {keep_deliveries}): a redelivery would repeat its replies"
+        )
+    keep_audit = _whole(env, "CHATOPS_KEEP_AUDIT_DAYS", 0, 0, 36500, problems)
+    workers = _whole(env, "CHATOPS_WORKERS", 1, 1, 64, problems)
 
     # Last: every name read above is known, so none of ours is taken for a typo.
     unknown = _unknown_and_placeholders(reading.env, reading.read | ALSO_KNOWN, problems)
@@ -411,4 +429,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         holder_dead_seconds=holder_dead,
         outage_horizon_hours=horizon,
         max_attempts=max_attempts,
+        keep_requests_days=keep_requests,
+        keep_deliveries_days=keep_deliveries,
+        keep_sent_days=keep_sent,
+        keep_audit_days=keep_audit,
+        workers=workers,
     )
