@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -365,7 +366,8 @@ def make_engine(url: str) -> Engine:
         max_overflow=32,
         pool_pre_ping=True,
         pool_timeout=10,
-        connect_args={"connect_timeout": 5},
+        # The pid names each serving process in pg_stat_activity (serve --workers N).
+        connect_args={"connect_timeout": 5, "application_name": f"chatops-bridge {os.getpid()}"},
     )
 
 
