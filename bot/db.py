@@ -246,6 +246,9 @@ def _v5(conn: Connection) -> None:
     # delivery and pruning; sent keys are pruned by age. The PR and thread indexes gain
     # created_at: with it they answer "newest first" themselves, and a planner no longer
     # prefers walking a whole channel's history in created_at order (ix_requests_channel).
+    # Partial indexes only where the queries name the condition literally: SQLite uses a
+    # partial index only when the WHERE clause repeats its condition as written, and the
+    # status lists reach it as bound parameters; `processed_at IS NULL` is written as such.
     for table in (requests, deliveries, sent):
         for index in table.indexes:
             if index.name in _V5_INDEXES:
