@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     print(
         f"\n  {'workers':<8} {'acks/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}   "
-        f"{'relayed/s':>9} {'reply p50':>10} {'p99 ms':>8} {'replies':>10}"
+        f"{'relayed/s':>9} {'reply p50':>10} {'p99 ms':>8} {'replies':>10} {'finished runs':>14}"
     )
     for n, acks, relay in rows:
         drain = relay.extra["drain_s"]
@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  {n:<8} {acks.throughput:8.0f} {acks.pct(0.5):8.1f} {acks.pct(0.99):8.1f} "
             f"{acks.failed:7d}   {relay.extra['replied'] / drain:9.0f} {relay.pct(0.5):10.1f} "
             f"{relay.pct(0.99):8.1f} {relay.extra['replied']:>5}/{relay.extra['sent']:<5}"
+            f"{relay.extra['finished_replied']:>8}/{relay.extra['finished_sent']:<5}"
         )
     return 0
 
