@@ -48,7 +48,7 @@ ROOT_TS = "1600000021.000100"
 
 # The index each statement must answer through, where another index could also answer it
 # (more slowly: by reading a whole repository's or channel's history).
-EXPECTED: dict[str, str] = {
+EXPECTED: dict[str, str | tuple[str, ...]] = {
     "ack: mention in a thread": "ix_requests_thread_created",
     "ack: /evaluate status of a PR in a channel": "ix_requests_pr_created",
     "reply: PR run matched by PR number": "ix_requests_pr_created",
@@ -57,7 +57,12 @@ EXPECTED: dict[str, str] = {
     "reply: fork PR run matched by head SHA": "ix_requests_repo_sha",
     "deploy: evaluations of the run's head SHA": "ix_requests_repo_sha",
     "ack: /evaluate status in a channel": "ix_requests_channel",
-    "ack: /deploy status of an environment in a channel": "ix_requests_channel",
+    # With its rarer filters (kind, environment) PostgreSQL may rightly read the channel's
+    # rows through the thread index and sort them: either way by channel, never a full scan.
+    "ack: /deploy status of an environment in a channel": (
+        "ix_requests_channel",
+        "ix_requests_thread_created",
+    ),
     "reply: deployment_status of an environment": "ix_requests_repo_env",
     "poll: recently finished evaluations": "ix_requests_status_created",
     "reply: a comment on a pending deploy's repository": "ix_requests_status_created",
@@ -404,8 +409,10 @@ def plan_problems(engine: Engine) -> dict[str, list[str]]:
             ]
         conn.rollback()
     for label, index in EXPECTED.items():
-        if index not in used_by[label]:
-            out[label].append(f"does not use {index} (uses {sorted(used_by[label]) or 'none'})")
+        allowed = {index} if isinstance(index, str) else set(index)
+        if not allowed & used_by[label]:
+            wanted = " or ".join(sorted(allowed))
+            out[label].append(f"does not use {wanted} (uses {sorted(used_by[label]) or 'none'})")
     return out
 
 
