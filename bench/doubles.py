@@ -1,8 +1,8 @@
 """The test suite's loopback Slack and GitHub doubles in a process of their own, for bench/run.py.
 
 Prints one JSON line with their URLs and the App's key, then answers commands on stdin, one
-JSON line each: `reset` (forget recorded calls), `replies` (thread replies with the time the
-double received them), `counts` (calls per method), `quit`.
+JSON line each: `reset` (forget recorded calls), `pulls BASE COUNT` (more PRs), `replies`
+(thread replies with the time the double received them), `counts` (calls per method), `quit`.
 """
 
 from __future__ import annotations
@@ -63,6 +63,15 @@ def main() -> None:
                 counts[key] = counts.get(key, 0) + 1
             counts["slack_violations"] = len(slack.violations)
             out = counts
+        elif cmd.startswith("pulls "):
+            # `pulls BASE COUNT`: COUNT more open PRs, numbered from BASE, a head SHA each
+            # (bench/history.py: evaluations of fork PRs, matched by head SHA alone).
+            base, count = (int(x) for x in cmd.split()[1:3])
+            out = []
+            for number in range(base, base + count):
+                sha = f"f{number:039x}"
+                github.add_pull(REPO, number, head_sha=sha, title=f"From a fork {number}")
+                out.append({"number": number, "head_sha": sha})
         elif cmd == "quit":
             break
         else:

@@ -559,6 +559,15 @@ def row(label: str, r: Result, floor: Result | None = None) -> str:
     )
 
 
+def server_from(root: str) -> list[str]:
+    """Arguments that run `chatops-bridge serve` from another checkout's bot package."""
+    path = str(Path(root).resolve())
+    code = (
+        f"import sys; sys.path.insert(0, {path!r}); from bot.__main__ import main; sys.exit(main())"
+    )
+    return ["-c", code, "serve"]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -569,9 +578,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reply-rate", type=float, default=200.0, help="webhooks/s, reply phase")
     ap.add_argument("--keep", action="store_true", help="keep server logs and databases")
     ap.add_argument("--levels", default="1,16,64,256", help="ack concurrency levels")
+    ap.add_argument(
+        "--history",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the loop on an empty database and on one with N finished requests "
+        "(bench/history.py), side by side",
+    )
+    ap.add_argument(
+        "--server-root",
+        help="run the server from another checkout (e.g. main, for before/after figures)",
+    )
     args = ap.parse_args(argv)
     phases = set(args.phases.split(","))
     duration, warmup = (3.0, 0.5) if args.quick else (8.0, 1.0)
+    if args.history:
+        import history
+
+        if args.server_root:
+            history.bench.SERVER_ARGS[:] = server_from(args.server_root)
+        return history.compare(args, duration, warmup)
+    if args.server_root:
+        SERVER_ARGS[:] = server_from(args.server_root)
     levels = [int(x) for x in args.levels.split(",")]
 
     print(

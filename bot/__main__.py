@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 from collections.abc import Mapping, Sequence
 
@@ -15,12 +16,8 @@ log = logging.getLogger("bot")
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-    from sqlalchemy.exc import SQLAlchemyError
-
     from bot import logs, startup
-    from bot.serving import uvicorn_options
-    from bot.wiring import Bridge
+    from bot.serving import run_workers
 
     try:
         settings = load_settings(os.environ)
@@ -54,12 +51,34 @@ def serve(args: argparse.Namespace) -> int:
     # warns that the token is unused at every start; the settings hold it already.
     os.environ.pop("SLACK_BOT_TOKEN", None)
     host, port = args.host or settings.host, args.port or settings.port
+    workers = args.workers or settings.workers
+    if workers > 1 and not settings.database_url.startswith("postgresql"):
+        print(startup.workers_problem(workers), file=sys.stderr)
+        return startup.EXIT_CONFIG
     try:
         # Before the database: a port in use is found at once and named as such.
         sock = startup.bind(host, port)
     except OSError as exc:
         print(startup.port_problem(host, port, exc), file=sys.stderr)
         return startup.EXIT_PORT
+    if workers == 1:
+        return serve_one(settings, config, sock, port)
+    # Worker processes share the listening socket; each builds its own bridge (database pool,
+    # process heartbeat, scheduler standing for leadership) after the fork.
+    fatal = {startup.EXIT_CONFIG, startup.EXIT_DATABASE, startup.EXIT_PORT}
+    return run_workers(workers, lambda: serve_one(settings, config, sock, port), fatal=fatal)
+
+
+def serve_one(settings: Settings, config: Config, sock: socket.socket, port: int) -> int:
+    """One serving process on an already bound socket: the bridge and its uvicorn server."""
+    import uvicorn
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from bot import startup
+    from bot.serving import uvicorn_options
+    from bot.wiring import Bridge
+
+    host = sock.getsockname()[0]
     try:
         bridge = Bridge(settings, config)
     except SQLAlchemyError as exc:
@@ -130,13 +149,19 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     p_serve = sub.add_parser("serve", help="serve Slack and GitHub traffic (default)")
     p_serve.add_argument("--host", default=None)
     p_serve.add_argument("--port", type=int, default=None)
+    p_serve.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="serving processes sharing the port (PostgreSQL only; default CHATOPS_WORKERS or 1)",
+    )
     from bot import cli
 
     cli.add_commands(sub)
     args = parser.parse_args(argv)
     if args.cmd in (None, "serve"):
         if args.cmd is None:
-            args.host, args.port = None, None
+            args.host, args.port, args.workers = None, None, None
         return serve(args)
     args.env = os.environ if env is None else env  # the one place operator commands read it
     result: int = args.func(args)

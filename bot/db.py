@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -67,10 +68,14 @@ requests = Table(
     # v7: an answer to GitHub is due (a custom deployment protection rule waiting for this
     # decided request): a step for a worker whatever the status (handlers/deploy/gate.py).
     Column("answer_due", Integer, nullable=False, default=0),
-    Index("ix_requests_repo_pr", "repo", "pr_number"),
-    Index("ix_requests_status", "status"),
     Index("ix_requests_user", "user_id", "created_at"),
-    Index("ix_requests_thread", "channel_id", "root_ts"),  # mentions in a thread (v2)
+    # v5 (see _v5): lookups that must not grow with the history of finished requests.
+    Index("ix_requests_pr_created", "repo", "pr_number", "created_at"),
+    Index("ix_requests_thread_created", "channel_id", "root_ts", "created_at"),  # mentions
+    Index("ix_requests_repo_sha", "repo", "head_sha"),
+    Index("ix_requests_status_created", "status", "created_at"),
+    Index("ix_requests_channel", "channel_id", "created_at"),
+    Index("ix_requests_repo_env", "repo", "environment", "created_at"),
 )
 
 approvals = Table(
@@ -99,7 +104,14 @@ deliveries = Table(
     Column("waiting_on", String(16)),
     Column("failed_at", Float),
     Column("error", Text),
-    Index("ix_deliveries_pending", "processed_at", "received_at"),
+    # v5: only deliveries not processed yet (partial), and received_at for /healthz and pruning.
+    Index(
+        "ix_deliveries_open",
+        "received_at",
+        sqlite_where=text("processed_at IS NULL"),
+        postgresql_where=text("processed_at IS NULL"),
+    ),
+    Index("ix_deliveries_received", "received_at"),
 )
 
 # v3: the processes that hold leases, and their heartbeats. A lease whose holder's heartbeat
@@ -137,6 +149,7 @@ sent = Table(
     metadata,
     Column("key", String(255), primary_key=True),
     Column("at", Float, nullable=False),
+    Index("ix_sent_at", "at"),  # v5: pruning by age
 )
 
 audit = Table(
@@ -255,11 +268,51 @@ def _v7(conn: Connection) -> None:
         )
 
 
+def _v5(conn: Connection) -> None:
+    # Every query on the ack, intake, reply and poll paths is served by an index, so its cost
+    # does not grow with the history of finished requests (issue 14; tests/test_query_plans.py
+    # reads the plans). Fork PRs' workflow runs are matched by repository + head SHA; status
+    # lists and the poller filter by status and age; channel listings by channel and age;
+    # deployment statuses by repository + environment. The status-only index is covered by
+    # (status, created_at); the pending-deliveries index becomes a partial one (unprocessed
+    # rows only: the sweep's and takeover's input), and received_at serves /healthz's newest
+    # delivery and pruning; sent keys are pruned by age. The PR and thread indexes gain
+    # created_at: with it they answer "newest first" themselves, and a planner no longer
+    # prefers walking a whole channel's history in created_at order (ix_requests_channel).
+    # Partial indexes only where the queries name the condition literally: SQLite uses a
+    # partial index only when the WHERE clause repeats its condition as written, and the
+    # status lists reach it as bound parameters; `processed_at IS NULL` is written as such.
+    for table in (requests, deliveries, sent):
+        for index in table.indexes:
+            if index.name in _V5_INDEXES:
+                index.create(conn, checkfirst=True)
+    for old in (
+        "ix_requests_status",
+        "ix_requests_repo_pr",
+        "ix_requests_thread",
+        "ix_deliveries_pending",
+    ):
+        conn.execute(text(f"DROP INDEX IF EXISTS {old}"))
+
+
+_V5_INDEXES = {
+    "ix_requests_pr_created",
+    "ix_requests_thread_created",
+    "ix_requests_repo_sha",
+    "ix_requests_status_created",
+    "ix_requests_channel",
+    "ix_requests_repo_env",
+    "ix_deliveries_open",
+    "ix_deliveries_received",
+    "ix_sent_at",
+}
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
     (2, _v2),
     (3, _v3),
     (4, _v4),
+    (5, _v5),
     (7, _v7),
 ]
 
@@ -351,7 +404,8 @@ def make_engine(url: str) -> Engine:
         max_overflow=32,
         pool_pre_ping=True,
         pool_timeout=10,
-        connect_args={"connect_timeout": 5},
+        # The pid names each serving process in pg_stat_activity (serve --workers N).
+        connect_args={"connect_timeout": 5, "application_name": f"chatops-bridge {os.getpid()}"},
     )
 
 

@@ -106,6 +106,12 @@ class HousekeepingTiming:
     leader_check_seconds: float
     stale_after_seconds: float  # work untouched this long was interrupted
     takeover_seconds: float  # the takeover check (every replica): work whose holder died
+    # Retention in days (CHATOPS_KEEP_*_DAYS; 0 = forever), pruned by prune() in batches.
+    keep_requests_days: int = 90
+    keep_deliveries_days: int = 7
+    keep_sent_days: int = 30
+    keep_audit_days: int = 0
+    prune_seconds: float = 600.0  # how often the leader prunes
 
     @classmethod
     def from_settings(cls, s: Settings) -> HousekeepingTiming:
@@ -114,6 +120,10 @@ class HousekeepingTiming:
             leader_check_seconds=s.leader_check_seconds,
             stale_after_seconds=s.stale_after_seconds,
             takeover_seconds=s.heartbeat_seconds,
+            keep_requests_days=s.keep_requests_days,
+            keep_deliveries_days=s.keep_deliveries_days,
+            keep_sent_days=s.keep_sent_days,
+            keep_audit_days=s.keep_audit_days,
         )
 
 
@@ -140,6 +150,7 @@ class Housekeeping:
         self.LEADER_CHECK_SECONDS = timing.leader_check_seconds
         self.STALE_AFTER = timing.stale_after_seconds
         self.TAKEOVER_SECONDS = timing.takeover_seconds
+        self.timing = timing
         self.takeovers = 0  # units this process took over from a dead holder (GET /healthz)
         self.github_mode = github_mode
         self.scheduler = BackgroundScheduler(
@@ -227,7 +238,7 @@ class Housekeeping:
         # out at once, not when its lease runs out (bot/liveness.py).
         self._every("takeover", self.takeover, self.TAKEOVER_SECONDS, now=True)
         self.add_interval("recovery-sweep", self.sweep, self.SWEEP_SECONDS, now=True)
-        self.add_interval("prune-deliveries", self.prune, 3600)
+        self.add_interval("prune-deliveries", self.prune, self.timing.prune_seconds)
         for installer in self._extra:
             installer(self)
         self.scheduler.start()
@@ -289,12 +300,23 @@ class Housekeeping:
             self.jobs.submit_delivery(delivery_id, event)
 
     def prune(self) -> None:
-        n = self.store.prune_processes(older_than=24 * 3600)
-        if n:
-            log.info("pruned processes silent for a day", extra={"count": n})
-        n = self.store.prune_deliveries(older_than=7 * 24 * 3600)
-        if n:
-            log.info("pruned old deliveries", extra={"count": n})
-        n = self.store.prune_poll_state(older_than=7 * 24 * 3600)
-        if n:
-            log.info("pruned old poll state", extra={"count": n})
+        """Retention (docs/operations.md): each table pruned by age in short batches, so a
+        large backlog never holds the database's write lock for long."""
+        day = 24 * 3600
+        t = self.timing
+        steps: list[tuple[str, Callable[[float], int], float]] = [
+            ("processes silent for a day", self.store.prune_processes, day),
+            ("old deliveries", self.store.prune_deliveries, t.keep_deliveries_days * day),
+            ("old poll state", self.store.prune_poll_state, 7 * day),
+            ("old side-effect keys", self.store.prune_sent, t.keep_sent_days * day),
+        ]
+        if t.keep_requests_days:
+            steps.append(
+                ("finished requests", self.store.prune_requests, t.keep_requests_days * day)
+            )
+        if t.keep_audit_days:
+            steps.append(("old audit rows", self.store.prune_audit, t.keep_audit_days * day))
+        for what, prune, older_than in steps:
+            n = prune(older_than)
+            if n:
+                log.info(f"pruned {what}", extra={"count": n})

@@ -10,6 +10,8 @@ Two layers, because either alone leaves a gap:
   client that connects and sends nothing kept its socket forever), and keeps the number of
   open connections under a cap by closing the oldest connection that has no request in
   progress, so idle or half-open clients cannot lock out /healthz or Slack.
+
+`run_workers` runs `serve --workers N`: N forked processes accept on one listening socket.
 """
 
 from __future__ import annotations
@@ -17,9 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import resource
+import signal
+import threading
+import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Collection, MutableMapping
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -205,3 +211,84 @@ def uvicorn_options(settings: Any) -> dict[str, Any]:
     except ImportError:  # no httptools: plain h11 with its head-size limit and HeaderGuard
         log.warning("httptools is not installed: no header timeout for slow clients")
     return options
+
+
+def run_workers(count: int, serve_one: Callable[[], int], *, fatal: Collection[int]) -> int:
+    """Fork `count` serving processes (sharing the socket bound before) and supervise them.
+
+    Each worker builds its own bridge after the fork: its database pool, its row and heartbeat
+    in `processes`, its job pool, and a scheduler that stands for leadership (the PostgreSQL
+    advisory lock in bot/scheduler.py lets exactly one of them run the periodic jobs). A worker
+    that dies is started again (its units are taken over through its stopped heartbeat); one
+    that exits with a start-up error code (`fatal`: settings, database, port) stops them all
+    with that code, as a single process would. SIGTERM or SIGINT to the supervisor stops every
+    worker gracefully (SIGTERM each, uvicorn drains its requests).
+    """
+    children: dict[int, int] = {}  # pid -> worker number
+    state = {"stopping": False, "code": 0}
+
+    def spawn(number: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                # Its own process group: a terminal's Ctrl-C reaches the supervisor only, which
+                # stops each worker once (uvicorn takes a second signal as "exit at once").
+                os.setpgid(0, 0)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                _exit_with_parent(os.getppid())
+                code = serve_one()
+            except BaseException:
+                log.exception("worker failed", extra={"worker": number})
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        children[pid] = number
+        log.info("worker started", extra={"worker": number, "pid": pid})
+
+    def stop(signum: int, _frame: object) -> None:
+        state["stopping"] = True
+        state["code"] = 130 if signum == signal.SIGINT else 0
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for number in range(1, count + 1):
+            spawn(number)
+        while children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            number = children.pop(pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+            if state["stopping"]:
+                continue
+            if code in fatal:
+                log.error("worker could not start; stopping", extra={"worker": number})
+                stop(signal.SIGTERM, None)
+                state["code"] = code
+                continue
+            log.warning("worker exited; starting it again", extra={"worker": number, "code": code})
+            time.sleep(1.0)  # a worker failing at once must not spin the supervisor
+            if not state["stopping"]:
+                spawn(number)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return int(state["code"])
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Stop this worker (gracefully: SIGTERM) when its supervisor is gone, e.g. killed with
+    SIGKILL: an orphaned worker would keep serving with nobody to restart or stop it."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="chatops-parent-watch", daemon=True).start()

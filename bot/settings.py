@@ -107,6 +107,13 @@ class Settings:
     mlflow_webhook_secret: Secret | None = None  # turns on POST /mlflow/webhooks
     mlflow_tracking_uri: str | None = None  # REST base: run metrics, aliases
     mlflow_tracking_token: Secret | None = None  # bearer token for that API
+    # Issue 14: retention of the tables that only grow (days; 0 = keep forever), pruned by the
+    # leader's housekeeping in batches (bot/store/retention.py), and serving processes.
+    keep_requests_days: int = 90  # CHATOPS_KEEP_REQUESTS_DAYS: finished requests, runs, approvals
+    keep_deliveries_days: int = 7  # CHATOPS_KEEP_DELIVERIES_DAYS: processed webhook deliveries
+    keep_sent_days: int = 30  # CHATOPS_KEEP_SENT_DAYS: side-effect keys (>= deliveries)
+    keep_audit_days: int = 0  # CHATOPS_KEEP_AUDIT_DAYS: the audit trail (default: forever)
+    workers: int = 1  # CHATOPS_WORKERS (or serve --workers): serving processes, PostgreSQL only
 
     @property
     def socket_mode(self) -> bool:
@@ -391,6 +398,16 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         # tracking server's REST API.
         problems.append("MLFLOW_TRACKING_URI must be the http(s) URL of an MLflow server")
     mlflow_token = env.get("MLFLOW_TRACKING_TOKEN", "").strip() or None
+    keep_requests = _whole(env, "CHATOPS_KEEP_REQUESTS_DAYS", 90, 0, 36500, problems)
+    keep_deliveries = _whole(env, "CHATOPS_KEEP_DELIVERIES_DAYS", 7, 1, 36500, problems)
+    keep_sent = _whole(env, "CHATOPS_KEEP_SENT_DAYS", 30, 1, 36500, problems)
+    if keep_sent < keep_deliveries:
+        problems.append(
+            "CHATOPS_KEEP_SENT_DAYS must be at least CHATOPS_KEEP_DELIVERIES_DAYS "
+            f"({keep_sent} < {keep_deliveries}): a redelivery would repeat its replies"
+        )
+    keep_audit = _whole(env, "CHATOPS_KEEP_AUDIT_DAYS", 0, 0, 36500, problems)
+    workers = _whole(env, "CHATOPS_WORKERS", 1, 1, 64, problems)
 
     # Last: every name read above is known, so none of ours is taken for a typo.
     unknown = _unknown_and_placeholders(reading.env, reading.read | ALSO_KNOWN, problems)
@@ -429,4 +446,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         mlflow_webhook_secret=Secret(mlflow_secret) if mlflow_secret else None,
         mlflow_tracking_uri=mlflow_uri,
         mlflow_tracking_token=Secret(mlflow_token) if mlflow_token else None,
+        keep_requests_days=keep_requests,
+        keep_deliveries_days=keep_deliveries,
+        keep_sent_days=keep_sent,
+        keep_audit_days=keep_audit,
+        workers=workers,
     )

@@ -95,6 +95,15 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def workers_problem(workers: int) -> str:
+    """Why more than one serving process is refused on SQLite (one line, says what to do)."""
+    return (
+        f"chatops-bridge cannot start: --workers {workers} (CHATOPS_WORKERS) needs PostgreSQL; "
+        "DATABASE_URL is SQLite, which has one writer and no scheduler lock shared between "
+        "processes. Serve with one worker, or set DATABASE_URL to a postgresql:// database."
+    )
+
+
 def port_problem(host: str, port: int, exc: OSError) -> str:
     why = exc.strerror or str(exc)
     return (

@@ -308,5 +308,5 @@ class Bridge:
                 self.metrics.units_waiting.labels(peer).set(waiting.get(peer, (0, 0.0))[0])
         self.metrics.scheduler_leader.set(1 if self.housekeeping.is_leader else 0)
         with contextlib.suppress(Exception):
-            counts = self.store.count_by_status()
+            counts = self.store.count_by_status((PENDING_APPROVAL,))
             self.metrics.pending_approvals.set(counts.get(PENDING_APPROVAL, 0))

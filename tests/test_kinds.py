@@ -166,8 +166,8 @@ def test_a_registered_kind_is_in_the_short_and_the_thread_help(
         assert "`/evaluate <pr>`, `/deploy <run-id>` or `/rollback <release>`" in short
         thread = h.slash("/rollback", "help").json()["text"]
         assert (
-            "(by whoever asked, or an approver of a deploy or model deploy, or a release manager of a "
-            in thread
+            "(by whoever asked, or an approver of a deploy or model deploy, "
+            "or a release manager of a " in thread
         )
     finally:
         kinds.REGISTRY.unregister(toy.name)

@@ -9,7 +9,7 @@ from sqlalchemy import inspect, select, text
 from bot import db
 from bot.db import make_engine, migrate
 
-LATEST = db.MIGRATIONS[-1][0]
+LATEST = max(v for v, _ in db.MIGRATIONS)
 
 
 def test_a_version_1_database_upgrades_and_keeps_its_rows(database_url: str) -> None:
@@ -43,7 +43,8 @@ def test_a_version_1_database_upgrades_and_keeps_its_rows(database_url: str) -> 
         assert migrate(engine) == LATEST
         assert migrate(engine) == LATEST  # a second replica starting later changes nothing
 
-        assert "ix_requests_thread" in _indexes(engine)
+        # v2's thread index, since v5 with created_at (ix_requests_thread_created).
+        assert "ix_requests_thread_created" in _indexes(engine)
         with engine.connect() as conn:
             versions = sorted(r[0] for r in conn.execute(select(db.schema_migrations.c.version)))
             ids = [r[0] for r in conn.execute(select(db.requests.c.id))]
@@ -53,8 +54,42 @@ def test_a_version_1_database_upgrades_and_keeps_its_rows(database_url: str) -> 
         engine.dispose()
 
 
-def _indexes(engine: object) -> set[str]:
-    return {ix["name"] or "" for ix in inspect(engine).get_indexes("requests")}
+def _indexes(engine: object, table: str = "requests") -> set[str]:
+    return {ix["name"] or "" for ix in inspect(engine).get_indexes(table)}
+
+
+def test_a_version_3_database_gains_the_history_indexes(database_url: str) -> None:
+    """Issue 14's v5: indexes for the lookups that must not grow with history; the ones they
+    replace are dropped; rows are kept."""
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            db.schema_migrations.create(conn, checkfirst=True)
+            db._v1(conn)
+            db._v3(conn)
+            for name in db._V5_INDEXES:
+                conn.execute(text(f"DROP INDEX {name}"))
+            for ddl in (
+                "CREATE INDEX ix_requests_status ON requests (status)",
+                "CREATE INDEX ix_requests_repo_pr ON requests (repo, pr_number)",
+                "CREATE INDEX ix_requests_thread ON requests (channel_id, root_ts)",
+                "CREATE INDEX ix_deliveries_pending ON deliveries (processed_at, received_at)",
+            ):
+                conn.execute(text(ddl))
+            for version in (1, 2, 3):
+                conn.execute(
+                    db.schema_migrations.insert().values(version=version, applied_at=time.time())
+                )
+            conn.execute(text("INSERT INTO sent (key, at) VALUES ('reply:x', 1.0)"))
+        assert migrate(engine) == LATEST
+        found = _indexes(engine) | _indexes(engine, "deliveries") | _indexes(engine, "sent")
+        assert found >= db._V5_INDEXES
+        assert not {"ix_requests_status", "ix_requests_repo_pr", "ix_requests_thread"} & found
+        assert "ix_deliveries_pending" not in found
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT key FROM sent")).scalars().all() == ["reply:x"]
+    finally:
+        engine.dispose()
 
 
 def test_a_version_2_database_gains_holders_and_heartbeats(database_url: str) -> None:

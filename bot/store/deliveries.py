@@ -1,4 +1,4 @@
-"""Webhook deliveries: dedupe by delivery id, leases, retries, pruning."""
+"""Webhook deliveries: dedupe by delivery id, leases, retries (pruning: retention.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from typing import Any
 
 from sqlalchemy import (
     bindparam,
-    delete,
     func,
     insert,
     select,
@@ -140,13 +139,3 @@ class Deliveries(StoreBase):
         with self.engine.connect() as conn:
             v = conn.execute(select(func.max(db.deliveries.c.received_at))).scalar()
         return float(v) if v is not None else None
-
-    def prune_deliveries(self, older_than: float) -> int:
-        with self.engine.begin() as conn:
-            result = conn.execute(
-                delete(db.deliveries).where(
-                    db.deliveries.c.processed_at.is_not(None),
-                    db.deliveries.c.received_at < self.clock() - older_than,
-                )
-            )
-        return int(result.rowcount)
