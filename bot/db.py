@@ -76,6 +76,8 @@ requests = Table(
     Index("ix_requests_status_created", "status", "created_at"),
     Index("ix_requests_channel", "channel_id", "created_at"),
     Index("ix_requests_repo_env", "repo", "environment", "created_at"),
+    # v7: the sweep's "an answer to GitHub is due" term (an OR branch of its own).
+    Index("ix_requests_answer_due", "answer_due"),
 )
 
 approvals = Table(
@@ -266,6 +268,9 @@ def _v7(conn: Connection) -> None:
         conn.execute(
             text('ALTER TABLE requests ADD COLUMN "answer_due" INTEGER NOT NULL DEFAULT 0')
         )
+    for index in requests.indexes:
+        if index.name == "ix_requests_answer_due":
+            index.create(conn, checkfirst=True)
 
 
 def _v5(conn: Connection) -> None:
