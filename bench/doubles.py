@@ -2,11 +2,13 @@
 
 Prints one JSON line with their URLs and the App's key, then answers commands on stdin, one
 JSON line each: `reset` (forget recorded calls), `replies` (thread replies with the time the
-double received them), `counts` (calls per method), `quit`.
+double received them), `counts` (calls per method), `pulls FIRST COUNT` (open PRs FIRST… of
+REPO, each with its own head SHA: `pull_head(n)`), `quit`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -19,6 +21,11 @@ from tests.doubles.slack_api import SlackDouble  # noqa: E402
 
 REPO = "acme/ml-models"
 HEAD_SHA = "a1b2c3d4e5f60718293a4b5c6d7e8f9012345678"
+
+
+def pull_head(number: int) -> str:
+    """The head SHA of bench PR `number` (distinct per PR, so each /evaluate is its own)."""
+    return hashlib.sha1(f"bench-pr-{number}".encode()).hexdigest()
 
 
 def main() -> None:
@@ -63,6 +70,11 @@ def main() -> None:
                 counts[key] = counts.get(key, 0) + 1
             counts["slack_violations"] = len(slack.violations)
             out = counts
+        elif cmd.startswith("pulls "):
+            first, count = (int(x) for x in cmd.split()[1:3])
+            for n in range(first, first + count):
+                github.add_pull(REPO, n, head_sha=pull_head(n), title=f"Bench PR {n}")
+            out = {"ok": True}
         elif cmd == "quit":
             break
         else:
