@@ -76,3 +76,41 @@ def test_concurrent_merges_of_different_keys_lose_none(database_url: str) -> Non
     assert req is not None
     merged = {f"k{n}_{i}": n * 10 + i for n in range(6) for i in range(5)}
     assert req.details == {"start": 0} | merged
+
+
+def test_concurrent_first_deliveries_of_one_run_store_it_once(database_url: str) -> None:
+    """Many deliveries of a run nobody stored yet: exactly one inserts it (previous record
+    None); the others find it stored (the insert that lost the race changes nothing)."""
+    store, rid = _store_with_request(database_url, {})
+    results: list[tuple[object, bool]] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(6)
+
+    def deliver() -> None:
+        try:
+            barrier.wait()
+            results.append(
+                store.upsert_run(
+                    run_id="777",
+                    request_id=rid,
+                    repo="acme/ml-models",
+                    name="eval",
+                    status="in_progress",
+                    conclusion=None,
+                    attempt=1,
+                    html_url=None,
+                    head_sha=None,
+                    started_at=None,
+                )
+            )
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=deliver) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sum(1 for prev, _ in results if prev is None) == 1
+    assert [r.run_id for r in store.runs_of(rid)] == ["777"]
