@@ -1,12 +1,14 @@
 """The test suite's loopback Slack and GitHub doubles in a process of their own, for bench/run.py.
 
 Prints one JSON line with their URLs and the App's key, then answers commands on stdin, one
-JSON line each: `reset` (forget recorded calls), `pulls BASE COUNT` (more PRs), `replies`
-(thread replies with the time the double received them), `counts` (calls per method), `quit`.
+JSON line each: `reset` (forget recorded calls), `replies` (thread replies with the time the
+double received them), `counts` (calls per method), `pulls FIRST COUNT` (open PRs FIRST… of
+REPO, each with its own head SHA: `pull_head(n)`; answers their numbers and SHAs), `quit`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -19,6 +21,11 @@ from tests.doubles.slack_api import SlackDouble  # noqa: E402
 
 REPO = "acme/ml-models"
 HEAD_SHA = "a1b2c3d4e5f60718293a4b5c6d7e8f9012345678"
+
+
+def pull_head(number: int) -> str:
+    """The head SHA of bench PR `number` (distinct per PR, so each /evaluate is its own)."""
+    return hashlib.sha1(f"bench-pr-{number}".encode()).hexdigest()
 
 
 def main() -> None:
@@ -64,13 +71,13 @@ def main() -> None:
             counts["slack_violations"] = len(slack.violations)
             out = counts
         elif cmd.startswith("pulls "):
-            # `pulls BASE COUNT`: COUNT more open PRs, numbered from BASE, a head SHA each
-            # (bench/history.py: evaluations of fork PRs, matched by head SHA alone).
-            base, count = (int(x) for x in cmd.split()[1:3])
+            # `pulls FIRST COUNT`: COUNT more open PRs, numbered from FIRST, a head SHA each (the
+            # reply phase; bench/history.py: fork PRs, matched by head SHA alone).
+            first, count = (int(x) for x in cmd.split()[1:3])
             out = []
-            for number in range(base, base + count):
-                sha = f"f{number:039x}"
-                github.add_pull(REPO, number, head_sha=sha, title=f"From a fork {number}")
+            for number in range(first, first + count):
+                sha = pull_head(number)
+                github.add_pull(REPO, number, head_sha=sha, title=f"Bench PR {number}")
                 out.append({"number": number, "head_sha": sha})
         elif cmd == "quit":
             break

@@ -28,17 +28,24 @@ Build = Callable[[], bytes]
 
 
 def slack_request_builder(spec: dict[str, Any], worker: int) -> Build:
-    """Signed /evaluate slash commands, each with its own trigger_id, from many users."""
+    """Signed slash commands, each with its own trigger_id, from many users.
+
+    spec: `command` (default /evaluate), `text` (default "42"; `{n}` is replaced by a number
+    unique to this builder and `{hex}` by 16 random hex digits, e.g. a tracker run id), `users`.
+    """
     secret = spec["signing_secret"].encode()
     host = f"{spec['host']}:{spec['port']}"
     users = [f"UB{i:06d}" for i in range(spec.get("users", 5000))]
     rnd = random.Random(spec.get("seed", 0) + worker)
     counter = itertools.count()
     text = spec.get("text", "42")
+    command = spec.get("command", "/evaluate")
+    first = spec.get("first", 0)
 
     def build() -> bytes:
         n = next(counter)
         user = rnd.choice(users)
+        said = text.replace("{n}", str(first + n)).replace("{hex}", f"{rnd.getrandbits(64):016x}")
         body = urlencode(
             {
                 "token": "unused",
@@ -48,8 +55,8 @@ def slack_request_builder(spec: dict[str, Any], worker: int) -> Build:
                 "channel_name": "bench",
                 "user_id": user,
                 "user_name": user.lower(),
-                "command": "/evaluate",
-                "text": text,
+                "command": command,
+                "text": said,
                 "api_app_id": "A0001",
                 "response_url": "",
                 "trigger_id": f"{worker}.{n}.{rnd.getrandbits(48):012x}",
@@ -158,6 +165,7 @@ async def closed_loop(spec: dict[str, Any], worker: int) -> dict[str, Any]:
     errors: Counter[str] = Counter()
     timeout = spec.get("timeout", 30.0)
     completed = [0]  # answers that arrived inside the window: the throughput's numerator
+    answered = Counter[str]()  # every answer, warm-up included (the work the server did)
 
     async def one_connection() -> None:
         conn: Connection | None = None
@@ -177,6 +185,7 @@ async def closed_loop(spec: dict[str, Any], worker: int) -> dict[str, Any]:
                 conn = None
                 await asyncio.sleep(0.01)
                 continue
+            answered[str(status)] += 1
             if warm_until <= t1 <= stop_at:
                 completed[0] += 1
             if t0 >= warm_until:
@@ -192,6 +201,7 @@ async def closed_loop(spec: dict[str, Any], worker: int) -> dict[str, Any]:
         "errors": dict(errors),
         "seconds": spec["duration"],
         "completed": completed[0],
+        "answered": dict(answered),
     }
 
 

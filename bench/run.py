@@ -57,6 +57,15 @@ commands:
   evaluate:
     trigger: label
     label: evaluate
+  deploy:
+    trigger: dispatch
+    event_type: deploy
+    approval:
+      approvers: [U0APPROVER1, U0APPROVER2]
+      required: 1
+      expires_after_minutes: 30
+    environments:
+      production: {{}}
 rate_limits:
   commands_per_minute: 1000
 """
@@ -78,6 +87,41 @@ def proc_status(pid: int) -> dict[str, int]:
             if key in ("VmRSS", "VmHWM"):
                 out[key] = int(value.split()[0])
     return out
+
+
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds a live process has used so far (all its threads)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def queue_depth(port: int) -> int | None:
+    """The job pool's depth from GET /healthz (None when the server does not report it)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
+            return json.loads(r.read()).get("queue_depth")
+    except urllib.error.HTTPError as exc:
+        return json.loads(exc.read() or b"{}").get("queue_depth")
+    except (OSError, ValueError):
+        return None
+
+
+def drain(port: int, timeout: float = 120.0) -> float:
+    """Wait until the job pool is empty; seconds waited."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        depth = queue_depth(port)
+        if depth is None:
+            time.sleep(2.0)  # no depth reported: give the jobs a moment, then count
+            break
+        if depth == 0:
+            break
+        time.sleep(0.1)
+    return time.monotonic() - start
 
 
 def http_get(port: int, path: str, timeout: float = 1.0) -> int:
@@ -230,6 +274,21 @@ class Launcher:
         cold = time.perf_counter() - t0  # from spawn, imports included
         return Server(proc, port, cold, db, log)
 
+    def anchor(self) -> Server:
+        """Bolt AsyncApp + one SQLite insert per ack (bench/anchor.py)."""
+        port = free_port()
+        self.count += 1
+        env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")} | {
+            "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+            "SLACK_API_URL": self.doubles.info["slack_url"],
+        }
+        db = self.tmp / f"anchor-{self.count}.db"
+        args = [PY, str(BENCH / "anchor.py"), str(port), str(db)]
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_healthy(port, proc, t0 + 30)
+        return Server(proc, port, time.perf_counter() - t0, "", Path(os.devnull))
+
     def floor(self, raw: bool = False) -> Server:
         port = free_port()
         env = dict(
@@ -261,6 +320,8 @@ class Result:
     peak_rss_mb: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
     completed: int | None = None  # answered inside the window (None: use every latency)
+    answered: dict[str, int] = field(default_factory=dict)  # every answer, warm-up included
+    cpu_s: float = float("nan")  # server CPU seconds: from the first request to drained jobs
 
     @property
     def count(self) -> int:
@@ -273,6 +334,12 @@ class Result:
 
     def pct(self, q: float) -> float:
         return percentile(self.latencies, q)
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        """Server CPU per answered request (its job included), ms."""
+        n = sum(self.answered.values())
+        return self.cpu_s * 1000 / n if n else float("nan")
 
     @property
     def over_3s(self) -> float:
@@ -316,17 +383,22 @@ def drive(
     statuses: dict[str, int] = {}
     errors: dict[str, int] = {}
     completed = 0
+    answered: dict[str, int] = {}
     for p in procs:
         assert p.stdout is not None
         out = json.loads(p.stdout.read())
         p.wait()
         lat += out["latencies_ms"]
         completed += out["completed"]
+        for k, v in out.get("answered", {}).items():
+            answered[k] = answered.get(k, 0) + v
         for k, v in out["statuses"].items():
             statuses[k] = statuses.get(k, 0) + v
         for k, v in out["errors"].items():
             errors[k] = errors.get(k, 0) + v
-    return Result(kind, connections, duration, lat, statuses, errors, completed=completed)
+    return Result(
+        kind, connections, duration, lat, statuses, errors, completed=completed, answered=answered
+    )
 
 
 # ------------------------------------------------------------------------------ phases
@@ -356,13 +428,21 @@ def phase_load(
 ) -> list[Result]:
     results = []
     for c in levels:
-        server = launcher.bridge() if target == "bridge" else launcher.floor(raw=target == "raw")
+        if target == "bridge":
+            server = launcher.bridge()
+        elif target == "anchor":
+            server = launcher.anchor()
+        else:
+            server = launcher.floor(raw=target == "raw")
         try:
-            res = drive(kind, server.port, c, duration, warmup, **spec)
+            cpu0 = proc_cpu(server.proc.pid)
+            res = drive(kind, server.port, c, duration, warmup, **dict(spec))
             res.peak_rss_mb = server.rss_mb()[1]
             res.name = target
             if target == "bridge":
                 res.extra["healthz_after"] = http_get(server.port, "/healthz", 5.0)
+                res.extra["drain_s"] = drain(server.port)
+            res.cpu_s = proc_cpu(server.proc.pid) - cpu0
         finally:
             stop(server.proc)
         if target == "bridge":
@@ -372,7 +452,12 @@ def phase_load(
 
 
 def workflow_run_body(
-    template: dict[str, Any], n: int, request_id: str, head_sha: str, action: str
+    template: dict[str, Any],
+    n: int,
+    request_id: str,
+    head_sha: str,
+    action: str,
+    pr_number: int | None = None,
 ) -> bytes:
     """A workflow_run event of run n of a request (action in_progress or completed)."""
     payload = copy.deepcopy(template)
@@ -384,7 +469,11 @@ def workflow_run_body(
         {
             "id": run_id,
             "name": f"bench-run-{n}",
-            "display_title": f"chatops {request_id}: evaluate",
+            # A label-triggered run is matched by its PR and head SHA; a title naming the
+            # request is for runs the bridge dispatched (others are refused as impostors).
+            "display_title": f"Evaluate PR {pr_number}"
+            if pr_number is not None
+            else f"chatops {request_id}: evaluate",
             "status": action,
             "conclusion": "success" if action == "completed" else None,
             "run_attempt": 1,
@@ -393,11 +482,18 @@ def workflow_run_body(
             "html_url": f"https://github.com/{REPO}/actions/runs/{run_id}",
         }
     )
+    if pr_number is not None:
+        # Matched by PR + head SHA only if the run started after the label went on.
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        run.update({"created_at": now, "run_started_at": now, "updated_at": now})
+        for pr in run.get("pull_requests") or []:
+            pr["number"] = pr_number
+            pr.setdefault("head", {})["sha"] = head_sha
     return json.dumps(payload, separators=(",", ":")).encode()
 
 
-def open_requests(database_url: str, want: int, timeout: float) -> list[tuple[str, str]]:
-    """(request id, root ts) of requests that reached `triggered`, read from the server's DB."""
+def open_requests(database_url: str, want: int, timeout: float) -> list[tuple[str, str, int, str]]:
+    """(request id, root ts, PR, head SHA) of requests that reached `triggered`, from the DB."""
     from sqlalchemy import create_engine, text
 
     url = database_url.replace("postgresql://", "postgresql+psycopg://", 1)
@@ -408,12 +504,12 @@ def open_requests(database_url: str, want: int, timeout: float) -> list[tuple[st
             with engine.connect() as conn:
                 rows = conn.execute(
                     text(
-                        "SELECT id, root_ts FROM requests WHERE status = 'triggered' "
-                        "AND root_ts IS NOT NULL"
+                        "SELECT id, root_ts, pr_number, head_sha FROM requests "
+                        "WHERE status = 'triggered' AND root_ts IS NOT NULL"
                     )
                 ).all()
             if len(rows) >= want or time.monotonic() > deadline:
-                return [(r[0], r[1]) for r in rows]
+                return [(r[0], r[1], r[2], r[3]) for r in rows]
             time.sleep(0.1)
     finally:
         engine.dispose()
@@ -468,11 +564,24 @@ async def paced_webhooks(
     return sent_at, acks, errors
 
 
+FIRST_PR = 1000  # the reply phase's PRs: FIRST_PR, FIRST_PR + 1, … (bench/doubles.py `pulls`)
+
+
 def send_commands(port: int, count: int) -> None:
-    """`count` signed /evaluate commands, 16 at a time, each waiting for its ack."""
+    """`/evaluate N` for `count` distinct PRs, 16 at a time, each waiting for its ack.
+
+    One PR each: the bridge settles a second evaluation of the same PR and head as a
+    duplicate (one open evaluation per PR + head SHA), so one PR would give one run."""
     from concurrent.futures import ThreadPoolExecutor
 
-    spec = {"signing_secret": SIGNING_SECRET, "host": "127.0.0.1", "port": port, "users": 5000}
+    spec = {
+        "signing_secret": SIGNING_SECRET,
+        "host": "127.0.0.1",
+        "port": port,
+        "users": 5000,
+        "text": "{n}",
+        "first": FIRST_PR,
+    }
     build = loadgen.slack_request_builder(spec, 0)
     raws = [build() for _ in range(count)]
 
@@ -499,21 +608,29 @@ def phase_reply(launcher: Launcher, rate: float, seconds: float) -> dict[str, An
     )
     runs = int(rate * seconds) // 2
     lag = int(rate // 2)  # events are sent in pairs of steps: finished ~1 s after started
+    launcher.doubles.ask(f"pulls {FIRST_PR} {runs}")
     server = launcher.bridge()
     try:
+        cpu0, t0 = proc_cpu(server.proc.pid), time.monotonic()
         send_commands(server.port, runs)
         reqs = open_requests(server.database_url, runs, 180)
         if len(reqs) < runs:
             raise RuntimeError(f"only {len(reqs)} of {runs} requests reached 'triggered'")
-        head = "a1b2c3d4e5f60718293a4b5c6d7e8f9012345678"
+        drain(server.port)
+        cpu_commands = proc_cpu(server.proc.pid) - cpu0
+        commands_s = time.monotonic() - t0
         events: list[tuple[str, int]] = []
         for step in range(runs + lag):
             if step < runs:
                 events.append(("in_progress", step))
             if step >= lag:
                 events.append(("completed", step - lag))
-        bodies = [workflow_run_body(template, j, reqs[j][0], head, a) for a, j in events]
+        bodies = [
+            workflow_run_body(template, j, reqs[j][0], reqs[j][3], a, reqs[j][2]) for a, j in events
+        ]
         launcher.doubles.ask("reset")
+        time.sleep(1.0)  # let the last command jobs' stragglers (root edits) finish
+        cpu1 = proc_cpu(server.proc.pid)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             sent_at, acks, errors = runner.run(paced_webhooks(server.port, bodies, rate))
         # Wait for the thread replies to arrive at the Slack double.
@@ -523,6 +640,8 @@ def phase_reply(launcher: Launcher, rate: float, seconds: float) -> dict[str, An
             if len(replies) >= len(events) or time.monotonic() > deadline:
                 break
             time.sleep(0.25)
+        drain(server.port)
+        cpu_relay = proc_cpu(server.proc.pid) - cpu1
         peak = server.rss_mb()[1]
     finally:
         stop(server.proc)
@@ -543,6 +662,9 @@ def phase_reply(launcher: Launcher, rate: float, seconds: float) -> dict[str, An
         "requests": runs,
         "ack_p50": percentile(acks, 0.5),
         "ack_p99": percentile(acks, 0.99),
+        "cpu_ms_per_command": cpu_commands * 1000 / runs,
+        "commands_s": commands_s,
+        "cpu_ms_per_event": cpu_relay * 1000 / max(1, len(seen)),
     }
     launcher.doubles.ask("reset")
     return {"result": res}
@@ -552,10 +674,12 @@ def phase_reply(launcher: Launcher, rate: float, seconds: float) -> dict[str, An
 def row(label: str, r: Result, floor: Result | None = None) -> str:
     ratio = f"{r.throughput / floor.throughput:5.2f}x" if floor and floor.throughput else "     "
     errs = r.failed
+    cpu = r.cpu_ms_per_request
     return (
         f"  {label:<22} c={r.connections:<4} {r.throughput:8.0f}/s {ratio}  "
         f"p50 {r.pct(0.5):7.2f}  p99 {r.pct(0.99):8.2f}  p99.9 {r.pct(0.999):8.2f} ms  "
-        f">3s {r.over_3s * 100:5.2f}%  errors {errs:<5} peak RSS {r.peak_rss_mb:6.1f} MB"
+        f">3s {r.over_3s * 100:5.2f}%  errors {errs:<5} peak RSS {r.peak_rss_mb:6.1f} MB  "
+        f"CPU {cpu:6.2f} ms/req"
     )
 
 
@@ -568,13 +692,40 @@ def server_from(root: str) -> list[str]:
     return ["-c", code, "serve"]
 
 
+def load_table(
+    launcher: Launcher,
+    title: str,
+    kind: str,
+    levels: list[int],
+    duration: float,
+    warmup: float,
+    targets: tuple[tuple[str, str], ...],
+    **spec: Any,
+) -> dict[str, list[Result]]:
+    """The floor, then each target, at each level (one fresh server per point); printed as
+    rows with each target's ratio to the floor of the same level."""
+    print(f"\n{title}")
+    out: dict[str, list[Result]] = {}
+    for target, _ in (("floor", ""), *targets):
+        out[target] = phase_load(launcher, target, kind, levels, duration, warmup, **spec)
+    for i, floor in enumerate(out["floor"]):
+        print(row("floor (signature only)", floor))
+        for target, label in targets:
+            res = out[target][i]
+            extra = ""
+            if "healthz_after" in res.extra:
+                extra = f"  /healthz after: {res.extra['healthz_after']}"
+            print(row(label, res, floor) + extra)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--quick", action="store_true", help="shorter runs")
     ap.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
-    ap.add_argument("--phases", default="cold,client,acks,intake,reply")
+    ap.add_argument("--phases", default="cold,client,acks,help,intake,reply")
     ap.add_argument("--reply-rate", type=float, default=200.0, help="webhooks/s, reply phase")
     ap.add_argument("--keep", action="store_true", help="keep server logs and databases")
     ap.add_argument("--levels", default="1,16,64,256", help="ack concurrency levels")
@@ -627,12 +778,29 @@ def main(argv: list[str] | None = None) -> int:
             print("\nLoad generator ceiling (canned answers, no server work)")
             print(row("raw asyncio answer", raw))
         if "acks" in phases:
-            print("\nSlash-command acks (/evaluate 42, signed; ratio = ours / floor throughput)")
-            floors = phase_load(launcher, "floor", "slash", levels, duration, warmup)
-            ours = phase_load(launcher, "bridge", "slash", levels, duration, warmup)
-            for f, o in zip(floors, ours, strict=True):
-                print(row("floor (signature only)", f))
-                print(row("chatops-bridge", o, f) + f"  /healthz after: {o.extra['healthz_after']}")
+            load_table(
+                launcher,
+                "Stored-command acks (/deploy <tracker-run-id> from 5,000 users, signed; ratio = "
+                "throughput / floor's; CPU = server CPU per ack, its job included)",
+                "slash",
+                levels,
+                duration,
+                warmup,
+                (("anchor", "Bolt AsyncApp + insert"), ("bridge", "chatops-bridge")),
+                command="/deploy",
+                text="run-{hex}",
+            )
+        if "help" in phases:
+            load_table(
+                launcher,
+                "/evaluate help (answered without a write)",
+                "slash",
+                [64],
+                duration,
+                warmup,
+                (("bridge", "chatops-bridge"),),
+                text="help",
+            )
         if "intake" in phases:
             sys.path.insert(0, str(ROOT / "tests"))
             import webhook_examples
@@ -655,6 +823,7 @@ def main(argv: list[str] | None = None) -> int:
             for f, o in zip(floors, ours, strict=True):
                 print(row("floor (HMAC only)", f))
                 print(row("chatops-bridge", o, f))
+            print("  (bridge CPU per delivery includes its job: the run it names matches nothing)")
         if "reply" in phases:
             rate = args.reply_rate
             out = phase_reply(launcher, rate, 5.0 if args.quick else 10.0)
@@ -669,6 +838,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"p99.9 {r.pct(0.999):.1f}  max {max(r.latencies, default=float('nan')):.1f} ms"
                 f"   webhook ack p50 {r.extra['ack_p50']:.2f} p99 {r.extra['ack_p99']:.2f} ms"
                 f"   errors {r.failed}   peak RSS {r.peak_rss_mb:.1f} MB"
+            )
+            print(
+                f"  CPU per relayed event (intake + thread reply + root edit): "
+                f"{r.extra['cpu_ms_per_event']:.2f} ms   CPU per command (/evaluate N: ack + "
+                f"job up to `triggered`): {r.extra['cpu_ms_per_command']:.2f} ms "
+                f"({r.extra['requests']} commands in {r.extra['commands_s']:.1f} s)"
             )
     finally:
         doubles.close()

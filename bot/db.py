@@ -358,6 +358,16 @@ class _WriterQueue:
             self._lock.release()
 
 
+def _info_of(connection: object) -> dict[str, object]:
+    """The pooled connection's info (where the writer queue marks its holder), or {} for the
+    objects without one that the pool rolls back when it first connects."""
+    try:
+        info = connection.info  # type: ignore[attr-defined]
+    except (AttributeError, NotImplementedError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
 def _queue_sqlite_writers(engine: Engine) -> None:
     queue = _WriterQueue()
 
@@ -365,10 +375,27 @@ def _queue_sqlite_writers(engine: Engine) -> None:
     def _before(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
         queue.enter(conn.info, statement)
 
-    @event.listens_for(engine, "commit")
-    @event.listens_for(engine, "rollback")
-    def _end(conn):  # type: ignore[no-untyped-def]
-        queue.leave(conn.info)
+    # Given back once SQLite has committed or rolled back: SQLAlchemy's "commit" and "rollback"
+    # events fire *before* the DBAPI call, so a lock released there let the next writer start
+    # while this one still held SQLite's write lock, into the busy handler's sleeps this queue
+    # is here to avoid (and woke it only to wait again).
+    dialect = engine.dialect
+    do_commit, do_rollback = dialect.do_commit, dialect.do_rollback
+
+    def _commit(dbapi_connection):  # type: ignore[no-untyped-def]
+        try:
+            do_commit(dbapi_connection)
+        finally:
+            queue.leave(_info_of(dbapi_connection))
+
+    def _rollback(dbapi_connection):  # type: ignore[no-untyped-def]
+        try:
+            do_rollback(dbapi_connection)
+        finally:
+            queue.leave(_info_of(dbapi_connection))
+
+    dialect.do_commit = _commit  # type: ignore[method-assign]
+    dialect.do_rollback = _rollback  # type: ignore[method-assign]
 
     @event.listens_for(engine, "checkin")
     def _checkin(dbapi_conn, record):  # type: ignore[no-untyped-def]

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from slack_bolt import App, BoltRequest, BoltResponse
+from slack_bolt.async_app import AsyncApp, AsyncBoltRequest
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -75,7 +76,7 @@ def headers_for_bolt(raw: Sequence[tuple[bytes, bytes]]) -> dict[str, str | Sequ
     return dict(out)
 
 
-def make_slack_endpoint(bolt: App) -> Callable[[Request], Any]:
+def make_slack_endpoint(bolt: App | AsyncApp) -> Callable[[Request], Any]:
     async def slack_events(request: Request) -> Response:
         try:
             body = await read_body(request)
@@ -92,11 +93,8 @@ def make_slack_endpoint(bolt: App) -> Callable[[Request], Any]:
             text = body.decode("utf-8")
             headers = headers_for_bolt(request.headers.raw)
             query: dict[str, Sequence[str]] = dict(parse_qs(request.url.query))
-            bolt_req = BoltRequest(
-                body=text,
-                query=query,
-                headers=headers,
-            )
+            request_type = AsyncBoltRequest if isinstance(bolt, AsyncApp) else BoltRequest
+            bolt_req = request_type(body=text, query=query, headers=headers)
         except Exception:  # BoltRequest only parses: any failure means a bad body
             # Bolt's parser assumes shapes (a JSON object, dicts where it expects them) and
             # raises AttributeError/TypeError/... otherwise: the body is malformed.
@@ -106,11 +104,16 @@ def make_slack_endpoint(bolt: App) -> Callable[[Request], Any]:
         problem = slack_shape_problem(bolt_req.body)
         if problem:
             return _error(400, problem)
-        # Bolt's App is synchronous: run it on the thread pool so the event loop stays free.
+        # AsyncApp dispatches on the event loop (its listeners go to the thread pool, see
+        # bot/bolt_async.py); a sync App runs on the thread pool so the loop stays free.
         # Exceptions inside dispatch become answers in bolt_error_response (registered in wiring).
         # A fresh logging scope: handlers bind the request id once they create it.
         try:
-            resp = await run_in_threadpool(logs.scoped(bolt.dispatch), bolt_req)
+            if isinstance(bolt, AsyncApp):
+                with logs.context():
+                    resp = await bolt.async_dispatch(bolt_req)  # type: ignore[arg-type]
+            else:
+                resp = await run_in_threadpool(logs.scoped(bolt.dispatch), bolt_req)
         except Exception as exc:
             # Bolt's own error path can raise again on a body it cannot take apart (it builds
             # listener arguments from the payload): answer the same way as its error handler.
@@ -185,8 +188,13 @@ BUG_APOLOGY = (
 )
 
 
-# The frames that call into Bolt (this module, the logging scope) are not listener code.
-_WRAPPERS = (str(Path(__file__).resolve()), str(Path(logs.__file__).resolve()))
+# The frames that call into Bolt (this module, the logging scope, the async listener adapter)
+# are not listener code.
+_WRAPPERS = (
+    str(Path(__file__).resolve()),
+    str(Path(logs.__file__).resolve()),
+    str(Path(__file__).resolve().parent / "bolt_async.py"),
+)
 
 
 def _raised_in(exc: BaseException, prefixes: tuple[str, ...]) -> bool:
@@ -367,7 +375,7 @@ def make_asgi(
     *,
     settings: Settings,
     github_webhooks: Callable[[Request], Any],
-    bolt: App | None,
+    bolt: App | AsyncApp | None,
     mlflow_webhooks: Callable[[Request], Any] | None = None,
     health: Callable[[], dict[str, Any]],
     metrics: Metrics,

@@ -6,17 +6,26 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import anyio.to_thread
-from slack_bolt import App
+from slack_bolt import App, BoltResponse
+from slack_bolt.async_app import AsyncApp
 from slack_bolt.middleware.authorization import SingleTeamAuthorization
+from slack_bolt.middleware.authorization.async_single_team_authorization import (
+    AsyncSingleTeamAuthorization,
+)
 from slack_bolt.middleware.request_verification import RequestVerification
+from slack_bolt.middleware.request_verification.async_request_verification import (
+    AsyncRequestVerification,
+)
 from slack_sdk import WebClient
+from slack_sdk.web.async_client import AsyncWebClient
 from starlette.applications import Starlette
 
 import handlers
+from bot.bolt_async import SyncListeners
 from bot.config import Config
 from bot.db import make_engine, migrate
 from bot.deps import Deps
@@ -60,12 +69,24 @@ class QuietRequestVerification(RequestVerification):
         )
 
 
-def quiet_request_verification(app: App) -> None:
+class AsyncQuietRequestVerification(AsyncRequestVerification):
+    """The same quiet rejection for AsyncApp."""
+
+    _debug_log_error = QuietRequestVerification._debug_log_error
+
+
+def quiet_request_verification(app: App | AsyncApp) -> None:
     """Swap Bolt's request verification for the quiet one (same check, same 401 answer).
 
     Bolt builds its middleware list in App(); there is no public way to replace one of its
     built-ins, and adding our own with app.use() would run after authorization.
     """
+    if isinstance(app, AsyncApp):
+        achain = app._async_middleware_list
+        for i, amw in enumerate(achain):
+            if type(amw) is AsyncRequestVerification:
+                achain[i] = AsyncQuietRequestVerification(amw._signing_secret)
+        return
     chain = app._middleware_list
     for i, mw in enumerate(chain):
         if type(mw) is RequestVerification:
@@ -138,8 +159,16 @@ class Bridge:
         handlers.register_jobs(self.deps)
         self.jobs.on_delivery(self.router.dispatch)
         self.workspace = WorkspaceGuard(client)
-        self.bolt = self._make_bolt(client)
-        handlers.register_slack(self.bolt, self.deps)
+        # HTTP: Bolt's AsyncApp on the event loop, the listeners on the thread pool
+        # (bot/bolt_async.py). Socket Mode: the sync App its client drives from threads.
+        self.bolt: App | AsyncApp
+        if settings.socket_mode:
+            self.bolt = self._make_bolt(client)
+            handlers.register_slack(self.bolt, self.deps)
+        else:
+            self.bolt = self._make_async_bolt(client)
+            # SyncListeners takes the same decorators as App (command, action, view, event…).
+            handlers.register_slack(cast(App, SyncListeners(self.bolt, client)), self.deps)
         self.housekeeping = Housekeeping(
             engine=self.engine,
             store=self.store,
@@ -191,6 +220,36 @@ class Bridge:
         quiet_request_verification(app)
         return app
 
+    def _make_async_bolt(self, client: WebClient) -> AsyncApp:
+        """The HTTP endpoint's Bolt: the same settings and middleware as `_make_bolt`."""
+        signing = self.settings.slack_signing_secret
+        app = AsyncApp(
+            # Only Bolt's own auth.test (once, cached) goes through this client; listeners
+            # get the sync `client` (bot/bolt_async.py).
+            client=AsyncWebClient(
+                token=client.token, base_url=client.base_url, timeout=client.timeout
+            ),
+            signing_secret=signing.get() if signing else "",
+            process_before_response=True,
+            request_verification_enabled=True,
+            ignoring_self_events_enabled=True,
+            url_verification_enabled=True,
+            raise_error_for_unhandled_request=False,
+        )
+
+        async def on_error(error: Exception, body: Any) -> BoltResponse:
+            return bolt_error_response(error, body)
+
+        app.error(on_error)
+        bolt_auth = next(
+            (m for m in app._async_middleware_list if isinstance(m, AsyncSingleTeamAuthorization)),
+            None,
+        )
+        self.workspace.bolt_auth_test = lambda: getattr(bolt_auth, "auth_test_result", None)
+        app.use(self.workspace.async_middleware)
+        quiet_request_verification(app)
+        return app
+
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
         # Starlette runs sync endpoints' work on anyio's pool (40 by default); Slack bursts of
@@ -204,6 +263,7 @@ class Bridge:
 
             app_token = self.settings.slack_app_token
             assert app_token is not None
+            assert isinstance(self.bolt, App)
             self.socket_handler = SocketModeHandler(self.bolt, app_token.get())
             self.socket_handler.connect()
             log.info("connected to Slack by Socket Mode")

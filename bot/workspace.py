@@ -19,10 +19,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import anyio.to_thread
 from slack_bolt import BoltRequest, BoltResponse
 from slack_sdk import WebClient
 
@@ -152,8 +153,24 @@ class WorkspaceGuard:
     def middleware(
         self, req: BoltRequest, resp: BoltResponse, next: Callable[[], BoltResponse]
     ) -> BoltResponse:
-        """Bolt global middleware (HTTP and Socket Mode): after the signature, before listeners."""
-        body = req.body if isinstance(req.body, dict) else {}
+        """Bolt global middleware (Socket Mode): after the signature, before listeners."""
+        refused = self.refusal(req.body)
+        return next() if refused is None else refused
+
+    async def async_middleware(
+        self, req: Any, resp: BoltResponse, next: Callable[[], Awaitable[BoltResponse]]
+    ) -> BoltResponse:
+        """The same for AsyncApp (HTTP). Only a first auth.test of our own blocks: threaded."""
+        if self.identity is None and self.bolt_auth_test() is None:
+            refused = await anyio.to_thread.run_sync(self.refusal, req.body)
+        else:
+            refused = self.refusal(req.body)
+        return await next() if refused is None else refused
+
+    def refusal(self, payload: Any) -> BoltResponse | None:
+        """The answer refusing a request from another workspace (or while ours is unknown);
+        None lets it through."""
+        body = payload if isinstance(payload, dict) else {}
         is_command = isinstance(body.get("command"), str)
         # Bolt's single-workspace authorization ran just before and keeps its auth.test
         # answer: adopting it costs no call. Requests Bolt lets through without auth.test
@@ -166,7 +183,7 @@ class WorkspaceGuard:
             return BoltResponse(status=503, body={"ok": False, "error": "workspace unknown"})
         reason = foreign_reason(body, me)
         if reason is None:
-            return next()
+            return None
         teams, enterprise, app = request_origin(body)
         # Ids only: never the command text or message content.
         log.warning(

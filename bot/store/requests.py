@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -13,8 +14,10 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    text,
     update,
 )
+from sqlalchemy.sql.elements import TextClause
 
 from bot import db
 from bot.model import (
@@ -58,6 +61,10 @@ _CLAIM = (
         holder=bindparam("b_holder"),
     )
 )
+
+
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_MERGES: dict[tuple[str, tuple[str, ...]], TextClause] = {}
 
 
 class Requests(StoreBase):
@@ -121,8 +128,44 @@ class Requests(StoreBase):
         return changed
 
     def merge_details(self, request_id: str, extra: dict[str, Any]) -> None:
-        """Merge keys into details; compare-and-set, so concurrent merges never lose a key."""
-        self.change_details(request_id, lambda details: {**details, **extra})
+        """Merge keys into details (each given key replaced whole), in one UPDATE: the
+        database merges, so concurrent merges never lose a key and nothing is read first."""
+        statement = self._merge_statement(tuple(extra))
+        patch = json.dumps(extra)
+        if statement is None or "\\u0000" in patch:
+            # Keys that are not plain words, or NUL characters (PostgreSQL's jsonb refuses
+            # them): read, merge and compare-and-set in Python instead.
+            self.change_details(request_id, lambda details: {**details, **extra})
+            return
+        values: dict[str, Any] = {"b_id": request_id, "b_now": self.clock(), "b_patch": patch}
+        for i, value in enumerate(extra.values()):
+            values[f"b_v{i}"] = json.dumps(value)
+        with self.engine.begin() as conn:
+            conn.execute(statement, values)
+
+    def _merge_statement(self, keys: tuple[str, ...]) -> TextClause | None:
+        """`UPDATE … SET details = <details with these keys replaced>`, built once per key set.
+
+        PostgreSQL: jsonb `||` (a shallow merge); SQLite: json_set of each key (json_patch
+        would merge nested objects and drop null values, which a shallow merge does not)."""
+        if not keys or not all(_WORD.fullmatch(k) for k in keys):
+            return None
+        cached = _MERGES.get((self.engine.dialect.name, keys))
+        if cached is not None:
+            return cached
+        current = "coalesce(nullif(details, ''), '{}')"
+        if self.engine.dialect.name == "postgresql":
+            merged = f"(CAST({current} AS jsonb) || CAST(:b_patch AS jsonb))::text"
+        else:
+            pairs = ", ".join(f"'$.\"{k}\"', json(:b_v{i})" for i, k in enumerate(keys))
+            merged = f"json_set({current}, {pairs})"
+        # Only the keys (checked above to be plain words) are written into the text; every
+        # value is a bound parameter.
+        statement = text(
+            f"UPDATE requests SET details = {merged}, updated_at = :b_now WHERE id = :b_id"  # noqa: S608
+        )
+        _MERGES[(self.engine.dialect.name, keys)] = statement
+        return statement
 
     def change_details(
         self, request_id: str, change: Callable[[dict[str, Any]], dict[str, Any]]
