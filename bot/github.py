@@ -1,15 +1,6 @@
 """The GitHub App client: the only module that imports PyGithub.
 
-Errors raised to callers form one tree, so handlers can word them for people::
-
-    GitHubError
-    ├── NotInstalled       the App is not installed on the repository
-    ├── NotFound           no such pull request / run / user
-    ├── PermissionDenied   the App lacks a permission (403 "Resource not accessible")
-    ├── ValidationFailed   GitHub refused the input (422)
-    └── Retryable
-        ├── RateLimited    rate limit spent; retry_at says when it resets
-        └── Unavailable    5xx, timeout, connection refused
+Errors raised to callers: the tree in bot/github_errors.py (re-exported here).
 """
 
 from __future__ import annotations
@@ -38,6 +29,18 @@ from bot.github_data import (
     route_of,
     run_from_payload,
 )
+from bot.github_errors import (
+    GitHubError,
+    NotFound,
+    NotInstalled,
+    PermissionDenied,
+    RateLimited,
+    Unavailable,
+    ValidationFailed,
+)
+from bot.github_errors import (
+    Retryable as Retryable,  # re-exported: callers catch it from here
+)
 from bot.metrics import Metrics
 from bot.slacktext import hhmm
 
@@ -47,40 +50,6 @@ log = logging.getLogger(__name__)
 def _sent(action: str, **fields: Any) -> None:
     """The log line of a write that GitHub accepted (ids only: never a payload)."""
     log.info("GitHub action sent", extra={"github_action": action, **fields})
-
-
-class GitHubError(Exception):
-    """A GitHub failure described in words a Slack user can act on."""
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-
-
-class NotInstalled(GitHubError): ...
-
-
-class NotFound(GitHubError): ...
-
-
-class PermissionDenied(GitHubError): ...
-
-
-class ValidationFailed(GitHubError): ...
-
-
-class Retryable(GitHubError):
-    retry_at: float | None = None
-
-
-class RateLimited(Retryable):
-    def __init__(self, message: str, *, retry_at: float, status: int | None = None) -> None:
-        super().__init__(message, status=status)
-        self.retry_at = retry_at
-
-
-class Unavailable(Retryable): ...
 
 
 def _rate_reset(headers: dict[str, Any]) -> float:

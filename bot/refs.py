@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-from bot.config import MLFLOW_ALIAS_RE, MODEL_NAME_RE, REPO_RE
+from bot.config_base import MLFLOW_ALIAS_RE, MODEL_NAME_RE, REPO_RE
 from bot.slacktext import escape_mrkdwn
 
 

@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from webhook_examples import fixture
 
-from bot.config import REPO_RE, Config, ConfigError, load_config, parse_config
+from bot.config import Config, ConfigError, load_config, parse_config
+from bot.config_base import REPO_RE
 from bot.http import parse_webhook_body
 from bot.refs import DeployArgs, PullRef, UsageError, parse_deploy_args, parse_pull_ref
 from bot.signing import github_signature

@@ -16,7 +16,12 @@ from handlers.deploy import locks
 from handlers.deploy.facts import DEPLOY_KINDS
 from handlers.deploy.gate import GATE
 from handlers.deploy.models import handle_model_command
-from handlers.deploy.policy import NO_APPROVAL, excluded_self, who_can_approve
+from handlers.deploy.policy import (
+    NO_APPROVAL,
+    excluded_self,
+    unknown_environment,
+    who_can_approve,
+)
 from handlers.status import LIMIT, status_list
 
 Ack = Callable[..., Any]
@@ -78,13 +83,7 @@ def handle_command(deps: Deps, command: dict[str, Any], ack: Ack) -> Request | N
         return None
     environment = _environment(deps, args.environment)
     if environment is None:
-        count_command(deps, "deploy", "usage_error", why="unknown_environment")
-        known = ", ".join(f"`{e}`" for e in cmd.environments)
-        ack(
-            text=f":warning: `{args.environment}` is not an environment I deploy to. "
-            f"Known environments: {known} (`commands.deploy.environments` in chatops.yml).",
-            response_type="ephemeral",
-        )
+        unknown_environment(deps, args.environment, ack)
         return None
     if cmd.approval_for(environment) is None:
         # Only when chatops.yml has no commands.deploy at all (start-up refuses a deploy section
@@ -96,10 +95,7 @@ def handle_command(deps: Deps, command: dict[str, Any], ack: Ack) -> Request | N
             response_type="ephemeral",
         )
         return None
-    locked = locks.deploy_refusal(deps, repo, environment, inv.user_id, inv.channel_id)
-    if locked is not None:
-        count_command(deps, "deploy", "refused", why="environment_locked")
-        ack(text=locked, response_type="ephemeral")
+    if locks.refused_by_lock(deps, repo, environment, inv.user_id, inv.channel_id, ack):
         return None
     policy = cmd.policy_for(environment)
     new = NewRequest(

@@ -171,6 +171,18 @@ def deploy_refusal(
     )
 
 
+def refused_by_lock(
+    deps: Deps, repo: str, environment: str, user_id: str, channel_id: str, ack: Callable[..., Any]
+) -> bool:
+    """Answer a deploy command to an environment someone else locked (ephemeral); True if so."""
+    locked = deploy_refusal(deps, repo, environment, user_id, channel_id)
+    if locked is None:
+        return False
+    count_command(deps, "deploy", "refused", why="environment_locked")
+    ack(text=locked, response_type="ephemeral")
+    return True
+
+
 def lock_refusal_for_gate(
     deps: Deps,
     repo: str,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bot import logs
-from bot.config import ModelSpec
+from bot.config_base import ModelSpec
 from bot.deps import Deps
 from bot.model import APPROVED, OPEN_STATES, PENDING_APPROVAL, NewRequest, Request
 from bot.refs import UsageError, parse_model_args
@@ -22,7 +22,7 @@ from handlers.common import count_command, rate_limited
 from handlers.deploy import locks
 from handlers.deploy.facts import MODEL_DEPLOY, REGISTRY_USER, ModelFacts
 from handlers.deploy.model_card import model_of
-from handlers.deploy.policy import NO_APPROVAL, excluded_self, who_can_approve
+from handlers.deploy.policy import NO_APPROVAL, excluded_self, unknown_environment, who_can_approve
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,6 @@ def handle_model_command(deps: Deps, command: dict[str, Any], ack: Ack) -> Reque
     text = str(command.get("text") or "").strip()
     user_id = str(command.get("user_id") or "")
     channel_id = str(command.get("channel_id") or "")
-    cmd = deps.config.commands.deploy
     try:
         args = parse_model_args(text)
     except UsageError as exc:
@@ -180,18 +179,9 @@ def handle_model_command(deps: Deps, command: dict[str, Any], ack: Ack) -> Reque
         return None
     env = _environment(deps, args.environment, model)
     if env is None:
-        count_command(deps, "deploy", "usage_error", why="unknown_environment")
-        known = ", ".join(f"`{e}`" for e in cmd.environments)
-        ack(
-            text=f":warning: `{escape_mrkdwn(str(args.environment))[:80]}` is not an environment "
-            f"I deploy to. Known environments: {known}.",
-            response_type="ephemeral",
-        )
+        unknown_environment(deps, args.environment, ack)
         return None
-    locked = locks.deploy_refusal(deps, model.repository, env, user_id, channel_id)
-    if locked is not None:
-        count_command(deps, "deploy", "refused", why="environment_locked")
-        ack(text=locked, response_type="ephemeral")
+    if locks.refused_by_lock(deps, model.repository, env, user_id, channel_id, ack):
         return None
     facts = ModelFacts(name=model.name, version=args.version or "")
     if args.alias:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from bot.config import Access, ApprovalPolicy
 from bot.deps import Deps
 from bot.github import GitHubError
 from bot.model import Request
-from handlers.common import github_permission_refusal, membership
+from bot.slacktext import escape_mrkdwn
+from handlers.common import count_command, github_permission_refusal, membership
 from handlers.deploy.facts import REGISTRY_USER
 
 # Said on the card, the ack and the audit when an environment has `approval: none`.
@@ -102,3 +106,14 @@ def may_cancel(deps: Deps, req: Request, user_id: str) -> bool:
     """Besides the requester (always), whoever may reject the deploy may cancel it."""
     policy = policy_of(deps, req)
     return policy is not None and rejection_refusal(deps, req, policy, user_id) is None
+
+
+def unknown_environment(deps: Deps, given: str | None, ack: Callable[..., Any]) -> None:
+    """Answer a deploy command that named an environment chatops.yml does not know."""
+    count_command(deps, "deploy", "usage_error", why="unknown_environment")
+    known = ", ".join(f"`{e}`" for e in deps.config.commands.deploy.environments)
+    ack(
+        text=f":warning: `{escape_mrkdwn(str(given))[:80]}` is not an environment I deploy to. "
+        f"Known environments: {known} (`commands.deploy.environments` in chatops.yml).",
+        response_type="ephemeral",
+    )
