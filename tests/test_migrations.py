@@ -156,6 +156,7 @@ def test_a_version_3_database_gains_answer_due(database_url: str) -> None:
         with engine.begin() as conn:
             db.schema_migrations.create(conn, checkfirst=True)
             db._v1(conn)
+            conn.execute(text("DROP INDEX ix_requests_answer_due"))
             conn.execute(text('ALTER TABLE requests DROP COLUMN "answer_due"'))
             for version in (1, 2, 3):
                 conn.execute(
@@ -173,5 +174,7 @@ def test_a_version_3_database_gains_answer_due(database_url: str) -> None:
         with engine.connect() as conn:
             row = conn.execute(text("SELECT id, answer_due FROM requests")).one()
         assert tuple(row) == ("0123456789ab", 0)
+        indexes = {i["name"] for i in inspect(engine).get_indexes("requests")}
+        assert "ix_requests_answer_due" in indexes  # the sweep's OR branch (test_query_plans)
     finally:
         engine.dispose()
