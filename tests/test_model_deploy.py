@@ -431,6 +431,20 @@ def test_by_hand_usage_and_unknown_model(mh: Harness) -> None:
     assert not model_requests(mh)
 
 
+def test_by_hand_refused_while_the_environment_is_locked(make_harness: Any) -> None:
+    """`/deploy model:…` asks the same lock as `/deploy <run-id>`; the holder may still deploy."""
+    from tests.mlflow_peer.peer import free_port
+
+    h = make_harness(model_config(), MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}")
+    assert h.slash("/deploy", f"lock {REPO} production model freeze", user=APPROVER).status_code
+    h.settle()
+    said = h.slash("/deploy", "model:churn-model@7 production").json()["text"]
+    assert ":lock:" in said and f"<@{APPROVER}>" in said and "model freeze" in said, said
+    assert not model_requests(h)
+    said = h.slash("/deploy", "model:churn-model@7 production", user=APPROVER).json()["text"]
+    assert ":lock:" not in said and len(model_requests(h)) == 1, said
+
+
 # -- config ---------------------------------------------------------------------------------------
 def test_models_config_as_in_the_issue_with_yaml_on() -> None:
     """`on:` is read by YAML 1.1 as the boolean True; the models entry takes it as written."""
