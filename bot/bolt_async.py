@@ -20,6 +20,7 @@ Socket Mode keeps the sync `App` (bot/wiring.py): its client runs listeners on t
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,10 @@ import anyio.to_thread
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.util.utils import is_callable_coroutine
 from slack_sdk import WebClient
+
+from bot.inline import NeedsThread, Writer, finish, running_inline
+
+log = logging.getLogger(__name__)
 
 # AsyncApp's decorators that register a listener: `app.<name>(matcher, ...)(function)`.
 LISTENER_DECORATORS = frozenset(
@@ -54,8 +59,16 @@ LISTENER_DECORATORS = frozenset(
 )
 
 
-def run_on_threads(func: Callable[..., Any], client: WebClient) -> Callable[..., Any]:
-    """An async listener that runs the sync `func` on the thread pool (async ones unchanged)."""
+def run_on_threads(
+    func: Callable[..., Any], client: WebClient, *, inline: Writer | None = None
+) -> Callable[..., Any]:
+    """An async listener that runs the sync `func` on the thread pool (async ones unchanged).
+
+    With `inline` (slash commands: the process's writer thread), `func` is first run on the
+    event loop (bot/inline.py): if it gets through without a blocking step, its deferred write
+    runs on that writer thread and no thread of the pool is involved; if it reaches one
+    (`NeedsThread`), it runs again on the thread pool as any other listener.
+    """
     if is_callable_coroutine(func):
         return func
 
@@ -63,6 +76,21 @@ def run_on_threads(func: Callable[..., Any], client: WebClient) -> Callable[...,
     # (slack_bolt.util.utils.get_arg_names_of_callable unwraps), so `func`'s names are asked for.
     @functools.wraps(func)
     async def listener(**kwargs: Any) -> Any:
+        if inline is not None and not any(
+            name == "client" or (name != "ack" and is_callable_coroutine(value))
+            for name, value in kwargs.items()
+        ):  # only `ack` among Bolt's utilities (no say, respond or client): it may run inline
+            attempt = dict(kwargs)
+            if "ack" in attempt:
+                attempt["ack"] = _on_loop(attempt["ack"])
+            try:
+                with running_inline() as deferred:
+                    result = func(**attempt)
+            except NeedsThread as needs:
+                log.debug("listener moved to a thread", extra={"needs": needs.what})
+            else:
+                await finish(deferred, inline)
+                return result
         for name, value in kwargs.items():
             if name == "client":
                 kwargs[name] = client
@@ -71,6 +99,22 @@ def run_on_threads(func: Callable[..., Any], client: WebClient) -> Callable[...,
         return await anyio.to_thread.run_sync(functools.partial(func, **kwargs))
 
     return listener
+
+
+def _on_loop(async_ack: Callable[..., Any]) -> Callable[..., Any]:
+    """Bolt's `ack` as a plain callable on the event loop. AsyncAck only records the response
+    (it awaits nothing), so its coroutine completes in one step; anything else is a bug."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        coro = async_ack(*args, **kwargs)
+        try:
+            coro.send(None)
+        except StopIteration as done:
+            return done.value
+        coro.close()
+        raise RuntimeError("ack() suspended; it cannot be answered inline")
+
+    return call
 
 
 def _blocking(async_callable: Callable[..., Any]) -> Callable[..., Any]:
@@ -87,9 +131,10 @@ class SyncListeners:
     sync functions. `app.command("/x")(f)`, `app.action(...)`, `app.event(...)`, … all work
     as on a sync `App`; other attributes are the AsyncApp's own."""
 
-    def __init__(self, app: AsyncApp, client: WebClient) -> None:
+    def __init__(self, app: AsyncApp, client: WebClient, writer: Writer | None = None) -> None:
         self.app = app
         self.client = client
+        self.writer = writer  # given: slash commands are tried inline first (bot/inline.py)
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self.app, name)
@@ -100,7 +145,8 @@ class SyncListeners:
             register = attr(*args, **kwargs)
 
             def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
-                register(run_on_threads(func, self.client))
+                writer = self.writer if name == "command" else None
+                register(run_on_threads(func, self.client, inline=writer))
                 return func
 
             return decorate

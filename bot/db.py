@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 
 from sqlalchemy import (
     Column,
@@ -24,6 +26,8 @@ from sqlalchemy import (
     inspect,
     text,
 )
+
+from bot import inline
 
 log = logging.getLogger(__name__)
 metadata = MetaData()
@@ -341,16 +345,41 @@ class _WriterQueue:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._owner: int | None = None
+        # Set while nobody holds the lock for a run (`hold`) nor waits for one: other writers
+        # wait for it before queueing, so the commands' writer thread goes next.
+        self._no_run = threading.Event()
+        self._no_run.set()
 
     def enter(self, info: dict[str, object], statement: str) -> None:
         if info.get(self.KEY) or statement.lstrip()[:6].upper() in ("SELECT", "PRAGMA"):
             return
+        inline.guard("database write")  # never wait for the writer lock on the event loop
         me = threading.get_ident()
         if self._owner == me:
-            return  # a second connection in the same thread: leave it to busy_timeout
+            # Inside `hold` (each transaction of the run commits on its own), or a second
+            # connection in the same thread: leave it to busy_timeout.
+            return
+        self._no_run.wait(timeout=30)
         if self._lock.acquire(timeout=30):
             self._owner = me
             info[self.KEY] = True
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """The lock for a run of transactions of this thread, ahead of the writers that have
+        not queued yet (bot/inline.py's writer thread: the acks wait on it)."""
+        self._no_run.clear()
+        try:
+            if not self._lock.acquire(timeout=30):
+                raise TimeoutError("the SQLite writer lock was not given back in 30 s")
+        finally:
+            self._no_run.set()
+        self._owner = threading.get_ident()
+        try:
+            yield
+        finally:
+            self._owner = None
+            self._lock.release()
 
     def leave(self, info: dict[str, object]) -> None:
         if info.pop(self.KEY, False):
@@ -368,8 +397,20 @@ def _info_of(connection: object) -> dict[str, object]:
     return info if isinstance(info, dict) else {}
 
 
+_QUEUES: weakref.WeakKeyDictionary[Engine, _WriterQueue] = weakref.WeakKeyDictionary()
+
+
+def writer_run(engine: Engine) -> contextlib.AbstractContextManager[None]:
+    """Hold the database's writer for a run of short transactions of this thread, each
+    committed on its own (SQLite: the process's writer lock, ahead of other writers; PostgreSQL
+    has row locks instead: nothing to hold)."""
+    queue = _QUEUES.get(engine)
+    return queue.hold() if queue is not None else contextlib.nullcontext()
+
+
 def _queue_sqlite_writers(engine: Engine) -> None:
     queue = _WriterQueue()
+    _QUEUES[engine] = queue
 
     @event.listens_for(engine, "before_cursor_execute")
     def _before(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
@@ -426,7 +467,7 @@ def make_engine(url: str) -> Engine:
 
         _queue_sqlite_writers(engine)
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
         hide_parameters=True,
         # Enough kept-open connections for every thread that may query at once (request
@@ -439,6 +480,14 @@ def make_engine(url: str) -> Engine:
         # The pid names each serving process in pg_stat_activity (serve --workers N).
         connect_args={"connect_timeout": 5, "application_name": f"chatops-bridge {os.getpid()}"},
     )
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _no_writes_inline(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        # On the event loop (bot/inline.py) only reads: a write may wait on row locks.
+        if inline.active() and statement.lstrip()[:6].upper() != "SELECT":
+            inline.guard("database write")
+
+    return engine
 
 
 def migrate(engine: Engine) -> int:

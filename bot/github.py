@@ -21,6 +21,7 @@ from github.GithubException import UnknownObjectException
 from requests.exceptions import RequestException
 from urllib3.util import Retry
 
+from bot import inline
 from bot.github_data import (
     Conditional,
     PullInfo,
@@ -179,6 +180,7 @@ class GitHubApp:
         if cached and now - cached[1] < self.installation_ttl:
             return cached[0]
         owner, name = repo.split("/", 1)
+        inline.guard("GitHub")
         try:
             inst = self._integration.get_repo_installation(owner, name)
             inst_id = int(inst.id)
@@ -214,6 +216,7 @@ class GitHubApp:
                 self._clients.pop(cached[0], None)
 
     def installations(self) -> list[dict[str, Any]]:
+        inline.guard("GitHub")
         try:
             return [
                 {
@@ -232,6 +235,7 @@ class GitHubApp:
     def _call(
         self, repo: str, what: str, fn: Callable[[Github], Any], *, operation: str = "other"
     ) -> Any:
+        inline.guard("GitHub")
         started = time.monotonic()
         outcome = "ok"
         try:

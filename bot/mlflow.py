@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urlparse
 
+from bot import inline
 from bot.settings import Secret
 
 log = logging.getLogger(__name__)
@@ -170,6 +171,7 @@ class MlflowRegistry:
 
     # -- HTTP -----------------------------------------------------------------------------
     def _call(self, method: str, path: str, params: dict[str, Any]) -> dict[str, Any]:
+        inline.guard("MLflow")
         url = f"{self.base_url}{API}{path}"
         data = None
         headers = {"Accept": "application/json", "User-Agent": "chatops-bridge"}

@@ -18,6 +18,7 @@ from slack_sdk.http_retry.response import HttpResponse
 from slack_sdk.http_retry.state import RetryState
 from slack_sdk.webhook import WebhookClient
 
+from bot import inline
 from bot.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -189,6 +190,7 @@ class SlackOut:
             self.metrics.slack_calls.labels(method, outcome).observe(time.monotonic() - started)
 
     def _call(self, method: str, *, via: WebClient | None = None, **kwargs: Any) -> dict[str, Any]:
+        inline.guard("Slack")
         started = time.monotonic()
         try:
             resp = (via or self.client).api_call(method, json=kwargs)

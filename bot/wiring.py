@@ -27,11 +27,12 @@ from starlette.applications import Starlette
 import handlers
 from bot.bolt_async import SyncListeners
 from bot.config import Config
-from bot.db import make_engine, migrate
+from bot.db import make_engine, migrate, writer_run
 from bot.deps import Deps
 from bot.github import GitHubApp
 from bot.github_intake.poller import Poller
 from bot.http import bolt_error_response
+from bot.inline import Writer
 from bot.jobs import Jobs, RetryPolicy
 from bot.liveness import Liveness
 from bot.metrics import Metrics
@@ -168,7 +169,11 @@ class Bridge:
         else:
             self.bolt = self._make_async_bolt(client)
             # SyncListeners takes the same decorators as App (command, action, view, event…).
-            handlers.register_slack(cast(App, SyncListeners(self.bolt, client)), self.deps)
+            # Slash commands are tried on the event loop first, their one write handed to
+            # this writer thread (bot/inline.py).
+            self.writer = Writer(run_scope=lambda: writer_run(self.engine))
+            listeners = SyncListeners(self.bolt, client, self.writer)
+            handlers.register_slack(cast(App, listeners), self.deps)
         self.housekeeping = Housekeeping(
             engine=self.engine,
             store=self.store,

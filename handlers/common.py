@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bot import logs
+from bot import inline, logs
 from bot.config import Access
 from bot.deps import Deps
 from bot.model import NewRequest, Request
@@ -266,19 +266,28 @@ def accept(
 ) -> Request | None:
     """Store the request (rate-limited in the insert), ack with `said(req)`, and hand a new
     request to the job pool (a retried delivery finds the stored one and is only answered)."""
-    try:
-        req, created = deps.store.create_request(
+
+    def store() -> tuple[Request, bool]:
+        return deps.store.create_request(
             new,
             audit_action=audit_action,
             audit_detail=audit_detail,
             per_minute=deps.config.rate_limits.commands_per_minute,
         )
-    except OverLimit:
-        rate_limited(deps, command, ack)
-        return None
-    logs.bind(request_id=req.id)
-    count_command(deps, command, "accepted" if created else "duplicate")
-    ack(text=said(req), response_type="ephemeral")
-    if created:
-        deps.jobs.submit(req.id)
-    return req
+
+    def answer(stored: Callable[[], tuple[Request, bool]]) -> Request | None:
+        try:
+            req, created = stored()
+        except OverLimit:
+            rate_limited(deps, command, ack)
+            return None
+        logs.bind(request_id=req.id)
+        count_command(deps, command, "accepted" if created else "duplicate")
+        ack(text=said(req), response_type="ephemeral")
+        if created:
+            deps.jobs.submit(req.id)
+        return req
+
+    # On the event loop (bot/inline.py) the write runs on the writer thread after the
+    # listener returns, and `answer` then; on a thread, both now.
+    return inline.write_then(store, answer)

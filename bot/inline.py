@@ -1,0 +1,167 @@
+"""Slash commands answered on the event loop, with their one write handed to a writer thread.
+
+A slash command's listener (handlers/) is plain synchronous code. Run on the thread pool, each
+command paid two thread hops and, under load, waited for the GIL and SQLite's writer lock among
+40 pool threads and the job workers (bench/run.py: 0.6 ms of CPU for `/evaluate help`, 380
+stored commands a second). Most commands need neither: they parse, check the configuration,
+read a row or two, and store one request. So bot/bolt_async.py first runs a command's listener
+*inline*, on the event loop, inside `running_inline()`; then:
+
+- `write_then(work, then)` (the one durable write before the ack: `handlers.common.accept`)
+  does not write on the loop. It records the step; once the listener has returned, the write
+  runs on the writer thread (`WRITER`, one per process: no pool of threads queueing on SQLite's
+  single writer lock) and `then` runs back on the loop with its outcome, acks and hands the new
+  request to the job pool. Outside an inline run (a listener on a thread, Socket Mode, tests
+  calling handlers), it is `then(work)`: the write happens in place, as before.
+- anything that would block the loop on a peer or on the writer lock calls `guard(what)`: the
+  Slack, GitHub and MLflow clients before any HTTP call, the database before any statement that
+  is not a read. Inline, it raises `NeedsThread`, and bot/bolt_async.py runs the listener again
+  from the start on the thread pool, where everything is allowed. Nothing was written by the
+  inline attempt (writes are refused before they start, the one deferred write had not run),
+  so the second run is the only one with effects. Examples: a usergroup-based access rule whose
+  membership is not cached yet, `/deploy lock`, a status that reads GitHub.
+
+`NeedsThread` is a BaseException so that a handler's `except Exception` (which turns failures
+into explained answers) cannot swallow it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+Outcome = Callable[[], Any]  # returns the write's result, or raises its exception
+
+
+class NeedsThread(BaseException):
+    """An inline listener reached a step that must not run on the event loop."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
+@dataclass
+class Deferred:
+    """What an inline run leaves to do after the listener returned: (write, then) pairs."""
+
+    steps: list[tuple[Callable[[], Any], Callable[[Outcome], Any]]] = field(default_factory=list)
+
+
+_INLINE: contextvars.ContextVar[Deferred | None] = contextvars.ContextVar(
+    "chatops_inline", default=None
+)
+
+
+class Writer:
+    """One thread per process that runs the deferred writes, in runs: it takes every write
+    waiting (up to `max_run`) and carries them out under `run_scope()` (bot/db.py
+    `writer_run`: on SQLite the writer lock, taken once for the run and ahead of the job
+    workers). Each write is its own transaction, committed before its outcome is handed
+    back, so an ack never precedes its commit and one failing write fails alone."""
+
+    def __init__(
+        self,
+        run_scope: Callable[[], AbstractContextManager[None]] = nullcontext,
+        max_run: int = 256,
+    ) -> None:
+        self.max_run = max_run
+        self.run_scope = run_scope
+        self._waiting: queue.SimpleQueue[tuple[Callable[[], Any], Future[Outcome]]] = (
+            queue.SimpleQueue()
+        )
+        self._thread: threading.Thread | None = None
+        self._start = threading.Lock()
+
+    def submit(self, work: Callable[[], Any]) -> Future[Outcome]:
+        if self._thread is None:
+            with self._start:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._serve, name="chatops-ack-writer", daemon=True
+                    )
+                    self._thread.start()
+        done: Future[Outcome] = Future()
+        self._waiting.put((work, done))
+        return done
+
+    def _serve(self) -> None:
+        while True:
+            run = [self._waiting.get()]
+            while len(run) < self.max_run:
+                try:
+                    run.append(self._waiting.get_nowait())
+                except queue.Empty:
+                    break
+            outcomes: list[Outcome] = []
+            try:
+                with self.run_scope():
+                    for work, _ in run:
+                        outcomes.append(_capture(work))
+            except Exception as exc:  # the scope failed (a lock timeout): what did not run
+                outcomes += [functools.partial(_reraise, exc)] * (len(run) - len(outcomes))
+            for (_, done), outcome in zip(run, outcomes, strict=True):
+                done.set_result(outcome)
+
+
+def active() -> bool:
+    return _INLINE.get() is not None
+
+
+def guard(what: str) -> None:
+    """Refuse a blocking step (`what`: "Slack", "GitHub", "MLflow", "database write") inline."""
+    if _INLINE.get() is not None:
+        raise NeedsThread(what)
+
+
+@contextmanager
+def running_inline() -> Iterator[Deferred]:
+    """The scope of one inline attempt; yields where its deferred steps are collected."""
+    deferred = Deferred()
+    token = _INLINE.set(deferred)
+    try:
+        yield deferred
+    finally:
+        _INLINE.reset(token)
+
+
+def write_then(work: Callable[[], T], then: Callable[[Callable[[], T]], R]) -> R | None:
+    """`then(outcome)` where `outcome()` returns `work()`'s result or raises its exception.
+
+    On a thread: now, with the write done in place. Inline: deferred until the listener has
+    returned (see `finish`), and None is returned now.
+    """
+    deferred = _INLINE.get()
+    if deferred is None:
+        return then(work)
+    deferred.steps.append((work, then))
+    return None
+
+
+def _capture(work: Callable[[], Any]) -> Outcome:
+    try:
+        value = work()
+    except Exception as exc:  # handed to `then`, which decides what it means
+        return functools.partial(_reraise, exc)
+    return lambda: value
+
+
+def _reraise(exc: Exception) -> Any:
+    raise exc
+
+
+async def finish(deferred: Deferred, writer: Writer) -> None:
+    """Run an inline listener's deferred writes on the writer thread, each `then` on the loop."""
+    for work, then in deferred.steps:
+        then(await asyncio.wrap_future(writer.submit(work)))
