@@ -179,7 +179,7 @@ def test_two_workers_one_leader_each_with_its_own_heartbeat(
 
         os.kill(leader, signal.SIGKILL)
         (other,) = workers - {leader}
-        wait_for("a new leader", lambda: leaders(watch) and leaders(watch)[0] != leader)
+        wait_for("a new leader", lambda: (now := leaders(watch)) and now[0] != leader)
         assert leaders(watch) == [other]  # the standby took over, the lock was free at once
         again = wait_for(
             "the supervisor to start a worker again",
