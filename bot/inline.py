@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -95,6 +95,13 @@ class Writer:
         done: Future[Outcome] = Future()
         self._waiting.put((work, done))
         return done
+
+    async def write(self, work: Callable[[], T]) -> T:
+        """`work()` run on the writer thread, awaited on the loop: its result, or its exception
+        raised here (GitHub and MLflow webhook intake: verify and parse on the loop, the one
+        insert here, 202 after its commit)."""
+        outcome = await asyncio.wrap_future(self.submit(work))
+        return cast(T, outcome())
 
     def _serve(self) -> None:
         while True:

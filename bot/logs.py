@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import re
@@ -46,6 +47,20 @@ _SHAPES = [
     ),
 ]
 
+# What must occur in a text for each of _SHAPES (same order) to match it: any one of these
+# literals, and whether they are looked for in the lower-cased text (the (?i) expressions).
+_NEEDS: list[tuple[tuple[str, ...], bool]] = [
+    (("gh", "github_pat_"), False),
+    (("xox", "xapp"), False),
+    (("eyJ",), False),
+    (("PRIVATE KEY",), False),
+    (("authorization",), True),
+    (("://",), False),
+    (("hooks.slack.com",), True),
+]
+# Values up to this long are scrubbed once and remembered (Redactor._scrub_short).
+_CACHED_LEN = 256
+
 # Longest a logged message or field may be: a huge request body or a library's dump of one
 # must not turn each line into megabytes of log.
 MAX_FIELD = 2000
@@ -73,13 +88,32 @@ class Redactor(logging.Filter):
         }
         # Longest first, so a secret containing another is replaced whole.
         self.secrets = sorted(values, key=len, reverse=True)
+        # Short values (messages, ids, event names) repeat from line to line: each is
+        # scrubbed once and its result remembered (bounded: at most 4,096 values of
+        # _CACHED_LEN characters).
+        self._scrub_short = functools.lru_cache(maxsize=4096)(self._scrub)
 
     def scrub(self, value: str) -> str:
+        if len(value) <= _CACHED_LEN:
+            return self._scrub_short(value)
+        return self._scrub(value)
+
+    def _scrub(self, value: str) -> str:
         for s in self.secrets:
             if s in value:
                 value = value.replace(s, "[redacted]")
-        for pattern, keep in _SHAPES:
+        # A shape's expression runs only where its literal part occurs (found by `in`, far
+        # cheaper than a regex search); for text with non-ASCII letters, where case-folding
+        # could make a case-insensitive expression match what lower() does not show, all run.
+        folded = value.lower() if value.isascii() else None
+        for (pattern, keep), (needles, caseless) in zip(_SHAPES, _NEEDS, strict=True):
+            if folded is not None:
+                hay = folded if caseless else value
+                if not any(n in hay for n in needles):
+                    continue
             value = pattern.sub((keep + "[redacted]") if keep else "[redacted]", value)
+            if folded is not None:
+                folded = value.lower()
         return value
 
     def filter(self, record: logging.LogRecord) -> bool:

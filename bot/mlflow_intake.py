@@ -9,6 +9,7 @@ on its own once it got a 2xx).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -16,7 +17,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import SQLAlchemyError
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
@@ -25,6 +25,7 @@ from bot.http import BodyTooLarge, parse_webhook_body, read_body
 from bot.signing import verify_mlflow
 
 if TYPE_CHECKING:
+    from bot.inline import Writer
     from bot.jobs import Jobs
     from bot.metrics import Metrics
     from bot.settings import Secret
@@ -81,8 +82,10 @@ def make_mlflow_endpoint(
     jobs: Jobs,
     metrics: Metrics,
     clock: Callable[[], float],
+    writer: Writer,
 ) -> Callable[[Request], Any]:
-    """POST /mlflow/webhooks: verify, parse, keep what a model asks for, store, 202, jobs."""
+    """POST /mlflow/webhooks: verify, parse, keep what a model asks for, store (on the writer
+    thread, bot/inline.py), 202, jobs."""
 
     async def mlflow_webhooks(request: Request) -> Response:
         delivery = request.headers.get("x-mlflow-delivery-id", "")[:64]
@@ -139,7 +142,9 @@ def make_mlflow_endpoint(
         raw = json.dumps(envelope, separators=(",", ":"))
         stored_id = DELIVERY_PREFIX + delivery
         try:
-            new = await run_in_threadpool(store.record_delivery, stored_id, EVENT, name[:64], raw)
+            new = await writer.write(
+                functools.partial(store.record_delivery, stored_id, EVENT, name[:64], raw)
+            )
         except SQLAlchemyError:
             log.exception("database unavailable; MLflow retries 5xx a few times")
             return _error(503, "database unavailable; redeliver later")

@@ -163,6 +163,9 @@ class Bridge:
         # HTTP: Bolt's AsyncApp on the event loop, the listeners on the thread pool
         # (bot/bolt_async.py). Socket Mode: the sync App its client drives from threads.
         self.bolt: App | AsyncApp
+        # The one thread that writes what an answer on the event loop waits for: a slash
+        # command's request, a webhook delivery (bot/inline.py).
+        self.writer = Writer(run_scope=lambda: writer_run(self.engine))
         if settings.socket_mode:
             self.bolt = self._make_bolt(client)
             handlers.register_slack(self.bolt, self.deps)
@@ -171,7 +174,6 @@ class Bridge:
             # SyncListeners takes the same decorators as App (command, action, view, event…).
             # Slash commands are tried on the event loop first, their one write handed to
             # this writer thread (bot/inline.py).
-            self.writer = Writer(run_scope=lambda: writer_run(self.engine))
             listeners = SyncListeners(self.bolt, client, self.writer)
             handlers.register_slack(cast(App, listeners), self.deps)
         self.housekeeping = Housekeeping(
@@ -302,6 +304,7 @@ class Bridge:
                 router=self.router,
                 store=self.store,
                 jobs=self.jobs,
+                writer=self.writer,
             ),
             mlflow_webhooks=make_mlflow_endpoint(
                 secret=self.settings.mlflow_webhook_secret,
@@ -312,6 +315,7 @@ class Bridge:
                 jobs=self.jobs,
                 metrics=self.metrics,
                 clock=self.clock,
+                writer=self.writer,
             ),
             bolt=None if self.settings.socket_mode else self.bolt,
             health=self.health,

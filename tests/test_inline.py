@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event
+from webhook_examples import fixture
 
 from bot.inline import NeedsThread, Writer, guard, running_inline, write_then
 from tests.conftest import USER
@@ -60,6 +61,20 @@ def test_a_stored_command_is_written_by_the_writer_thread_before_its_answer(watc
     assert len(stored) == 1
     inserts = [where for stmt, where in seen if "requests" in stmt and stmt.startswith("INSERT")]
     assert inserts and inserts[0] == "chatops-ack-writer"
+    h.settle()
+
+
+def test_a_webhook_delivery_is_stored_by_the_writer_thread_before_its_202(watched) -> None:
+    """GitHub intake verifies and parses on the event loop; its one insert runs on the writer
+    thread (not the thread pool, not the loop), and the 202 follows its commit."""
+    h, seen = watched()
+    payload = fixture("workflow_run.completed")
+    answer = h.webhook("workflow_run", payload, delivery="d-writer-1")
+    assert answer.status_code == 202 and answer.json()["accepted"]
+    inserts = [where for stmt, where in seen if "deliveries" in stmt and stmt.startswith("INSERT")]
+    assert inserts == ["chatops-ack-writer"]
+    again = h.webhook("workflow_run", payload, delivery="d-writer-1")
+    assert again.status_code == 200 and again.json()["duplicate"]
     h.settle()
 
 
