@@ -20,6 +20,8 @@ from urllib.parse import parse_qsl, urlencode
 
 import pytest
 import uvicorn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from webhook_examples import fixture
@@ -216,6 +218,30 @@ def test_shape_checks_are_pure() -> None:
     assert webhook_shape_problem("workflow_run", {"workflow_run": {"pull_requests": [1]}})
     assert not json_too_deep({"a": [{"b": 1}]}, 3)
     assert json_too_deep({"a": [{"b": {}}]}, 3)
+
+
+def _depth(value: Any) -> int:
+    """Nesting of objects/arrays, by the definition (recursive; test-only reference)."""
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=2), inner, max_size=3)
+    ),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_JSON, st.integers(min_value=0, max_value=8))
+def test_json_too_deep_agrees_with_the_definition(value: Any, limit: int) -> None:
+    assert json_too_deep(value, limit) == (_depth(value) > limit)
 
 
 def _deliveries(h: Harness) -> list[Any]:

@@ -15,20 +15,22 @@ from typing import Any
 MAX_JSON_DEPTH = 32
 
 
+_CONTAINERS = (dict, list)
+
+
 def json_too_deep(value: Any, limit: int) -> bool:
-    """Whether decoded JSON nests more than `limit` objects/arrays (iterative; pure)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
+    """Whether decoded JSON nests more than `limit` objects/arrays (level by level; pure)."""
+    level = [value] if isinstance(value, _CONTAINERS) else []
+    depth = 0
+    while level:
+        depth += 1
         if depth > limit:
             return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+        deeper: list[Any] = []
+        for item in level:
+            children = item.values() if isinstance(item, dict) else item
+            deeper.extend([child for child in children if isinstance(child, _CONTAINERS)])
+        level = deeper
     return False
 
 
