@@ -445,6 +445,37 @@ def test_by_hand_refused_while_the_environment_is_locked(make_harness: Any) -> N
     assert ":lock:" not in said and len(model_requests(h)) == 1, said
 
 
+def test_registry_deploy_without_approval_refused_while_the_environment_is_locked(
+    make_harness: Any, github: Any, slack: Any
+) -> None:
+    """`approval: none`: no click checks the lock, so the job does, before the dispatch."""
+    cfg = model_config()
+    deploy = cfg["commands"]["deploy"]
+    deploy["environments"] = {"production": {"approval": "none"}}
+    deploy.pop("approval", None)
+    h = make_harness(cfg, MLFLOW_WEBHOOK_SECRET=MLFLOW_SECRET)
+    said = h.slash("/deploy", f"lock {REPO} production model freeze", user=APPROVER).json()
+    assert ":lock:" in said["text"], said
+    h.settle()
+    assert send(h, alias_event()).status_code == 202
+    req = h.wait_until(
+        lambda: next((r for r in model_requests(h) if r.status == "error"), None),
+        what="the refusal",
+    )
+    h.settle()
+    assert github.dispatches == []
+    assert "locked by" in (req.error or "") and "model freeze" in (req.error or "")
+    thread = [c.params.get("text", "") for c in slack.calls_to("chat.postMessage")]
+    assert any("model freeze" in t for t in thread), thread
+    # Unlocked, the next version the registry asks for is dispatched at once.
+    h.slash("/deploy", f"unlock {REPO} production", user=APPROVER)
+    h.settle()
+    assert send(h, alias_event(version="8")).status_code == 202
+    h.wait_until(lambda: github.dispatches, what="the dispatch")
+    h.settle()
+    assert github.dispatches[0]["client_payload"]["model_version"] == "8"
+
+
 # -- config ---------------------------------------------------------------------------------------
 def test_models_config_as_in_the_issue_with_yaml_on() -> None:
     """`on:` is read by YAML 1.1 as the boolean True; the models entry takes it as written."""

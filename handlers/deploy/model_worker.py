@@ -15,6 +15,7 @@ from bot.slack import SlackFailure
 from handlers import details
 from handlers.common import github_permission_refusal
 from handlers.deploy.facts import REGISTRY_USER, DeployDetails, ModelFacts, details_of
+from handlers.deploy.locks import deploy_refusal
 from handlers.deploy.model_card import model_of
 from handlers.deploy.models import model_ref
 from handlers.deploy.worker import approvers_for_payload
@@ -43,6 +44,17 @@ def carry_out(deps: Deps, req: Request) -> None:
             return
         req = deps.store.get(req.id) or posted
     if req.status == APPROVED:
+        if req.user_id == REGISTRY_USER and req.action_started_at is None:
+            # Nobody's command and no approver's click checked the environment's lock: a
+            # deploy the registry asks for to an `approval: none` environment is refused here,
+            # before its dispatch, while someone holds the lock (not once a dispatch may have
+            # been sent: action_started_at, lifecycle.dispatch_once).
+            refusal = deploy_refusal(
+                deps, req.repo, req.environment or "", req.user_id, req.channel_id
+            )
+            if refusal:
+                fail(deps, req, refusal)
+                return
         _dispatch(deps, req)
 
 
