@@ -3,7 +3,8 @@
 Prints one JSON line with their URLs and the App's key, then answers commands on stdin, one
 JSON line each: `reset` (forget recorded calls), `replies` (thread replies with the time the
 double received them), `counts` (calls per method), `pulls FIRST COUNT` (open PRs FIRST… of
-REPO, each with its own head SHA: `pull_head(n)`; answers their numbers and SHAs), `quit`.
+REPO, each with its own head SHA: `pull_head(n)`; answers their numbers and SHAs), `slack
+connections` (TCP connections Slack's double has accepted), `quit`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ def pull_head(number: int) -> str:
 
 
 def main() -> None:
-    slack = SlackDouble().start()
+    # `--slack-tls`: Slack's double serves https (a certificate made at start; the bridge
+    # trusts it through SSL_CERT_FILE), so that a connection costs a TLS handshake as with
+    # slack.com.
+    slack = SlackDouble(tls="--slack-tls" in sys.argv[1:]).start()
     github = GitHubDouble().start()
     github.add_repo(REPO, installation_id=101)
     github.add_pull(REPO, 42, head_sha=HEAD_SHA, title="Try a wider layer")
@@ -39,6 +43,7 @@ def main() -> None:
         json.dumps(
             {
                 "slack_url": slack.url,
+                "slack_ca_file": slack.ca_file,
                 "github_url": github.url,
                 "app_id": github.app_id,
                 "private_key_pem": github.private_key_pem,
@@ -70,6 +75,8 @@ def main() -> None:
                 counts[key] = counts.get(key, 0) + 1
             counts["slack_violations"] = len(slack.violations)
             out = counts
+        elif cmd == "slack connections":
+            out = slack.connections_accepted
         elif cmd.startswith("pulls "):
             # `pulls FIRST COUNT`: COUNT more open PRs, numbered from FIRST, a head SHA each (the
             # reply phase; bench/history.py: fork PRs, matched by head SHA alone).

@@ -159,9 +159,9 @@ def stop(proc: subprocess.Popen[bytes], grace: float = 3.0) -> None:
 
 
 class Doubles:
-    def __init__(self) -> None:
+    def __init__(self, *, slack_tls: bool = False) -> None:
         self.proc = subprocess.Popen(
-            [PY, str(BENCH / "doubles.py")],
+            [PY, str(BENCH / "doubles.py"), *(["--slack-tls"] if slack_tls else [])],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             # The doubles' servers print a traceback for each connection reset when a server
@@ -264,6 +264,7 @@ class Launcher:
             "SLACK_BOT_TOKEN": BOT_TOKEN,
             "SLACK_SIGNING_SECRET": SIGNING_SECRET,
             "SLACK_API_URL": info["slack_url"],
+            **({"SSL_CERT_FILE": info["slack_ca_file"]} if info.get("slack_ca_file") else {}),
             "GITHUB_APP_ID": str(info["app_id"]),
             "GITHUB_APP_PRIVATE_KEY": info["private_key_pem"],
             "GITHUB_WEBHOOK_SECRET": WEBHOOK_SECRET,
@@ -639,6 +640,7 @@ def phase_reply(launcher: Launcher, rate: float, seconds: float) -> dict[str, An
         launcher.doubles.ask("reset")
         time.sleep(1.0)  # let the last command jobs' stragglers (root edits) finish
         cpu1 = proc_cpu(server.proc.pid)
+        connections0 = launcher.doubles.ask("slack connections")
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             sent_at, acks, errors = runner.run(paced_webhooks(server.port, bodies, rate))
         # Wait for the thread replies to arrive at the Slack double.
@@ -650,6 +652,7 @@ def phase_reply(launcher: Launcher, rate: float, seconds: float) -> dict[str, An
             time.sleep(0.25)
         drain(server.port)
         cpu_relay = proc_cpu(server.proc.pid) - cpu1
+        connections = launcher.doubles.ask("slack connections") - connections0
         peak = server.rss_mb()[1]
     finally:
         stop(server.proc)
@@ -673,6 +676,7 @@ def phase_reply(launcher: Launcher, rate: float, seconds: float) -> dict[str, An
         "cpu_ms_per_command": cpu_commands * 1000 / runs,
         "commands_s": commands_s,
         "cpu_ms_per_event": cpu_relay * 1000 / max(1, len(seen)),
+        "slack_connections": connections,
     }
     launcher.doubles.ask("reset")
     return {"result": res}
@@ -735,6 +739,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
     ap.add_argument("--phases", default="cold,client,acks,help,intake,reply")
     ap.add_argument("--reply-rate", type=float, default=200.0, help="webhooks/s, reply phase")
+    ap.add_argument(
+        "--slack-tls",
+        action="store_true",
+        help="Slack's double over https, so each new connection costs a TLS handshake",
+    )
     ap.add_argument("--keep", action="store_true", help="keep server logs and databases")
     ap.add_argument("--levels", default="1,16,64,256", help="ack concurrency levels")
     ap.add_argument(
@@ -769,7 +778,7 @@ def main(argv: list[str] | None = None) -> int:
         f"({duration:.0f} s per point after {warmup:.1f} s warm-up)"
     )
     tmp = Path(tempfile.mkdtemp(prefix="chatops-bench-"))
-    doubles = Doubles()
+    doubles = Doubles(slack_tls=args.slack_tls)
     dbs = Databases(args.database, tmp)
     launcher = Launcher(doubles, dbs, tmp)
     try:
@@ -852,6 +861,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r.extra['cpu_ms_per_event']:.2f} ms   CPU per command (/evaluate N: ack + "
                 f"job up to `triggered`): {r.extra['cpu_ms_per_command']:.2f} ms "
                 f"({r.extra['requests']} commands in {r.extra['commands_s']:.1f} s)"
+            )
+            print(
+                f"  Slack connections opened while relaying: {r.extra['slack_connections']} "
+                f"({r.extra['slack_connections'] / max(1, r.extra['replied']):.2f} per event; "
+                f"Slack's double over {'https' if args.slack_tls else 'http'})"
             )
     finally:
         doubles.close()

@@ -19,6 +19,7 @@ from slack_sdk.http_retry.state import RetryState
 from slack_sdk.webhook import WebhookClient
 
 from bot import inline
+from bot.keepalive import KeepAliveWebClient
 from bot.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,8 @@ class BoundedRateLimitRetryHandler(RetryHandler):
 
 
 def make_client(token: str, base_url: str, *, timeout: int = 10) -> WebClient:
-    client = WebClient(token=token, base_url=base_url, timeout=timeout)
+    # Reused connections: a new one per call is a TLS handshake with slack.com (bot/keepalive).
+    client = KeepAliveWebClient(token=token, base_url=base_url, timeout=timeout)
     # slack_sdk retries only connection errors by default; honour Retry-After on 429 too,
     # within a bound (no thread waits longer than MAX_RETRY_AFTER for one answer).
     client.retry_handlers = [
@@ -176,7 +178,7 @@ class SlackOut:
         self.client = client
         # Group lookups run before a command's ack (Slack's 3-second budget): a short timeout
         # and no waiting out a 429; a failed lookup falls back to the last answer, if any.
-        self._lookup = WebClient(
+        self._lookup = KeepAliveWebClient(
             token=client.token, base_url=client.base_url, timeout=LOOKUP_TIMEOUT
         )
         self._lookup.retry_handlers = []

@@ -22,6 +22,10 @@ import email.parser
 import email.policy
 import itertools
 import json
+import socket
+import ssl
+import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -153,7 +157,10 @@ def _table_problems(where: str, raw: dict[str, Any]) -> list[str]:
 
 class _Handler(BaseHTTPRequestHandler):
     double: SlackDouble
+    # Keep-alive, like slack.com: a client may send its next call on the same connection.
+    protocol_version = "HTTP/1.1"
     server_version = "SlackDouble/1.0"
+    timeout = 30
     # One send per answer and TCP_NODELAY: headers and body in separate small writes meet
     # delayed ACKs on keep-alive connections and cost ~40 ms per request.
     wbufsize = -1
@@ -161,6 +168,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         """Keep test output quiet."""
+
+    def setup(self) -> None:
+        super().setup()
+        with self.double._cond:
+            self.double._connections.add(self.connection)
+            self.double.connections_accepted += 1
+
+    def finish(self) -> None:
+        with self.double._cond:
+            self.double._connections.discard(self.connection)
+        # A client that gave up (the timeout tests) has closed its end already.
+        with contextlib.suppress(OSError):
+            super().finish()
 
     def do_GET(self) -> None:
         self._serve()
@@ -187,14 +207,37 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    tls: ssl.SSLContext | None = None
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        conn, addr = super().get_request()
+        if self.tls is not None:
+            # The handshake runs on the connection's own thread (first read), not here.
+            conn = self.tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        return conn, addr
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
+
 class SlackDouble:
-    """Loopback stand-in for slack.com's Web API; see the module docstring."""
+    """Loopback stand-in for slack.com's Web API; see the module docstring.
+
+    `tls=True` serves https with a certificate made for 127.0.0.1 at start; `ca_file` is the
+    file a client must trust (e.g. SSL_CERT_FILE for another process)."""
 
     bot_user_id = "UBOTBRIDGE"
     team_id = "T0001"
     bot_id = "B0CHATOPS1"  # Slack's shape: ^B[A-Z0-9]{8,}$ (tests/contract checks answers)
 
-    def __init__(self) -> None:
+    def __init__(self, *, tls: bool = False) -> None:
+        self.tls = tls
+        self.ca_file: str | None = None
+        self.connections_accepted = 0  # TCP connections, over the double's life
+        self._connections: set[socket.socket] = set()
         self.calls: list[Call] = []
         self.violations: list[str] = []
         self.server_errors: list[str] = []
@@ -222,10 +265,15 @@ class SlackDouble:
         if self._server is not None:
             return self
         handler = type("SlackHandler", (_Handler,), {"double": self})
-        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        server.daemon_threads = True
+        server = _Server(("127.0.0.1", 0), handler)
+        scheme = "http"
+        if self.tls:
+            from tests.doubles.tls import server_context
+
+            server.tls, self.ca_file = server_context(tempfile.mkdtemp(prefix="slack-double-"))
+            scheme = "https"
         self._server = server
-        self._base = f"http://127.0.0.1:{server.server_address[1]}"
+        self._base = f"{scheme}://127.0.0.1:{server.server_address[1]}"
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -236,6 +284,7 @@ class SlackDouble:
         if self._server is None:
             return
         self._server.shutdown()
+        self.close_connections()  # idle keep-alive connections would hold their threads
         self._server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -334,6 +383,14 @@ class SlackDouble:
         service_unavailable`` (and recorded) until then. ``go_down(0)`` ends an outage."""
         with self._cond:
             self.down_until = time.time() + seconds
+
+    def close_connections(self) -> None:
+        """End every open connection from the server's side, as slack.com ends idle ones."""
+        with self._cond:
+            conns = list(self._connections)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
     def delays_pending(self) -> int:
         """How many delays given to `delay_next` no call has taken yet."""

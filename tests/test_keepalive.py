@@ -1,0 +1,243 @@
+"""bot/keepalive.py: Slack Web API calls on reused connections, with urllib's contract.
+
+Each behaviour that the bridge relies on is checked on both transports (slack_sdk's own urllib
+exchange and the keep-alive one) through SlackOut, so a difference shows as a failing pair.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from slack_sdk import WebClient
+from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler
+
+from bot.keepalive import KeepAliveWebClient, is_stale, origin_of
+from bot.slack import SlackFailure, SlackOut, make_client
+from tests.doubles.slack_api import SlackDouble
+
+TRANSPORTS = ("urllib", "keepalive")
+
+
+def _out(slack: SlackDouble, transport: str, **kwargs: object) -> SlackOut:
+    out = SlackOut(make_client("xoxb-test", slack.url))
+    if transport == "urllib":
+        client = WebClient(token="xoxb-test", base_url=slack.url, **kwargs)  # type: ignore[arg-type]
+        client.retry_handlers = out.client.retry_handlers
+        out.client = client
+    else:
+        assert isinstance(out.client, KeepAliveWebClient)  # what the bridge builds
+        for key, value in kwargs.items():
+            setattr(out.client, key, value)
+    return out
+
+
+@pytest.fixture
+def tls_slack() -> Iterator[SlackDouble]:
+    with SlackDouble(tls=True) as double:
+        yield double
+
+
+def test_origin_of_splits_scheme_host_port_and_target() -> None:
+    assert origin_of("https://slack.com/api/chat.postMessage") == (
+        ("https", "slack.com", 443),
+        "/api/chat.postMessage",
+    )
+    assert origin_of("http://127.0.0.1:8080/api/x?a=1") == (
+        ("http", "127.0.0.1", 8080),
+        "/api/x?a=1",
+    )
+
+
+def test_calls_reuse_one_connection(slack: SlackDouble) -> None:
+    out = _out(slack, "keepalive")
+    before = slack.connections_accepted
+    stamps = [out.post("C0PROJECT", f"message {i}") for i in range(20)]
+    assert len(set(stamps)) == 20
+    assert slack.connections_accepted - before == 1
+    assert out.client.connections_opened == 1  # type: ignore[attr-defined]
+
+
+def test_urllib_opens_a_connection_per_call(slack: SlackDouble) -> None:
+    """The baseline the keep-alive client replaces (and proof that the count counts)."""
+    out = _out(slack, "urllib")
+    before = slack.connections_accepted
+    for i in range(5):
+        out.post("C0PROJECT", f"message {i}")
+    assert slack.connections_accepted - before == 5
+
+
+def test_a_connection_the_server_closed_is_not_reused(slack: SlackDouble) -> None:
+    out = _out(slack, "keepalive")
+    out.client.retry_handlers = []  # seen before use, not failed and retried
+    out.post("C0PROJECT", "first")
+    slack.close_connections()  # as Slack ends an idle connection
+    slack.wait_for("chat.postMessage")
+    ts = out.post("C0PROJECT", "second")
+    posted = [c.params["text"] for c in slack.calls_to("chat.postMessage")]
+    assert posted == ["first", "second"]  # each sent once: no retry of a delivered call
+    assert slack.messages[("C0PROJECT", ts)]["text"] == "second"
+    assert out.client.connections_opened == 2  # type: ignore[attr-defined]
+
+
+def test_is_stale_sees_a_closed_peer() -> None:
+    left, right = socket.socketpair()
+
+    class Conn:
+        sock = left
+
+    try:
+        assert not is_stale(Conn())  # type: ignore[arg-type]
+        right.close()
+        assert is_stale(Conn())  # type: ignore[arg-type]
+    finally:
+        left.close()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_refusal_is_the_same_on_both_transports(slack: SlackDouble, transport: str) -> None:
+    out = _out(slack, transport)
+    slack.fail_next("chat.postMessage", "channel_not_found")
+    with pytest.raises(SlackFailure) as refused:
+        out.post("C0PROJECT", "hello")
+    assert (refused.value.error, refused.value.status) == ("channel_not_found", 200)
+    assert not refused.value.is_outage
+    assert out.post("C0PROJECT", "again")  # the connection is still usable
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_an_outage_answer_is_the_same_on_both_transports(
+    slack: SlackDouble, transport: str
+) -> None:
+    out = _out(slack, transport)
+    slack.fail_next("chat.update", "service_unavailable", status=503, retry_after=7)
+    with pytest.raises(SlackFailure) as down:
+        out.update("C0PROJECT", "1.000001", "hello")
+    assert (down.value.error, down.value.status) == ("service_unavailable", 503)
+    assert down.value.is_outage
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_short_429_is_waited_out_on_both_transports(slack: SlackDouble, transport: str) -> None:
+    out = _out(slack, transport)
+    slack.fail_next("chat.postMessage", "ratelimited", status=429, retry_after=0)
+    assert out.post("C0PROJECT", "hello")
+    assert len(slack.calls_to("chat.postMessage")) == 2
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_long_429_fails_with_when_to_come_back(slack: SlackDouble, transport: str) -> None:
+    out = _out(slack, transport)
+    slack.fail_next("chat.postMessage", "ratelimited", status=429, retry_after=3600)
+    with pytest.raises(SlackFailure) as limited:
+        out.post("C0PROJECT", "hello")
+    assert limited.value.status == 429 and limited.value.retry_at is not None
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_no_server_is_a_connection_failure(transport: str) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    double = SlackDouble()
+    double._base = f"http://127.0.0.1:{port}"
+    out = _out(double, transport)
+    retries: list[str] = []
+
+    class Counting(ConnectionErrorRetryHandler):
+        def prepare_for_next_attempt(self, **kwargs: Any) -> None:
+            retries.append(type(kwargs.get("error")).__name__)
+            kwargs["state"].next_attempt_requested = True
+            kwargs["state"].increment_current_attempt()
+
+    out.client.retry_handlers = [Counting(max_retry_count=2)]
+    with pytest.raises(SlackFailure) as failed:
+        out.post("C0PROJECT", "hello")
+    assert failed.value.error.startswith("connection") and failed.value.is_outage
+    assert retries == ["URLError", "URLError"]  # retried as urllib's refusals are
+
+
+def test_a_timed_out_call_leaves_no_answer_for_the_next_one(slack: SlackDouble) -> None:
+    """A late answer on a reused connection would be read as the next call's answer; the
+    connection of a failed call is closed instead."""
+    out = _out(slack, "keepalive", timeout=1)
+    slack.delay_next("chat.postMessage", 1.5)
+    with pytest.raises(SlackFailure) as slow:
+        out.post("C0PROJECT", "slow")
+    assert slow.value.error.startswith("connection")
+    ts = out.post("C0PROJECT", "next")
+    assert slack.messages[("C0PROJECT", ts)]["text"] == "next"
+
+
+def test_threads_share_the_pool_and_each_gets_its_own_answer(slack: SlackDouble) -> None:
+    out = _out(slack, "keepalive")
+    got: dict[str, str] = {}
+    lock = threading.Lock()
+
+    def work(t: int) -> None:
+        for i in range(15):
+            text = f"thread {t} message {i}"
+            ts = out.post("C0PROJECT", text)
+            with lock:
+                got[text] = ts
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(got) == 120
+    assert all(slack.messages[("C0PROJECT", ts)]["text"] == text for text, ts in got.items())
+    assert out.client.connections_opened <= 8  # type: ignore[attr-defined]
+
+
+def test_tls_calls_verify_the_certificate_and_reuse_the_session(tls_slack: SlackDouble) -> None:
+    assert tls_slack.url.startswith("https://") and tls_slack.ca_file
+    trusted = ssl.create_default_context(cafile=tls_slack.ca_file)
+    out = _out(tls_slack, "keepalive", ssl=trusted)
+    for i in range(5):
+        out.post("C0PROJECT", f"message {i}")
+    assert tls_slack.connections_accepted == 1
+
+    untrusted = _out(tls_slack, "keepalive")  # the system's CAs do not know the double
+    with pytest.raises(SlackFailure) as refused:
+        untrusted.post("C0PROJECT", "hello")
+    assert refused.value.error.startswith("connection")
+    assert len(tls_slack.calls_to("chat.postMessage")) == 5
+
+
+@pytest.mark.parametrize("status", [200, 404, 503])
+def test_the_exchange_keeps_urllibs_contract(slack: SlackDouble, status: int) -> None:
+    """The one replaced step, side by side with urllib's: a 2xx answer comes back as a dict,
+    any other raises HTTPError whose status, headers and body are readable."""
+    from urllib.error import HTTPError
+    from urllib.request import Request
+
+    client = KeepAliveWebClient(token="xoxb-test", base_url=slack.url)
+    url = slack.url + "chat.postMessage"
+    outcomes = []
+    for exchange in (
+        client._perform_urllib_http_request_internal,
+        super(KeepAliveWebClient, client)._perform_urllib_http_request_internal,
+    ):
+        if status != 200:
+            slack.fail_next("chat.postMessage", "boom", status=status, retry_after=5)
+        req = Request(
+            method="POST",
+            url=url,
+            data=b'{"channel": "C0PROJECT", "text": "hi"}',
+            headers={"Content-Type": "application/json", "Authorization": "Bearer xoxb-test"},
+        )
+        try:
+            answer = exchange(url, req)
+        except HTTPError as exc:
+            outcomes.append(("HTTPError", exc.code, exc.headers.get("Retry-After"), exc.read()))
+        else:
+            body = answer["body"]
+            outcomes.append(("answer", answer["status"], type(body).__name__, '"ok": true' in body))
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][0] == ("answer" if status == 200 else "HTTPError")
