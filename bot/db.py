@@ -26,6 +26,7 @@ from sqlalchemy import (
     inspect,
     text,
 )
+from sqlalchemy.exc import DisconnectionError
 
 from bot import inline
 
@@ -443,7 +444,35 @@ def _queue_sqlite_writers(engine: Engine) -> None:
         queue.leave(record.info)
 
 
-def make_engine(url: str) -> Engine:
+# A pooled PostgreSQL connection is pinged before use only after it has been idle this long.
+# SQLAlchemy's pool_pre_ping pings at every checkout: a round trip and ~0.16 ms of CPU per
+# transaction, and a relayed webhook runs several. A connection in steady use that died with
+# the server fails its statement instead; SQLAlchemy then marks every pooled connection older
+# than the failure for reconnection, and the caller's error path runs as during the outage
+# itself (a job retries, a webhook gets 503, a command an apology).
+IDLE_PING_SECONDS = 2.0
+
+
+def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
+    """Ping a connection at checkout when it has been idle for `idle_seconds`; a dead one is
+    replaced before anyone uses it (DisconnectionError: the pool reconnects and retries)."""
+
+    @event.listens_for(engine, "checkin")
+    def _idle_from(dbapi_conn, record):  # type: ignore[no-untyped-def]
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping(dbapi_conn, record, proxy):  # type: ignore[no-untyped-def]
+        since = record.info.pop("idle_since", None)
+        if since is None or time.monotonic() - since < idle_seconds:
+            return  # just connected, or in steady use
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            raise DisconnectionError("idle connection is gone") from exc
+
+
+def make_engine(url: str, *, idle_ping_seconds: float = IDLE_PING_SECONDS) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
@@ -475,11 +504,12 @@ def make_engine(url: str) -> Engine:
         # new connection, which cost more than the query under load (bench/run.py).
         pool_size=32,
         max_overflow=32,
-        pool_pre_ping=True,
         pool_timeout=10,
         # The pid names each serving process in pg_stat_activity (serve --workers N).
         connect_args={"connect_timeout": 5, "application_name": f"chatops-bridge {os.getpid()}"},
     )
+
+    _ping_when_idle(engine, idle_ping_seconds)
 
     @event.listens_for(engine, "before_cursor_execute")
     def _no_writes_inline(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
