@@ -338,19 +338,26 @@ class Jobs:
         self._timers.call_later(seconds, fn)
 
     # -- webhook deliveries -------------------------------------------------------------
-    def submit_delivery(self, delivery_id: str, event: str) -> Future[None] | None:
-        return self._spawn(lambda: self.run_delivery(delivery_id, event))
+    def submit_delivery(
+        self, delivery_id: str, event: str, payload: dict[str, Any] | None = None
+    ) -> Future[None] | None:
+        """Handle a stored delivery on the pool. `payload`: the intake's parse of what it
+        stored, handed over so that the first attempt does not parse it again; a retry or a
+        recovery reads the stored payload."""
+        return self._spawn(lambda: self.run_delivery(delivery_id, event, payload))
 
-    def run_delivery(self, delivery_id: str, event: str) -> None:
+    def run_delivery(
+        self, delivery_id: str, event: str, payload: dict[str, Any] | None = None
+    ) -> None:
         with logs.context(delivery_id=delivery_id, github_event=event):
-            self._run_delivery(delivery_id, event)
+            self._run_delivery(delivery_id, event, payload)
 
-    def _run_delivery(self, delivery_id: str, event: str) -> None:
+    def _run_delivery(self, delivery_id: str, event: str, parsed: dict[str, Any] | None) -> None:
         raw = self.store.claim_delivery(delivery_id, self.lease_seconds)
         if raw is None or self._delivery_handler is None:
             return
         try:
-            payload = json.loads(raw)
+            payload = parsed if parsed is not None else json.loads(raw)
             self._delivery_handler(event, payload)
         except Exception as exc:
             failures, waiting_since = self.store.delivery_retry_state(delivery_id)

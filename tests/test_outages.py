@@ -315,6 +315,30 @@ def test_a_delivery_that_keeps_failing_is_marked_failed_and_logged(
     assert len(handled) == 4
 
 
+def test_a_retried_delivery_reads_the_stored_payload_not_the_first_attempts_copy(
+    make_harness, github, slack
+) -> None:
+    """The first attempt gets the intake's parse (no second parse); what it did to that dict
+    must not reach the retry, which starts again from what was stored."""
+    h = make_harness()
+    fast(h, max_failures=4)
+    seen: list[tuple[str, object]] = []
+
+    def flaky(event: str, payload: dict[str, Any]) -> None:
+        seen.append((event, payload["workflow_run"].get("name")))
+        if len(seen) == 1:
+            payload["workflow_run"]["name"] = "changed by the first attempt"
+            raise RuntimeError("first attempt fails")
+
+    h.bridge.jobs.on_delivery(flaky)
+    body = run_payload("0123456789ab")
+    resp = h.webhook("workflow_run", body, delivery="dlv-retry")
+    assert resp.status_code == 202
+    h.wait_until(lambda: len(seen) == 2, timeout=10)
+    h.settle()
+    assert seen == [("workflow_run", body["workflow_run"]["name"])] * 2
+
+
 def test_app_home_says_which_peer_is_down() -> None:
     from handlers.home import health_lines
 
