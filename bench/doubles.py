@@ -1,7 +1,8 @@
 """The test suite's loopback Slack and GitHub doubles in a process of their own, for bench/run.py.
 
 Prints one JSON line with their URLs and the App's key, then answers commands on stdin, one
-JSON line each: `reset` (forget recorded calls), `replies` (thread replies with the time the
+JSON line each: `reset` (forget recorded calls and posted messages), `reset calls` (the calls
+only: the messages posted so far can still be edited), `replies` (thread replies with the time the
 double received them), `counts` (calls per method), `pulls FIRST COUNT` (open PRs FIRST… of
 REPO, each with its own head SHA: `pull_head(n)`; answers their numbers and SHAs), `slack
 connections` (TCP connections Slack's double has accepted), `quit`.
@@ -53,12 +54,13 @@ def main() -> None:
     )
     for line in sys.stdin:
         cmd = line.strip()
-        if cmd == "reset":
+        if cmd in ("reset", "reset calls"):
             slack.reset()
             github.reset()
             github.rate_remaining = 10**9
-            with slack._cond:
-                slack.messages.clear()
+            if cmd == "reset":  # `reset calls` keeps the posted messages (they can be edited)
+                with slack._cond:
+                    slack.messages.clear()
             out: object = {"ok": True}
         elif cmd == "replies":
             out = [

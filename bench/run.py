@@ -637,7 +637,9 @@ def phase_reply(launcher: Launcher, rate: float, seconds: float) -> dict[str, An
         bodies = [
             workflow_run_body(template, j, reqs[j][0], reqs[j][3], a, reqs[j][2]) for a, j in events
         ]
-        launcher.doubles.ask("reset")
+        # The thread roots the commands posted stay known to Slack's double: the relayed events
+        # edit them (a plain `reset` forgot them, and every root edit failed message_not_found).
+        launcher.doubles.ask("reset calls")
         time.sleep(1.0)  # let the last command jobs' stragglers (root edits) finish
         cpu1 = proc_cpu(server.proc.pid)
         connections0 = launcher.doubles.ask("slack connections")

@@ -313,7 +313,7 @@ def make_github_endpoint(
             return JSONResponse({"ok": True, "duplicate": True})
         metrics.webhooks.labels(event, "accepted").inc()
         # Answer now (GitHub waits 10 s at most); the work continues on the job pool.
-        jobs.submit_delivery(delivery, event, payload)
+        jobs.submit_delivery(delivery, event)
         return JSONResponse({"ok": True, "accepted": True}, status_code=202)
 
     return github_webhooks

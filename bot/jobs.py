@@ -203,6 +203,11 @@ class Jobs:
                 self._inflight -= 1
             return None
 
+    def later(self, delay: float, fn: Callable[[], None]) -> None:
+        """Run `fn` on the pool after `delay` seconds (in memory: lost with the process).
+        One timer thread for all of them, not a thread per wait."""
+        self._timers.call_later(delay, lambda: self._spawn(fn))
+
     # -- requests -----------------------------------------------------------------------
     def submit(self, request_id: str) -> Future[None] | None:
         return self._spawn(lambda: self.run_request(request_id))
@@ -338,26 +343,19 @@ class Jobs:
         self._timers.call_later(seconds, fn)
 
     # -- webhook deliveries -------------------------------------------------------------
-    def submit_delivery(
-        self, delivery_id: str, event: str, payload: dict[str, Any] | None = None
-    ) -> Future[None] | None:
-        """Handle a stored delivery on the pool. `payload`: the intake's parse of what it
-        stored, handed over so that the first attempt does not parse it again; a retry or a
-        recovery reads the stored payload."""
-        return self._spawn(lambda: self.run_delivery(delivery_id, event, payload))
+    def submit_delivery(self, delivery_id: str, event: str) -> Future[None] | None:
+        return self._spawn(lambda: self.run_delivery(delivery_id, event))
 
-    def run_delivery(
-        self, delivery_id: str, event: str, payload: dict[str, Any] | None = None
-    ) -> None:
+    def run_delivery(self, delivery_id: str, event: str) -> None:
         with logs.context(delivery_id=delivery_id, github_event=event):
-            self._run_delivery(delivery_id, event, payload)
+            self._run_delivery(delivery_id, event)
 
-    def _run_delivery(self, delivery_id: str, event: str, parsed: dict[str, Any] | None) -> None:
+    def _run_delivery(self, delivery_id: str, event: str) -> None:
         raw = self.store.claim_delivery(delivery_id, self.lease_seconds)
         if raw is None or self._delivery_handler is None:
             return
         try:
-            payload = parsed if parsed is not None else json.loads(raw)
+            payload = json.loads(raw)
             self._delivery_handler(event, payload)
         except Exception as exc:
             failures, waiting_since = self.store.delivery_retry_state(delivery_id)

@@ -8,7 +8,6 @@ import hashlib
 import json
 import logging
 import re
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -101,12 +100,10 @@ def _edit_later(deps: Deps, req: Request, delay: float) -> None:
             try:
                 refresh_root(deps, req, trailing=True)
             except Exception:
-                # A timer thread has nobody to raise to: log it; the next event edits again.
+                # Nobody waits for this edit to raise to: log it; the next event edits again.
                 log.exception("deferred root edit failed")
 
-    timer = threading.Timer(max(0.05, delay), run)
-    timer.daemon = True
-    timer.start()
+    deps.jobs.later(max(0.05, delay), run)
 
 
 def root_message(deps: Deps, req: Request) -> messages.Message:

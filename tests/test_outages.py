@@ -318,8 +318,10 @@ def test_a_delivery_that_keeps_failing_is_marked_failed_and_logged(
 def test_a_retried_delivery_reads_the_stored_payload_not_the_first_attempts_copy(
     make_harness, github, slack
 ) -> None:
-    """The first attempt gets the intake's parse (no second parse); what it did to that dict
-    must not reach the retry, which starts again from what was stored."""
+    """What a failed attempt did to its payload must not reach the retry, which starts again
+    from what was stored. (Handing the intake's parse to the job was tried and dropped: a
+    backlog then holds every parsed payload in memory, +35 MB peak in bench/run.py's reply
+    phase, for ~0.1 ms of CPU per delivery.)"""
     h = make_harness()
     fast(h, max_failures=4)
     seen: list[tuple[str, object]] = []

@@ -613,6 +613,40 @@ def test_metrics_comments_follow_the_notify_level(
 # -- coalesced root edits ---------------------------------------------------------------------
 
 
+def test_deferred_root_edits_wait_on_one_timer_and_run_on_the_job_pool(
+    make_harness, config_data, slack
+) -> None:
+    """A burst across many threads defers an edit per root: each wait must not be a thread of
+    its own (a thousand roots, a thousand threads), and the edit runs on the job pool."""
+    import threading
+
+    from handlers import lifecycle
+
+    h = make_harness(config_data)
+    req = start_evaluate(h)
+    ran: list[str] = []
+    all_ran = threading.Event()
+    real = lifecycle.refresh_root
+
+    def recording(deps: Any, request: Any, *, trailing: bool = False) -> None:
+        ran.append(threading.current_thread().name)
+        if len(ran) == 100:
+            all_ran.set()
+        real(deps, request, trailing=trailing)
+
+    lifecycle.refresh_root = recording  # type: ignore[assignment]
+    try:
+        before = threading.active_count()
+        for _ in range(100):
+            lifecycle._edit_later(h.bridge.deps, req, 0.3)
+        waiting = threading.active_count() - before
+        assert all_ran.wait(10)
+    finally:
+        lifecycle.refresh_root = real
+    assert waiting <= 1  # at most the timer thread, started on first use
+    assert all(name.startswith("chatops-job") for name in ran), set(ran)
+
+
 def test_root_edits_are_coalesced_and_the_final_edit_is_immediate(
     make_harness, config_data, slack, clock
 ) -> None:
