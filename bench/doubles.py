@@ -20,6 +20,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from tests.doubles.github_api import GitHubDouble  # noqa: E402
 from tests.doubles.slack_api import SlackDouble  # noqa: E402
+from tests.doubles.tls import with_system_cas  # noqa: E402
 
 REPO = "acme/ml-models"
 HEAD_SHA = "a1b2c3d4e5f60718293a4b5c6d7e8f9012345678"
@@ -44,7 +45,9 @@ def main() -> None:
         json.dumps(
             {
                 "slack_url": slack.url,
-                "slack_ca_file": slack.ca_file,
+                # What the bridge trusts (SSL_CERT_FILE): the system's CAs and the double's, so
+                # that a new TLS context costs what it costs in production.
+                "slack_ca_file": with_system_cas(slack.ca_file) if slack.ca_file else None,
                 "github_url": github.url,
                 "app_id": github.app_id,
                 "private_key_pem": github.private_key_pem,

@@ -54,3 +54,13 @@ def server_context(directory: str) -> tuple[ssl.SSLContext, str]:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     return context, str(cert)
+
+
+def with_system_cas(ca_file: str) -> str:
+    """A CA file that trusts what this machine trusts plus `ca_file` (written beside it): what
+    a client given SSL_CERT_FILE loads as it would in production, with the double added."""
+    system = ssl.get_default_verify_paths().cafile or ""
+    bundle = Path(system).read_bytes() if system and Path(system).is_file() else b""
+    combined = Path(ca_file).with_name("trust.pem")
+    combined.write_bytes(bundle + b"\n" + Path(ca_file).read_bytes())
+    return str(combined)
