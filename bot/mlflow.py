@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlencode, urlparse
 
 from bot import inline
+from bot.keepalive import default_tls
 from bot.settings import Secret
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,12 @@ class MlflowRegistry:
         self._token = token
         self.timeout = timeout
         # Proxies from the environment apply (HTTPS_PROXY, NO_PROXY), as for Slack and GitHub.
-        self._opener = urllib.request.build_opener()
+        # https: the process's one TLS context (urllib would build one per connection).
+        self._opener = (
+            urllib.request.build_opener(urllib.request.HTTPSHandler(context=default_tls()))
+            if self.base_url.startswith("https://")
+            else urllib.request.build_opener()
+        )
 
     def __repr__(self) -> str:
         return f"MlflowRegistry({self.base_url!r})"

@@ -19,7 +19,7 @@ from slack_sdk.http_retry.state import RetryState
 from slack_sdk.webhook import WebhookClient
 
 from bot import inline
-from bot.keepalive import KeepAliveWebClient
+from bot.keepalive import KeepAliveWebClient, default_tls
 from bot.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -263,7 +263,10 @@ class SlackOut:
         if not response_url.startswith(("https://", "http://")):
             # It comes from a signed payload, but the bridge POSTs only to web URLs regardless.
             raise SlackFailure("invalid_response_url", "response_url")
-        hook = WebhookClient(response_url, timeout=10)
+        # One TLS context for the process: without one, urllib builds (and loads the CA bundle
+        # into) a new context for every call.
+        tls = default_tls() if response_url.startswith("https://") else None
+        hook = WebhookClient(response_url, timeout=10, ssl=tls)
         hook.retry_handlers = [
             ConnectionErrorRetryHandler(max_retry_count=2),
             BoundedRateLimitRetryHandler(max_retry_count=2),

@@ -241,3 +241,47 @@ def test_the_exchange_keeps_urllibs_contract(slack: SlackDouble, status: int) ->
             outcomes.append(("answer", answer["status"], type(body).__name__, '"ok": true' in body))
     assert outcomes[0] == outcomes[1]
     assert outcomes[0][0] == ("answer" if status == 200 else "HTTPError")
+
+
+# -- one TLS context per process for the clients that stay on urllib ----------------------------
+
+
+@pytest.fixture
+def contexts_built(tls_slack: SlackDouble, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Trust the TLS double (SSL_CERT_FILE, as deployed) and count the TLS contexts built."""
+    from bot import keepalive
+
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_slack.ca_file))
+    monkeypatch.setattr(keepalive, "_default_tls", None)  # built again, trusting the double
+    built: list[int] = []
+    real = ssl.create_default_context
+
+    def counting(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        built.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ssl, "create_default_context", counting)
+    monkeypatch.setattr(ssl, "_create_default_https_context", counting)  # http.client's
+    return built
+
+
+def test_response_url_calls_share_one_tls_context(
+    tls_slack: SlackDouble, contexts_built: list[int]
+) -> None:
+    out = SlackOut(make_client("xoxb-test", tls_slack.url))
+    for i in range(4):
+        out.respond(tls_slack.response_url(f"k{i}"), f"answer {i}")
+    assert len(tls_slack.calls_to("response_url")) == 4  # verified and delivered
+    assert len(contexts_built) <= 1  # urllib alone builds one per call
+
+
+def test_mlflow_calls_share_one_tls_context(
+    tls_slack: SlackDouble, contexts_built: list[int]
+) -> None:
+    from bot.mlflow import MlflowRegistry
+
+    registry = MlflowRegistry(tls_slack.url.removesuffix("/api/"))
+    for _ in range(3):
+        registry.ping()  # Slack's double answers a JSON object: enough for this
+    assert len([c for c in tls_slack.calls if "mlflow" in c.method]) == 3
+    assert len(contexts_built) <= 1
