@@ -618,3 +618,67 @@ def test_model_text_by_hand_is_parsed_or_refused_with_the_reason() -> None:
             parse_model_args(text)
         assert err.value.name == name, (text, str(err.value))
         assert "<!channel>" not in str(err.value)
+
+
+# -- one card per version and environment, even at the same instant ------------------------------
+def test_the_store_keeps_one_open_request_per_ref(mh: Harness) -> None:
+    from bot.model import NewRequest
+
+    def new(key: str, environment: str = "production") -> NewRequest:
+        return NewRequest(
+            kind="model_deploy",
+            repo=REPO,
+            trigger="dispatch",
+            run_ref="models:/churn-model/7",
+            environment=environment,
+            event_type="deploy",
+            channel_id=MODEL_CHANNEL,
+            user_id="mlflow-registry",
+            status="pending_approval",
+            idempotency_key=key,
+        )
+
+    first, created = mh.store.create_request(new("mlflow:a:churn-model"), one_open_per_ref=True)
+    assert created
+    again, created = mh.store.create_request(new("mlflow:b:churn-model"), one_open_per_ref=True)
+    assert not created and again.id == first.id  # the open one, not a second
+    other_env, created = mh.store.create_request(new("mlflow:c", "staging"), one_open_per_ref=True)
+    assert created and other_env.id != first.id
+    mh.store.update(first.id, status="rejected", finished_at=time.time())
+    later, created = mh.store.create_request(new("mlflow:d:churn-model"), one_open_per_ref=True)
+    assert created and later.id != first.id  # closed: the version may be asked for again
+
+
+def test_deliveries_for_one_version_at_the_same_instant_make_one_card(
+    mh: Harness, slack: Any
+) -> None:
+    """Several deliveries (different ids: an alias and a tag, two aliases) handled at once by
+    the job pool: one request, one card."""
+    import threading
+
+    from handlers.deploy import models
+
+    envelopes = [
+        {**alias_event(), "delivery_id": f"same-instant-{i}", "timestamp": "2026-12-01T05:34:58"}
+        for i in range(8)
+    ]
+    start = threading.Barrier(len(envelopes))
+    failures: list[BaseException] = []
+
+    def handle(envelope: dict[str, Any]) -> None:
+        start.wait()
+        try:
+            models.on_registry_event(mh.bridge.deps, envelope)
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=handle, args=(e,)) for e in envelopes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    mh.wait_until(lambda: roots_in(slack, MODEL_CHANNEL), what="the card")
+    mh.settle()
+    assert len(model_requests(mh)) == 1
+    assert len(roots_in(slack, MODEL_CHANNEL)) == 1

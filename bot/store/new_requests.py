@@ -96,7 +96,7 @@ _INSERT_REQUEST_UNDER_LIMIT = (
 # PostgreSQL transaction-level advisory locks, two-int form (a key space apart from the
 # single-bigint keys of migrations and scheduler leadership). Held until commit/rollback, so
 # they also work across replicas sharing the database.
-_LOCK_USER, _LOCK_PR = 0x43485531, 0x43485032  # "CHU1", "CHP2": the first int of the key
+_LOCK_USER, _LOCK_PR, _LOCK_REF = 0x43485531, 0x43485032, 0x43485233  # "CHU1", "CHP2", "CHR3"
 _ADVISORY_XACT_LOCK = text(
     "SELECT pg_advisory_xact_lock(CAST(:ns AS integer), CAST(:key AS integer))"
 )
@@ -144,6 +144,29 @@ _HOLDER_OF_HEAD = (
 )
 
 
+# One open request per kind + repository + environment + run_ref, where asked (the deploys the
+# model registry asks for): the row goes in only while no open request has the same four, in
+# one statement (SQLite: under the write lock; PostgreSQL: under that ref's advisory lock).
+# Two deliveries asking for the same version at the same instant (an alias and a tag, two
+# aliases) then make one card, not two that could each be approved.
+_OPEN_SAME_REF = (
+    _OTHER.c.kind == _NEW_VALUES["kind"],
+    _OTHER.c.repo == _NEW_VALUES["repo"],
+    _OTHER.c.environment == _NEW_VALUES["environment"],
+    _OTHER.c.run_ref == _NEW_VALUES["run_ref"],
+    _OTHER.c.status.in_(list(OPEN_STATES)),
+)
+_INSERT_REQUEST_UNLESS_OPEN = (
+    insert(db.requests)
+    .from_select(
+        list(_NEW_REQUEST_COLUMNS),
+        select(*_NEW_VALUES.values()).where(~exists().where(*_OPEN_SAME_REF)),
+    )
+    .returning(db.requests.c.id)
+)
+_OPEN_WITH_REF = select(_OTHER).where(*_OPEN_SAME_REF).order_by(_OTHER.c.created_at).limit(1)
+
+
 class NewRequests(Requests):
     """Creating requests (rate limit, idempotency) and taking an evaluation's head SHA."""
 
@@ -155,8 +178,12 @@ class NewRequests(Requests):
         audit_action: str | None = None,
         audit_detail: str = "",
         per_minute: int | None = None,
+        one_open_per_ref: bool = False,
     ) -> tuple[Request, bool]:
         """Insert; on a repeat of the same idempotency key return the existing row and False.
+
+        With one_open_per_ref, also return an open request of the same kind, repository,
+        environment and run_ref (and False) instead of inserting (_INSERT_REQUEST_UNLESS_OPEN).
 
         With audit_action, the audit row (actor: the requester, outcome: the new status) is
         written in the same transaction: a request is never stored without it, nor it without
@@ -194,9 +221,19 @@ class NewRequests(Requests):
             "holder": self.process_id,
             "failures": 0,
         }
+        if one_open_per_ref and per_minute is not None:
+            raise ValueError("one_open_per_ref does not combine with per_minute")
         try:
             with self.engine.begin() as conn:
-                if per_minute is None:
+                if one_open_per_ref:
+                    ref = f"{new.kind}:{new.repo}:{new.environment}:{new.run_ref}"
+                    _advisory_lock(conn, _LOCK_REF, ref)
+                    if conn.execute(_INSERT_REQUEST_UNLESS_OPEN, values).first() is None:
+                        row = conn.execute(_OPEN_WITH_REF, values).first()
+                        if row is None:  # cannot happen under the lock; never insert blind
+                            raise RuntimeError(f"no open request with {ref} and none inserted")
+                        return _row_to_request(row), False
+                elif per_minute is None:
                     conn.execute(_INSERT_REQUEST, values)
                 else:
                     # One lock per user, taken before the counting statement reads: READ

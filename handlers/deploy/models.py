@@ -14,7 +14,7 @@ from typing import Any
 from bot import logs
 from bot.config_base import ModelSpec
 from bot.deps import Deps
-from bot.model import APPROVED, OPEN_STATES, PENDING_APPROVAL, NewRequest, Request
+from bot.model import APPROVED, PENDING_APPROVAL, NewRequest, Request
 from bot.refs import UsageError, parse_model_args
 from bot.slacktext import escape_mrkdwn
 from bot.store import OverLimit
@@ -68,15 +68,6 @@ def _registry_request(
     version = str(data["version"])
     ref = model_ref(model.name, version)
     key = f"mlflow:{delivery_id}:{model.name}"
-    already = _open_request(deps, model, env, ref)
-    if already is not None:
-        # The same version asked again for the same environment (an alias set twice, a tag
-        # and an alias, ...) while its card is still open: that card answers it.
-        log.info(
-            "registry event for a version with an open deploy request; no new card",
-            extra={"request_id": already.id, "mlflow_event": event},
-        )
-        return
     facts = ModelFacts(
         name=model.name,
         version=version,
@@ -85,21 +76,21 @@ def _registry_request(
         delivery_id=delivery_id,
         run_id=str(data["run_id"]) if isinstance(data.get("run_id"), str) else None,
     )
-    req, created = _store(deps, model, env, ref, facts, REGISTRY_USER, model.channel, key, None)
+    # One open deploy per version and environment, decided by the insert itself: the same
+    # version asked again (an alias set twice, a tag and an alias, two deliveries at the same
+    # instant) while its card is open finds that card; a delivery handled again finds its own
+    # request, which the job pool or the recovery sweep carries on.
+    req, created = _store(
+        deps, model, env, ref, facts, REGISTRY_USER, model.channel, key, None, one_open=True
+    )
     logs.bind(request_id=req.id)
     if created:
         deps.jobs.submit(req.id)
-
-
-def _open_request(deps: Deps, model: ModelSpec, env: str, ref: str) -> Request | None:
-    """An open deploy of this version to env (a delivery handled again finds its own, which
-    the job pool or the recovery sweep carries on)."""
-    for req in deps.store.find(
-        kind=MODEL_DEPLOY, repo=model.repository, environment=env, statuses=OPEN_STATES
-    ):
-        if req.run_ref == ref:
-            return req
-    return None
+    elif (model_of(req) or {}).get("delivery_id") != delivery_id:
+        log.info(
+            "registry event for a version with an open deploy request; no new card",
+            extra={"request_id": req.id, "mlflow_event": event},
+        )
 
 
 def _store(
@@ -114,6 +105,7 @@ def _store(
     command: dict[str, Any] | None,
     *,
     per_minute: int | None = None,
+    one_open: bool = False,
 ) -> tuple[Request, bool]:
     cmd = deps.config.commands.deploy
     policy = cmd.policy_for(env)
@@ -139,6 +131,7 @@ def _store(
         + (f" ({facts['asked_by']}, {facts['event']})" if facts.get("event") else "")
         + ("" if policy else f"; {NO_APPROVAL}"),
         per_minute=per_minute,
+        one_open_per_ref=one_open,
     )
 
 
