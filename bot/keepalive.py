@@ -27,6 +27,7 @@ import io
 import select
 import ssl
 import threading
+import time
 from http.client import HTTPConnection, HTTPResponse, HTTPSConnection
 from typing import Any
 from urllib.error import HTTPError, URLError
@@ -36,6 +37,10 @@ from urllib.request import Request
 from slack_sdk import WebClient
 
 MAX_IDLE = 16  # idle connections kept per origin; more are closed after their answer
+# A connection idle longer than this is closed rather than reused: a peer or a NAT on the way
+# may have dropped it without a word (no FIN to see), and a call sent on it would wait for its
+# whole timeout before failing.
+MAX_IDLE_SECONDS = 30.0
 
 Origin = tuple[str, str, int]
 
@@ -81,10 +86,17 @@ def is_stale(conn: HTTPConnection) -> bool:
 class KeepAliveWebClient(WebClient):
     """A WebClient whose calls reuse connections (see the module docstring)."""
 
-    def __init__(self, *args: Any, max_idle: int = MAX_IDLE, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        max_idle: int = MAX_IDLE,
+        max_idle_seconds: float = MAX_IDLE_SECONDS,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.max_idle = max_idle
-        self._idle: dict[Origin, list[HTTPConnection]] = {}
+        self.max_idle_seconds = max_idle_seconds
+        self._idle: dict[Origin, list[tuple[float, HTTPConnection]]] = {}
         self._idle_lock = threading.Lock()
         self._tls: ssl.SSLContext | None = None
         self.connections_opened = 0  # for tests and the benchmark
@@ -100,10 +112,10 @@ class KeepAliveWebClient(WebClient):
         while True:
             with self._idle_lock:
                 idle = self._idle.get(origin)
-                conn = idle.pop() if idle else None
+                since, conn = idle.pop() if idle else (0.0, None)
             if conn is None:
                 break
-            if not is_stale(conn):
+            if time.monotonic() - since < self.max_idle_seconds and not is_stale(conn):
                 return conn
             conn.close()
         scheme, host, port = origin
@@ -116,14 +128,14 @@ class KeepAliveWebClient(WebClient):
         with self._idle_lock:
             idle = self._idle.setdefault(origin, [])
             if len(idle) < self.max_idle:
-                idle.append(conn)
+                idle.append((time.monotonic(), conn))
                 return
         conn.close()
 
     def close(self) -> None:
         """Close every idle connection (calls after this open new ones)."""
         with self._idle_lock:
-            conns = [c for idle in self._idle.values() for c in idle]
+            conns = [c for idle in self._idle.values() for _, c in idle]
             self._idle.clear()
         for conn in conns:
             conn.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -285,3 +286,14 @@ def test_mlflow_calls_share_one_tls_context(
         registry.ping()  # Slack's double answers a JSON object: enough for this
     assert len([c for c in tls_slack.calls if "mlflow" in c.method]) == 3
     assert len(contexts_built) <= 1
+
+
+def test_a_connection_idle_too_long_is_not_reused(slack: SlackDouble) -> None:
+    """One that a NAT may have dropped without a word: closed, and the call opens another."""
+    out = _out(slack, "keepalive", max_idle_seconds=0.2)
+    out.post("C0PROJECT", "first")
+    out.post("C0PROJECT", "soon after")
+    assert out.client.connections_opened == 1  # type: ignore[attr-defined]
+    time.sleep(0.3)
+    out.post("C0PROJECT", "later")
+    assert out.client.connections_opened == 2  # type: ignore[attr-defined]
