@@ -25,6 +25,10 @@ from bot.store.base import (
 )
 
 _TRIGGER_OF = select(db.requests.c.trigger).where(db.requests.c.id == bindparam("b_id"))
+# Built once: on the path of every relayed run event (settle), building it cost a third of it.
+_RUNS_OF = (
+    select(db.runs).where(db.runs.c.request_id == bindparam("b_id")).order_by(db.runs.c.run_id)
+)
 _GET_RUN = select(db.runs).where(db.runs.c.run_id == bindparam("b_id"))
 _INSERT_RUN = insert(db.runs)
 # A run's record only moves forward: a later attempt, or the same attempt unless it would take
@@ -134,9 +138,7 @@ class Runs(StoreBase):
 
     def runs_of(self, request_id: str) -> list[RunRecord]:
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(db.runs).where(db.runs.c.request_id == request_id).order_by(db.runs.c.run_id)
-            ).all()
+            rows = conn.execute(_RUNS_OF, {"b_id": request_id}).all()
         return [_run_record(row._mapping) for row in rows]
 
 
