@@ -30,6 +30,7 @@ _RUNS_OF = (
     select(db.runs).where(db.runs.c.request_id == bindparam("b_id")).order_by(db.runs.c.run_id)
 )
 _GET_RUN = select(db.runs).where(db.runs.c.run_id == bindparam("b_id"))
+_OWNER_OF_RUN = select(db.runs.c.request_id).where(db.runs.c.run_id == bindparam("b_id"))
 _INSERT_RUN = insert(db.runs)
 # A run's record only moves forward: a later attempt, or the same attempt unless it would take
 # a completed run back to queued/in progress (a redelivery or a poll after the webhook).
@@ -131,9 +132,7 @@ class Runs(StoreBase):
     def run_owner(self, run_id: str) -> str | None:
         """The request a run was linked to before, if any."""
         with self.engine.connect() as conn:
-            row = conn.execute(
-                select(db.runs.c.request_id).where(db.runs.c.run_id == run_id)
-            ).first()
+            row = conn.execute(_OWNER_OF_RUN, {"b_id": run_id}).first()
         return row[0] if row else None
 
     def runs_of(self, request_id: str) -> list[RunRecord]:
