@@ -285,9 +285,12 @@ class Launcher:
         """Bolt AsyncApp + one SQLite insert per ack (bench/anchor.py)."""
         port = free_port()
         self.count += 1
+        info = self.doubles.info
         env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")} | {
             "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-            "SLACK_API_URL": self.doubles.info["slack_url"],
+            "SLACK_API_URL": info["slack_url"],
+            # --slack-tls: the anchor trusts the double as the bridge does.
+            **({"SSL_CERT_FILE": info["slack_ca_file"]} if info.get("slack_ca_file") else {}),
         }
         db = self.tmp / f"anchor-{self.count}.db"
         args = [PY, str(BENCH / "anchor.py"), str(port), str(db)]
