@@ -113,13 +113,13 @@ class KeepAliveWebClient(WebClient):
             with self._idle_lock:
                 idle = self._idle.get(origin)
                 since, conn = idle.pop() if idle else (0.0, None)
-            if conn is None:
-                break
+                if conn is None:
+                    self.connections_opened += 1  # counted under the lock: threads share it
+                    break
             if time.monotonic() - since < self.max_idle_seconds and not is_stale(conn):
                 return conn
             conn.close()
         scheme, host, port = origin
-        self.connections_opened += 1
         if scheme == "https":
             return HTTPSConnection(host, port, timeout=self.timeout, context=self._context())
         return HTTPConnection(host, port, timeout=self.timeout)
@@ -131,14 +131,6 @@ class KeepAliveWebClient(WebClient):
                 idle.append((time.monotonic(), conn))
                 return
         conn.close()
-
-    def close(self) -> None:
-        """Close every idle connection (calls after this open new ones)."""
-        with self._idle_lock:
-            conns = [c for idle in self._idle.values() for _, c in idle]
-            self._idle.clear()
-        for conn in conns:
-            conn.close()
 
     # -- the exchange --------------------------------------------------------------------
     def _perform_urllib_http_request_internal(self, url: str, req: Request) -> dict[str, Any]:
