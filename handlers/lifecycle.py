@@ -59,7 +59,9 @@ def message_digest(msg: messages.Message) -> str:
     return hashlib.sha256(json.dumps(msg, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def refresh_root(deps: Deps, req: Request, *, trailing: bool = False) -> None:
+def refresh_root(
+    deps: Deps, req: Request, *, trailing: bool = False, current: Request | None = None
+) -> None:
     """Edit the thread root so its status line matches the database.
 
     Coalesced, because a busy workflow can send many events a second and chat.update is rate
@@ -67,8 +69,9 @@ def refresh_root(deps: Deps, req: Request, *, trailing: bool = False) -> None:
     most once per `rate_limits.root_edit_seconds` slot (claimed in the database, so threads
     and replicas agree), an edit that finds its slot taken is sent once at the end of the slot
     from the then newest state, and the edit to a final state is always sent at once.
+    `current`: the request as just committed by the caller (saves reading it again).
     """
-    current = deps.store.get(req.id) or req
+    current = current or deps.store.get(req.id) or req
     if not current.root_ts:
         return
     msg = root_message(deps, current)
@@ -338,13 +341,14 @@ def settle(deps: Deps, req: Request) -> None:
         return
     status, summary = _aggregate(runs)
     finished_at = deps.clock() if status in (SUCCEEDED, FAILED) else None
-    changed = deps.store.update(
+    # The status and the summary in one transaction, which also gives the root its state.
+    changed, current = deps.store.update_and_merge(
         req.id,
+        ThreadDetails(runs_summary=summary),
         only_if_status=(*WAITING_FOR_RUNS, SUCCEEDED, FAILED),
         status=status,
         finished_at=finished_at,
     )
-    details.merge(deps, req.id, ThreadDetails(runs_summary=summary))
     if changed and status != req.status and status in (SUCCEEDED, FAILED):
         deps.store.audit(
             actor="github",
@@ -353,7 +357,7 @@ def settle(deps: Deps, req: Request) -> None:
             request_id=req.id,
             detail=" ".join(r.html_url for r in runs if r.html_url),
         )
-    refresh_root(deps, req)
+    refresh_root(deps, req, current=current)
     hook = kinds.get(req.kind).on_succeeded
     if status == SUCCEEDED and hook is not None:
         hook(deps, req)

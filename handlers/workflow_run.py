@@ -78,10 +78,9 @@ def title_match(deps: Deps, rid: str, run: RunInfo) -> Request | None:
 def request_for_run(deps: Deps, run: RunInfo) -> Request | None:
     """The one request a run belongs to: earlier link, request id in the title of a run the
     bridge dispatched, or (label-triggered /evaluate only) PR + head SHA."""
-    linked = deps.store.run_owner(str(run.id))
+    linked, req = deps.store.linked_request(str(run.id))
     if linked:
         # Linked when first matched, by the rules below.
-        req = deps.store.get(linked)
         return req if req is not None and req.repo == run.repo else None
     rid = request_id_in_title(run.display_title)
     if rid:
@@ -138,6 +137,7 @@ def relay_run(deps: Deps, req: Request, run: RunInfo) -> None:
     _, stored = deps.store.upsert_run(
         run_id=run_id,
         request_id=req.id,
+        trigger=req.trigger,
         repo=run.repo,
         name=run.name,
         status=run.status,

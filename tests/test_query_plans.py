@@ -163,6 +163,7 @@ def hot_calls(store: Store) -> list[tuple[str, Callable[[], Any]]]:
         # -- reply: a relayed event finds its request, records the run, replies once
         ("reply: request by id", lambda: store.get(req.id)),
         ("reply: run linked before", lambda: store.run_owner("9001")),
+        ("reply: run linked before, with its request", lambda: store.linked_request("9001")),
         (
             "reply: PR run matched by PR number",
             lambda: store.find(
@@ -198,6 +199,12 @@ def hot_calls(store: Store) -> list[tuple[str, Callable[[], Any]]]:
             lambda: store.update(req.id, only_if_status=(ACCEPTED,), status=TRIGGERED),
         ),
         ("reply: details merge", lambda: store.merge_details(req.id, {"x": 1})),
+        (
+            "reply: status and details in one transaction",
+            lambda: store.update_and_merge(
+                req.id, {"x": 2}, only_if_status=(ACCEPTED, TRIGGERED), status=TRIGGERED
+            ),
+        ),
         ("reply: claim a request", lambda: store.claim(req.id)),
         ("reply: release a request", lambda: store.release(req.id, retry_in=1.0)),
         ("reply: one evaluation per head SHA", lambda: store.take_head(req, SHA)),

@@ -79,8 +79,8 @@ def test_concurrent_merges_of_different_keys_lose_none(database_url: str) -> Non
 
 
 def test_concurrent_first_deliveries_of_one_run_store_it_once(database_url: str) -> None:
-    """Many deliveries of a run nobody stored yet: exactly one inserts it (previous record
-    None); the others find it stored (the insert that lost the race changes nothing)."""
+    """Many deliveries of a run nobody stored yet: exactly one inserts it (created);
+    the others find it stored (the insert that lost the race changes nothing)."""
     store, rid = _store_with_request(database_url, {})
     results: list[tuple[object, bool]] = []
     errors: list[BaseException] = []
@@ -112,5 +112,67 @@ def test_concurrent_first_deliveries_of_one_run_store_it_once(database_url: str)
     for t in threads:
         t.join()
     assert not errors
-    assert sum(1 for prev, _ in results if prev is None) == 1
+    assert sum(1 for created, _ in results if created) == 1
     assert [r.run_id for r in store.runs_of(rid)] == ["777"]
+
+
+def test_update_and_merge_is_one_transaction_that_returns_the_committed_request(
+    database_url: str,
+) -> None:
+    """settle's write: the status change (when allowed) and the details merge commit together,
+    and the request handed back is what a read after the commit returns."""
+    from sqlalchemy import event
+
+    store, rid = _store_with_request(database_url, {"kept": 1})
+    commits: list[int] = []
+    event.listen(store.engine, "commit", lambda _conn: commits.append(1))
+    changed, req = store.update_and_merge(
+        rid, {"runs_summary": "ci: running"}, only_if_status=("accepted",), status="triggered"
+    )
+    assert changed and len(commits) == 1
+    assert req == store.get(rid)
+    assert req is not None and req.status == "triggered"
+    assert req.details == {"kept": 1, "runs_summary": "ci: running"}
+
+    # The status condition does not hold: nothing changes but the details.
+    changed, req = store.update_and_merge(
+        rid, {"runs_summary": "ci: done"}, only_if_status=("accepted",), status="triggered"
+    )
+    assert not changed
+    assert req == store.get(rid)
+    assert req is not None and req.status == "triggered"
+    assert req.details["runs_summary"] == "ci: done"
+
+    # Keys that are not plain words take merge_details' read-merge-write path, same outcome.
+    changed, req = store.update_and_merge(
+        rid, {"odd key": True}, only_if_status=("triggered",), status="succeeded"
+    )
+    assert changed and req == store.get(rid)
+    assert req is not None and req.details["odd key"] is True and req.status == "succeeded"
+    assert store.update_and_merge("nope", {"x": 1}, only_if_status=("accepted",))[1] is None
+
+
+def test_a_run_linked_before_is_found_with_its_request_in_one_read(database_url: str) -> None:
+    store, rid = _store_with_request(database_url, {})
+    assert store.linked_request("555") == (False, None)
+    run = {
+        "request_id": rid,
+        "repo": "acme/ml-models",
+        "name": "eval",
+        "status": "queued",
+        "conclusion": None,
+        "attempt": 1,
+        "html_url": None,
+        "head_sha": None,
+        "started_at": None,
+    }
+    assert store.upsert_run(run_id="555", **run) == (True, True)
+    linked, req = store.linked_request("555")
+    assert linked and req == store.get(rid)
+    # The same view again is stored (a redelivery); an older one is not.
+    assert store.upsert_run(run_id="555", **run) == (False, True)
+    assert store.upsert_run(run_id="555", **{**run, "status": "completed"}) == (False, True)
+    assert store.upsert_run(run_id="555", **run) == (False, False)
+    # A link whose request is gone still counts as linked: the run is nobody else's.
+    store.upsert_run(run_id="556", **{**run, "request_id": "gone"})
+    assert store.linked_request("556") == (True, None)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import (
+    Connection,
     and_,
     bindparam,
     func,
@@ -17,7 +18,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.sql.base import Executable
 
 from bot import db
 from bot.model import (
@@ -64,7 +65,7 @@ _CLAIM = (
 
 
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-_MERGES: dict[tuple[str, tuple[str, ...]], TextClause] = {}
+_MERGES: dict[tuple[str, tuple[str, ...], bool], Executable] = {}
 
 
 class Requests(StoreBase):
@@ -91,6 +92,50 @@ class Requests(StoreBase):
         Returns whether a row changed: the single conditional UPDATE is what makes concurrent
         clicks, retries and recovery sweeps agree on one outcome.
         """
+        change = self._update_values(request_id, only_if_status, values)
+        if change is None:
+            return False
+        with self.engine.begin() as conn:
+            changed = self._update_in(conn, request_id, *change)
+        self._log_status(request_id, changed, *change)
+        return changed
+
+    def update_and_merge(
+        self,
+        request_id: str,
+        details: Mapping[str, Any],
+        *,
+        only_if_status: Iterable[str],
+        **values: Any,
+    ) -> tuple[bool, Request | None]:
+        """`update(…)` and `merge_details(details)` in one transaction; returns whether the
+        update changed the row and the request as committed (None: no such request).
+
+        The details are merged whether or not the status condition held. One commit instead
+        of two, and the caller needs no read after it (lifecycle.settle → refresh_root).
+        """
+        statement = self._merge_statement(tuple(details), returning=True)
+        patch = json.dumps(dict(details))
+        change = self._update_values(request_id, only_if_status, values)
+        if statement is None or "\\u0000" in patch:
+            # The read-merge-write fallback of merge_details: three steps, as before.
+            changed = self.update(request_id, only_if_status=only_if_status, **values)
+            self.merge_details(request_id, dict(details))
+            return changed, self.get(request_id)
+        merge = self._merge_params(request_id, details, patch)
+        changed = False
+        with self.engine.begin() as conn:
+            if change is not None:
+                changed = self._update_in(conn, request_id, *change)
+            row = conn.execute(statement, merge).first()
+        if change is not None:
+            self._log_status(request_id, changed, *change)
+        return changed, (_row_to_request(row) if row else None)
+
+    def _update_values(
+        self, request_id: str, only_if_status: Iterable[str] | None, values: dict[str, Any]
+    ) -> tuple[Any, dict[str, Any], list[str] | None] | None:
+        """(statement, parameters, statuses) of an update; None when no status may change."""
         if "details" in values and not isinstance(values["details"], str):
             values["details"] = json.dumps(values["details"])
         values["updated_at"] = self.clock()
@@ -105,27 +150,49 @@ class Requests(StoreBase):
                 if wrong:
                     raise ValueError(f"status change {wrong} -> {values['status']} not allowed")
             if not statuses:
-                return False
+                return None
             statement, values["b_statuses"] = _UPDATE_REQUEST_IF, statuses
-        logged = "status" in values and log.isEnabledFor(logging.INFO)
-        before: str | None = None
-        with self.engine.begin() as conn:
-            if logged:
-                # "from" of the story's "status changed" line: known when only one status may
-                # change, else read in the same transaction (a primary-key read, and only for
-                # status changes, never on the path before a command's ack).
-                if statuses is not None and len(statuses) == 1:
-                    before = statuses[0]
-                else:
-                    before = conn.execute(_STATUS_OF, {"b_id": request_id}).scalar()
-            result = conn.execute(statement, values)
-        changed = bool(result.rowcount)
-        if changed and logged and before != values["status"]:
+        return statement, values, statuses
+
+    @staticmethod
+    def _logged(values: dict[str, Any]) -> bool:
+        return "status" in values and log.isEnabledFor(logging.INFO)
+
+    def _update_in(
+        self,
+        conn: Connection,
+        request_id: str,
+        statement: Any,
+        values: dict[str, Any],
+        statuses: list[str] | None,
+    ) -> bool:
+        if self._logged(values):
+            # "from" of the story's "status changed" line: known when only one status may
+            # change, else read in the same transaction (a primary-key read, and only for
+            # status changes, never on the path before a command's ack).
+            if statuses is not None and len(statuses) == 1:
+                values["_before"] = statuses[0]
+            else:
+                values["_before"] = conn.execute(_STATUS_OF, {"b_id": request_id}).scalar()
+        params = {k: v for k, v in values.items() if k != "_before"}
+        return bool(conn.execute(statement, params).rowcount)
+
+    def _log_status(
+        self,
+        request_id: str,
+        changed: bool,
+        statement: Any,
+        values: dict[str, Any],
+        statuses: list[str] | None,
+    ) -> None:
+        if not (changed and self._logged(values)):
+            return
+        before = values.get("_before")
+        if before != values["status"]:
             log.info(
                 "request status changed",
                 extra={"request_id": request_id, "from": before, "to": values["status"]},
             )
-        return changed
 
     def merge_details(self, request_id: str, extra: dict[str, Any]) -> None:
         """Merge keys into details (each given key replaced whole), in one UPDATE: the
@@ -137,20 +204,29 @@ class Requests(StoreBase):
             # them): read, merge and compare-and-set in Python instead.
             self.change_details(request_id, lambda details: {**details, **extra})
             return
+        with self.engine.begin() as conn:
+            conn.execute(statement, self._merge_params(request_id, extra, patch))
+
+    def _merge_params(
+        self, request_id: str, extra: Mapping[str, Any], patch: str
+    ) -> dict[str, Any]:
         values: dict[str, Any] = {"b_id": request_id, "b_now": self.clock(), "b_patch": patch}
         for i, value in enumerate(extra.values()):
             values[f"b_v{i}"] = json.dumps(value)
-        with self.engine.begin() as conn:
-            conn.execute(statement, values)
+        return values
 
-    def _merge_statement(self, keys: tuple[str, ...]) -> TextClause | None:
-        """`UPDATE … SET details = <details with these keys replaced>`, built once per key set.
+    def _merge_statement(
+        self, keys: tuple[str, ...], *, returning: bool = False
+    ) -> Executable | None:
+        """`UPDATE … SET details = <details with these keys replaced>`, built once per key set
+        (with `returning`: and the request's row as it is after it).
 
         PostgreSQL: jsonb `||` (a shallow merge); SQLite: json_set of each key (json_patch
         would merge nested objects and drop null values, which a shallow merge does not)."""
         if not keys or not all(_WORD.fullmatch(k) for k in keys):
             return None
-        cached = _MERGES.get((self.engine.dialect.name, keys))
+        cache_key = (self.engine.dialect.name, keys, returning)
+        cached = _MERGES.get(cache_key)
         if cached is not None:
             return cached
         current = "coalesce(nullif(details, ''), '{}')"
@@ -161,10 +237,13 @@ class Requests(StoreBase):
             merged = f"json_set({current}, {pairs})"
         # Only the keys (checked above to be plain words) are written into the text; every
         # value is a bound parameter.
-        statement = text(
-            f"UPDATE requests SET details = {merged}, updated_at = :b_now WHERE id = :b_id"  # noqa: S608
-        )
-        _MERGES[(self.engine.dialect.name, keys)] = statement
+        sql = f"UPDATE requests SET details = {merged}, updated_at = :b_now WHERE id = :b_id"  # noqa: S608
+        statement: Executable = text(sql)
+        if returning:
+            columns = db.requests.columns
+            returned = text(sql + " RETURNING " + ", ".join(c.name for c in columns))
+            statement = returned.columns(*columns)  # typed: the row maps like a select's
+        _MERGES[cache_key] = statement
         return statement
 
     def change_details(

@@ -8,19 +8,20 @@ from sqlalchemy import (
     RowMapping,
     and_,
     bindparam,
-    insert,
     or_,
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects import postgresql, sqlite
 
 from bot import db
 from bot.model import (
+    Request,
     RunRecord,
 )
 from bot.store.base import (
     StoreBase,
+    _request_from,
     log,
 )
 
@@ -29,9 +30,23 @@ _TRIGGER_OF = select(db.requests.c.trigger).where(db.requests.c.id == bindparam(
 _RUNS_OF = (
     select(db.runs).where(db.runs.c.request_id == bindparam("b_id")).order_by(db.runs.c.run_id)
 )
-_GET_RUN = select(db.runs).where(db.runs.c.run_id == bindparam("b_id"))
 _OWNER_OF_RUN = select(db.runs.c.request_id).where(db.runs.c.run_id == bindparam("b_id"))
-_INSERT_RUN = insert(db.runs)
+# The link and the request it names in one read (a LEFT JOIN: a link whose request is gone
+# still counts as linked).
+_LINKED_REQUEST = (
+    select(db.runs.c.request_id.label("linked_to"), *db.requests.c)
+    .select_from(db.runs.outerjoin(db.requests, db.requests.c.id == db.runs.c.request_id))
+    .where(db.runs.c.run_id == bindparam("b_id"))
+)
+# A new run's row, unless one is there already (a concurrent first delivery of the run):
+# ON CONFLICT DO NOTHING leaves the transaction usable on PostgreSQL, no savepoint needed.
+# RETURNING says whether the row went in (an INSERT's rowcount is not kept by SQLAlchemy).
+_INSERT_RUN = {
+    name: dialect.insert(db.runs)
+    .on_conflict_do_nothing(index_elements=["run_id"])
+    .returning(db.runs.c.run_id)
+    for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
+}
 # A run's record only moves forward: a later attempt, or the same attempt unless it would take
 # a completed run back to queued/in progress (a redelivery or a poll after the webhook).
 _UPDATE_RUN_IF_NEWER = update(db.runs).where(
@@ -63,11 +78,14 @@ class Runs(StoreBase):
         html_url: str | None,
         head_sha: str | None,
         started_at: float | None,
-    ) -> tuple[RunRecord | None, bool]:
+        trigger: str | None = None,
+    ) -> tuple[bool, bool]:
         """Store a view of a run unless the stored one is newer (see _UPDATE_RUN_IF_NEWER).
 
-        Returns the previous record (None when new) and whether this view was stored; the one
-        conditional UPDATE keeps concurrent deliveries of one run from stepping back.
+        Returns (created, stored): whether this call inserted the run, and whether this view
+        was stored. The conditional UPDATE keeps concurrent deliveries of one run from
+        stepping back; a run seen before (every event after its first) costs that one
+        statement. `trigger`: the request's, for the log line (read when not given).
         """
         now = self.clock()
         values = {
@@ -82,28 +100,29 @@ class Runs(StoreBase):
             "started_at": started_at,
             "updated_at": now,
         }
+        newer = {"b_id": run_id, "b_attempt": attempt, "b_completed": status == "completed"}
+        created = False
         with self.engine.begin() as conn:
-            row = conn.execute(_GET_RUN, {"b_id": run_id}).first()
-            if row is None:
-                try:
-                    with conn.begin_nested():
-                        conn.execute(_INSERT_RUN, {"run_id": run_id, **values})
-                    if log.isEnabledFor(logging.INFO):
-                        # How handlers.workflow_run.request_for_run matched an unlinked run
-                        # follows from the request's trigger: a run-name (title) is evidence
-                        # only for dispatched requests, PR + head SHA only for labelled ones.
-                        trigger = conn.execute(_TRIGGER_OF, {"b_id": request_id}).scalar()
-                        how = "title" if trigger == "dispatch" else "head_sha"
-                        self._log_run(run_id, request_id, how, status, conclusion, attempt, True)
-                    return None, True
-                except IntegrityError:
-                    row = conn.execute(_GET_RUN, {"b_id": run_id}).first()
-            assert row is not None
-            newer = {"b_attempt": attempt, "b_completed": status == "completed"}
-            stored = conn.execute(_UPDATE_RUN_IF_NEWER, {"b_id": run_id, **newer, **values})
+            stored = conn.execute(_UPDATE_RUN_IF_NEWER, {**newer, **values}).rowcount > 0
+            if not stored:
+                insert_run = _INSERT_RUN[self.engine.dialect.name]
+                inserted = conn.execute(insert_run, {"run_id": run_id, **values}).first()
+                created = inserted is not None
+                if not created:
+                    # Inserted meanwhile by a concurrent delivery of the run: apply the rule.
+                    stored = conn.execute(_UPDATE_RUN_IF_NEWER, {**newer, **values}).rowcount > 0
+            if created and trigger is None and log.isEnabledFor(logging.INFO):
+                trigger = conn.execute(_TRIGGER_OF, {"b_id": request_id}).scalar()
+        if created:
+            # How handlers.workflow_run.request_for_run matched an unlinked run follows from
+            # the request's trigger: a run-name (title) is evidence only for dispatched
+            # requests, PR + head SHA only for labelled ones.
+            how = "title" if trigger == "dispatch" else "head_sha"
+            self._log_run(run_id, request_id, how, status, conclusion, attempt, True)
+            return True, True
         # Linked before: later events of a run find their request by the link (runs table).
-        self._log_run(run_id, request_id, "link", status, conclusion, attempt, stored.rowcount > 0)
-        return _run_record(row._mapping), bool(stored.rowcount)
+        self._log_run(run_id, request_id, "link", status, conclusion, attempt, stored)
+        return False, stored
 
     @staticmethod
     def _log_run(
@@ -134,6 +153,16 @@ class Runs(StoreBase):
         with self.engine.connect() as conn:
             row = conn.execute(_OWNER_OF_RUN, {"b_id": run_id}).first()
         return row[0] if row else None
+
+    def linked_request(self, run_id: str) -> tuple[bool, Request | None]:
+        """(linked, request): whether the run was linked before, and its request if it still
+        exists."""
+        with self.engine.connect() as conn:
+            row = conn.execute(_LINKED_REQUEST, {"b_id": run_id}).first()
+        if row is None:
+            return False, None
+        m = row._mapping
+        return True, (_request_from(m) if m["id"] is not None else None)
 
     def runs_of(self, request_id: str) -> list[RunRecord]:
         with self.engine.connect() as conn:

@@ -277,10 +277,11 @@ def _open_gate(deps: Deps, repo: str, run: RunInfo, rule: GateRule, login: str, 
         detail=f"{repo} run {run.id} to {rule['environment']} ({event})",
     )
     # The run is this request's from now on: its workflow_run and deployment_status events
-    # follow in the card's thread (handlers/workflow_run.py request_for_run: run_owner).
+    # follow in the card's thread (handlers/workflow_run.py request_for_run: linked_request).
     deps.store.upsert_run(
         run_id=str(run.id),
         request_id=req.id,
+        trigger=req.trigger,
         repo=repo,
         name=run.name,
         status=run.status or "waiting",
