@@ -1,0 +1,170 @@
+"""CPU of the relay path alone: a fixed number of workflow_run deliveries, one thread, no load.
+
+    .venv/bin/python bench/relay.py                          # 400 requests, 800 events, SQLite
+    .venv/bin/python bench/relay.py --database postgres --slack-tls
+    .venv/bin/python bench/relay.py --root /path/to/other/checkout   # the same loop, other code
+
+bench/run.py's reply phase measures the relay under load (webhooks at a steady rate, every
+thread busy), where the figure moves with the machine's other work. This one stores each
+delivery as the intake does, then runs its job (claim, match, run upsert, thread reply, status,
+root edit, finish) on the calling thread, one after the other, and reads that thread's CPU
+clock: the cost of one relayed event with nothing else running, comparable between two trees
+(`--root`). Each request gets a started and a finished event; every root edit is sent
+(root_edit_seconds 0). Slack and GitHub are bench/doubles.py's, in their own process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--requests", type=int, default=400)
+    ap.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
+    ap.add_argument("--slack-tls", action="store_true", help="Slack's double over https")
+    ap.add_argument("--root", default=str(ROOT), help="the checkout whose bot/ is measured")
+    args = ap.parse_args(argv)
+
+    # The tree measured comes first on the path; the bench helpers and the webhook corpus next.
+    sys.path[:0] = [str(BENCH), str(ROOT / "tests")]
+    import run  # bench/run.py: the doubles, databases and the workflow_run body
+    import webhook_examples
+
+    sys.path.insert(0, str(Path(args.root).resolve()))  # ahead of what run.py put first
+
+    tmp = Path(tempfile.mkdtemp(prefix="chatops-relay-"))
+    doubles = run.Doubles(slack_tls=args.slack_tls)
+    databases = run.Databases(args.database, tmp)
+    try:
+        info = doubles.info
+        if info.get("slack_ca_file"):
+            os.environ["SSL_CERT_FILE"] = info["slack_ca_file"]
+        figures = measure(args, run, webhook_examples, info, databases.fresh(), tmp)
+    finally:
+        doubles.close()
+        databases.cleanup()
+    import bot
+
+    print(
+        f"relay path, one thread · {args.database} · Slack over "
+        f"{'https' if args.slack_tls else 'http'} · bot from {Path(bot.__file__).parent.parent}"
+    )
+    for key, value in figures.items():
+        print(f"  {key:<34} {value}")
+    return 0
+
+
+def measure(
+    args: argparse.Namespace,
+    run: Any,
+    webhook_examples: Any,
+    info: dict[str, object],
+    database_url: str,
+    tmp: Path,
+) -> dict[str, str]:
+    import yaml
+
+    from bot import logs
+    from bot.config import parse_config
+    from bot.settings import load_settings
+    from bot.wiring import Bridge
+
+    config = yaml.safe_load(run.CONFIG)
+    config["rate_limits"]["root_edit_seconds"] = 0
+    settings = load_settings(
+        {
+            "SLACK_BOT_TOKEN": run.BOT_TOKEN,
+            "SLACK_SIGNING_SECRET": "relay-" + secrets.token_hex(8),
+            "SLACK_API_URL": str(info["slack_url"]),
+            "GITHUB_APP_ID": str(info["app_id"]),
+            "GITHUB_APP_PRIVATE_KEY": str(info["private_key_pem"]),
+            "GITHUB_WEBHOOK_SECRET": "relay-" + secrets.token_hex(8),
+            "GITHUB_API_URL": str(info["github_url"]),
+            "DATABASE_URL": database_url,
+            "CHATOPS_CONFIG": str(tmp / "unused.yml"),
+            "PORT": "3000",
+        }
+    )
+    # The log lines are part of the cost: written as `serve` writes them, to /dev/null.
+    stderr, sys.stderr = sys.stderr, open(os.devnull, "w")  # noqa: SIM115
+    logs.setup(fmt=settings.log_format, secrets=settings.secret_values(), level=settings.log_level)
+    bridge = Bridge(settings, parse_config(config), start_scheduler=False)
+    try:
+        return relay(args.requests, bridge, run, webhook_examples)
+    finally:
+        bridge.jobs.shutdown(wait=True)
+        bridge.engine.dispose()
+        sys.stderr.close()
+        sys.stderr = stderr
+
+
+def relay(count: int, bridge: Any, run: Any, webhook_examples: Any) -> dict[str, str]:
+    from bot.model import TRIGGERED, NewRequest
+
+    store, slack, jobs = bridge.store, bridge.slack, bridge.jobs
+    template = next(
+        p
+        for p in webhook_examples.payloads("workflow_run", "completed")
+        if len(json.dumps(p)) > 19000
+    )
+    channel = "C0BENCH01"
+    reqs = []
+    for n in range(count):
+        sha = f"{n:040x}"
+        req, _ = store.create_request(
+            NewRequest(
+                kind="evaluate",
+                repo=run.REPO,
+                pr_number=1000 + n,
+                head_sha=sha,
+                trigger="label",
+                channel_id=channel,
+                user_id="U0BENCH01",
+                idempotency_key=f"relay:{uuid.uuid4()}",
+            )
+        )
+        root_ts = slack.post(channel, f"root of {req.id}")  # the root the events edit
+        store.update(req.id, status=TRIGGERED, root_ts=root_ts, action_started_at=time.time() - 5)
+        reqs.append((req.id, sha, 1000 + n))
+    bodies = []
+    for n, (rid, sha, pr) in enumerate(reqs):
+        for action in ("in_progress", "completed"):
+            body = run.workflow_run_body(template, n, rid, sha, action, pr)
+            bodies.append((f"relay-{uuid.uuid4()}", action, body.decode()))
+    walls: list[float] = []
+    cpu0, wall0 = time.thread_time(), time.perf_counter()
+    for delivery_id, action, body in bodies:
+        t = time.perf_counter()
+        store.record_delivery(delivery_id, "workflow_run", action, body)
+        jobs.run_delivery(delivery_id, "workflow_run")
+        walls.append((time.perf_counter() - t) * 1000)
+    cpu, wall = time.thread_time() - cpu0, time.perf_counter() - wall0
+    done = sum(1 for rid, _, _ in reqs if store.get(rid).status == "succeeded")
+    walls.sort()
+    return {
+        "events": f"{len(bodies)} ({count} requests: started, finished)",
+        "requests succeeded": f"{done} of {count}",
+        "CPU per event (this thread)": f"{cpu * 1000 / len(bodies):.2f} ms",
+        "wall per event p50 / p99": (
+            f"{statistics.median(walls):.2f} / {walls[int(0.99 * (len(walls) - 1))]:.2f} ms"
+        ),
+        "events per second (one thread)": f"{len(bodies) / wall:.0f}",
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
