@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         info = doubles.info
         if info.get("slack_ca_file"):
             os.environ["SSL_CERT_FILE"] = info["slack_ca_file"]
-        figures = measure(args, run, webhook_examples, info, databases.fresh(), tmp)
+        figures = measure(args, run, webhook_examples, doubles, databases.fresh(), tmp)
     finally:
         doubles.close()
         databases.cleanup()
@@ -72,7 +72,7 @@ def measure(
     args: argparse.Namespace,
     run: Any,
     webhook_examples: Any,
-    info: dict[str, object],
+    doubles: Any,
     database_url: str,
     tmp: Path,
 ) -> dict[str, str]:
@@ -83,6 +83,7 @@ def measure(
     from bot.settings import load_settings
     from bot.wiring import Bridge
 
+    info = doubles.info
     config = yaml.safe_load(run.CONFIG)
     config["rate_limits"]["root_edit_seconds"] = 0
     settings = load_settings(
@@ -104,7 +105,7 @@ def measure(
     logs.setup(fmt=settings.log_format, secrets=settings.secret_values(), level=settings.log_level)
     bridge = Bridge(settings, parse_config(config), start_scheduler=False)
     try:
-        return relay(args.requests, bridge, run, webhook_examples)
+        return relay(args.requests, bridge, run, webhook_examples, doubles)
     finally:
         bridge.jobs.shutdown(wait=True)
         bridge.engine.dispose()
@@ -112,7 +113,7 @@ def measure(
         sys.stderr = stderr
 
 
-def relay(count: int, bridge: Any, run: Any, webhook_examples: Any) -> dict[str, str]:
+def relay(count: int, bridge: Any, run: Any, webhook_examples: Any, doubles: Any) -> dict[str, str]:
     from bot.model import TRIGGERED, NewRequest
 
     store, slack, jobs = bridge.store, bridge.slack, bridge.jobs
@@ -146,6 +147,7 @@ def relay(count: int, bridge: Any, run: Any, webhook_examples: Any) -> dict[str,
             body = run.workflow_run_body(template, n, rid, sha, action, pr)
             bodies.append((f"relay-{uuid.uuid4()}", action, body.decode()))
     walls: list[float] = []
+    connections0 = doubles.ask("slack connections")
     cpu0, wall0 = time.thread_time(), time.perf_counter()
     for delivery_id, action, body in bodies:
         t = time.perf_counter()
@@ -153,6 +155,7 @@ def relay(count: int, bridge: Any, run: Any, webhook_examples: Any) -> dict[str,
         jobs.run_delivery(delivery_id, "workflow_run")
         walls.append((time.perf_counter() - t) * 1000)
     cpu, wall = time.thread_time() - cpu0, time.perf_counter() - wall0
+    connections = doubles.ask("slack connections") - connections0
     done = sum(1 for rid, _, _ in reqs if store.get(rid).status == "succeeded")
     walls.sort()
     return {
@@ -163,6 +166,7 @@ def relay(count: int, bridge: Any, run: Any, webhook_examples: Any) -> dict[str,
             f"{statistics.median(walls):.2f} / {walls[int(0.99 * (len(walls) - 1))]:.2f} ms"
         ),
         "events per second (one thread)": f"{len(bodies) / wall:.0f}",
+        "Slack connections opened": str(connections),
     }
 
 
