@@ -8,21 +8,33 @@ a `code span` still separates cells, and a table cannot start inside a lazy cont
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
-from markdown_it import MarkdownIt
+if TYPE_CHECKING:
+    from markdown_it import MarkdownIt
 
 __all__ = ["Segment", "Table", "closes", "fence_open", "fenced_flags", "split_markdown"]
 
-# commonmark + the GFM table rule, block level only: inline tokens keep their raw content and
-# are never parsed (the core "inline" rule is off: it halved the time of a 24 KB table of 1,000
-# columns, bench/markdown_adversarial.py). maxNesting bounds how deep quotes and lists nest.
-_PARSER = (
-    MarkdownIt("commonmark", {"maxNesting": 20}).enable("table").disable(["inline", "text_join"])
-)
+
+@functools.cache
+def _parser() -> MarkdownIt:
+    """commonmark + the GFM table rule, block level only: inline tokens keep their raw content
+    and are never parsed (the core "inline" rule is off: it halved the time of a 24 KB table of
+    1,000 columns, bench/markdown_adversarial.py). maxNesting bounds how deep quotes and lists
+    nest. Built at the first comment: most processes start without needing it."""
+    from markdown_it import MarkdownIt
+
+    return (
+        MarkdownIt("commonmark", {"maxNesting": 20})
+        .enable("table")
+        .disable(["inline", "text_join"])
+    )
+
+
 _ALIGN = re.compile(r"text-align:(left|right|center)")
 
 
@@ -49,7 +61,7 @@ def split_markdown(body: str) -> list[Segment]:
     source = "\n".join(p.rstrip("\r").replace("\r", " ").replace("\x00", "") for p in pieces)
     if "|" not in source:  # no table without a pipe: skip the parse
         return [body] if body else []
-    tokens = _PARSER.parse(source)
+    tokens = _parser().parse(source)
     segments: list[Segment] = []
     text_start = 0
     i = 0

@@ -6,20 +6,20 @@ Errors raised to callers: the tree in bot/github_errors.py (re-exported here).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import jwt
 from cryptography.hazmat.primitives import serialization
-from github import Auth, Github, GithubException, GithubIntegration
-from github.GithubException import UnknownObjectException
-from requests.exceptions import RequestException
-from urllib3.util import Retry
+
+if TYPE_CHECKING:
+    from github import Github, GithubIntegration
 
 from bot import inline
 from bot.github_data import (
@@ -66,13 +66,40 @@ def _rate_reset(headers: dict[str, Any]) -> float:
         return time.time() + 60
 
 
+class _PyGithub:
+    """PyGithub and the requests/urllib3 names used with it, imported at the first GitHub call
+    (`_pygithub()`), not at start-up: ~0.1 s of imports (0.2 s on a slow host) and ~10 MB
+    resident that a process which has not talked to GitHub yet does without."""
+
+    def __init__(self) -> None:
+        import github
+        import requests.exceptions
+        import urllib3.util
+        from github.GithubException import GithubException, UnknownObjectException
+
+        self.Auth = github.Auth
+        self.GithubIntegration = github.GithubIntegration
+        self.GithubException = GithubException
+        self.UnknownObjectException = UnknownObjectException
+        self.RequestException = requests.exceptions.RequestException
+        self.Retry = urllib3.util.Retry
+        # What a call through PyGithub raises when GitHub refuses or does not answer.
+        self.errors: tuple[type[Exception], ...] = (GithubException, self.RequestException)
+
+
+@functools.cache
+def _pygithub() -> _PyGithub:
+    return _PyGithub()
+
+
 def translate(exc: Exception, *, what: str, repo: str) -> GitHubError:
     """Turn a PyGithub/requests exception into the bridge's error tree (pure)."""
     if isinstance(exc, GitHubError):
         return exc
-    if isinstance(exc, RequestException):
+    lib = _pygithub()
+    if isinstance(exc, lib.RequestException):
         return Unavailable(f"GitHub did not answer in time while trying to {what}. I will retry.")
-    if not isinstance(exc, GithubException):
+    if not isinstance(exc, lib.GithubException):
         return Unavailable(f"Unexpected failure while trying to {what}: {type(exc).__name__}")
     status = exc.status
     data = exc.data if isinstance(exc.data, dict) else {}
@@ -87,7 +114,7 @@ def translate(exc: Exception, *, what: str, repo: str) -> GitHubError:
             retry_at=retry_at,
             status=status,
         )
-    if status == 404 or isinstance(exc, UnknownObjectException):
+    if status == 404 or isinstance(exc, lib.UnknownObjectException):
         return NotFound(f"GitHub found nothing when trying to {what} in {repo}.", status=404)
     if status == 403 or status == 401:
         return PermissionDenied(
@@ -144,26 +171,24 @@ class GitHubApp:
         # carrying the same request id, so a repeat is recognisable.
         # Plain urllib3 Retry, not GithubRetry: that one sleeps through rate limits on the
         # calling thread; the bridge instead gives the work back and retries after the reset.
-        retry = Retry(
-            total=read_retries,
-            backoff_factor=0.2,
-            status_forcelist=(500, 502, 503, 504),
-            allowed_methods=frozenset({"GET", "HEAD"}),
-            raise_on_status=False,
-            respect_retry_after_header=False,
-        )
+        self._retry: dict[str, Any] = {
+            "total": read_retries,
+            "backoff_factor": 0.2,
+            "status_forcelist": (500, 502, 503, 504),
+            "allowed_methods": frozenset({"GET", "HEAD"}),
+            "raise_on_status": False,
+            "respect_retry_after_header": False,
+        }
         self._kwargs: dict[str, Any] = {
             "base_url": base_url,
             "timeout": timeout,
-            "retry": retry,
             "seconds_between_requests": seconds_between_requests,
             "seconds_between_writes": seconds_between_writes,
             "pool_size": 16,
         }
         self.base_url = base_url
-        self._integration = GithubIntegration(
-            auth=Auth.AppAuth(app_id, sign_func=_jwt_signer(private_key)), lazy=True, **self._kwargs
-        )
+        self._app_id = app_id
+        self._sign = _jwt_signer(private_key)
         self._lock = threading.Lock()
         self._installations: dict[str, tuple[int, float]] = {}  # repo -> (id, cached at)
         self._clients: dict[int, Github] = {}
@@ -171,6 +196,17 @@ class GitHubApp:
         self.last_rate_remaining: int | None = None
         self.last_rate_reset: float | None = None  # when the rate-limit window refills (UNIX s)
         self.metrics = metrics
+
+    @functools.cached_property
+    def _integration(self) -> GithubIntegration:
+        """PyGithub's App client, made (and PyGithub imported) at the first GitHub call."""
+        lib = _pygithub()
+        return lib.GithubIntegration(
+            auth=lib.Auth.AppAuth(self._app_id, sign_func=self._sign),
+            lazy=True,
+            retry=lib.Retry(**self._retry),
+            **self._kwargs,
+        )
 
     # -- installations --------------------------------------------------------------------
     def installation_id(self, repo: str) -> int:
@@ -181,17 +217,16 @@ class GitHubApp:
             return cached[0]
         owner, name = repo.split("/", 1)
         inline.guard("GitHub")
+        integration = self._integration
         try:
-            inst = self._integration.get_repo_installation(owner, name)
+            inst = integration.get_repo_installation(owner, name)
             inst_id = int(inst.id)
-        except GithubException as exc:
-            if exc.status == 404:
+        except _pygithub().errors as exc:
+            if getattr(exc, "status", None) == 404:
                 raise NotInstalled(
                     f"The GitHub App is not installed on {repo}. An owner of {owner} can install "
                     "it from the App's page (Install App), choosing this repository."
                 ) from None
-            raise translate(exc, what="look up the App installation", repo=repo) from None
-        except RequestException as exc:
             raise translate(exc, what="look up the App installation", repo=repo) from None
         with self._lock:
             self._installations[repo] = (inst_id, now)
@@ -228,7 +263,7 @@ class GitHubApp:
                 }
                 for i in self._integration.get_installations()
             ]
-        except (GithubException, RequestException) as exc:
+        except _pygithub().errors as exc:
             raise translate(exc, what="list the App's installations", repo="-") from None
 
     # -- raw calls ------------------------------------------------------------------------
@@ -241,7 +276,7 @@ class GitHubApp:
         try:
             try:
                 return fn(self.client_for(repo))
-            except GithubException as exc:
+            except _pygithub().GithubException as exc:
                 # 401 "Bad credentials" with a cached client: its token was revoked or expired
                 # early (App reinstalled, key rotated, clock skew). Nothing was done, so one more
                 # try with a fresh client and token is safe, even for a write.
@@ -249,7 +284,7 @@ class GitHubApp:
                     raise
                 self.forget(repo)
                 return fn(self.client_for(repo))
-        except (GithubException, RequestException) as exc:
+        except _pygithub().errors as exc:
             err = translate(exc, what=what, repo=repo)
             # 401 "Bad credentials": _raw raises a plain GithubException(401), never PyGithub's
             # BadCredentialsException, so test the status; forget() drops the cached client
@@ -290,7 +325,7 @@ class GitHubApp:
                 parsed = json.loads(data) if data else None
             except ValueError:
                 parsed = None
-            raise GithubException(status, parsed, resp_headers)
+            raise _pygithub().GithubException(status, parsed, resp_headers)
 
         result: tuple[int, dict[str, Any], Any] = self._call(
             repo, what, go, operation=f"{verb} {route_of(path)}"

@@ -83,7 +83,7 @@ def test_a_version_3_database_gains_the_history_indexes(database_url: str) -> No
             conn.execute(text("INSERT INTO sent (key, at) VALUES ('reply:x', 1.0)"))
         assert migrate(engine) == LATEST
         found = _indexes(engine) | _indexes(engine, "deliveries") | _indexes(engine, "sent")
-        assert found >= db._V5_INDEXES
+        assert found >= db._V5_INDEXES | {"ix_deliveries_open"}  # the last one in plain SQL
         assert not {"ix_requests_status", "ix_requests_repo_pr", "ix_requests_thread"} & found
         assert "ix_deliveries_pending" not in found
         with engine.connect() as conn:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
 import logging
 
 from sqlalchemy import (
@@ -12,7 +14,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import Insert
 
 from bot import db
 from bot.model import (
@@ -38,15 +40,23 @@ _LINKED_REQUEST = (
     .select_from(db.runs.outerjoin(db.requests, db.requests.c.id == db.runs.c.request_id))
     .where(db.runs.c.run_id == bindparam("b_id"))
 )
-# A new run's row, unless one is there already (a concurrent first delivery of the run):
-# ON CONFLICT DO NOTHING leaves the transaction usable on PostgreSQL, no savepoint needed.
-# RETURNING says whether the row went in (an INSERT's rowcount is not kept by SQLAlchemy).
-_INSERT_RUN = {
-    name: dialect.insert(db.runs)
-    .on_conflict_do_nothing(index_elements=["run_id"])
-    .returning(db.runs.c.run_id)
-    for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
-}
+
+
+@functools.cache
+def _insert_run(dialect: str) -> Insert:
+    """A new run's row, unless one is there already (a concurrent first delivery of the run):
+    ON CONFLICT DO NOTHING leaves the transaction usable on PostgreSQL, no savepoint needed.
+    RETURNING says whether the row went in (SQLAlchemy does not keep an INSERT's rowcount).
+    Built on first use, so only the engine's own dialect module is imported."""
+    module = importlib.import_module(f"sqlalchemy.dialects.{dialect}")
+    statement: Insert = (
+        module.insert(db.runs)
+        .on_conflict_do_nothing(index_elements=["run_id"])
+        .returning(db.runs.c.run_id)
+    )
+    return statement
+
+
 # A run's record only moves forward: a later attempt, or the same attempt unless it would take
 # a completed run back to queued/in progress (a redelivery or a poll after the webhook).
 _UPDATE_RUN_IF_NEWER = update(db.runs).where(
@@ -105,7 +115,7 @@ class Runs(StoreBase):
         with self.engine.begin() as conn:
             stored = conn.execute(_UPDATE_RUN_IF_NEWER, {**newer, **values}).rowcount > 0
             if not stored:
-                insert_run = _INSERT_RUN[self.engine.dialect.name]
+                insert_run = _insert_run(self.engine.dialect.name)
                 inserted = conn.execute(insert_run, {"run_id": run_id, **values}).first()
                 created = inserted is not None
                 if not created:
