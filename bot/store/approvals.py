@@ -45,7 +45,7 @@ class Approvals(StoreBase):
             )
 
     def approvers_of(self, request_id: str) -> list[str]:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             rows = conn.execute(
                 select(db.approvals.c.user_id)
                 .where(db.approvals.c.request_id == request_id)
@@ -89,6 +89,6 @@ class Approvals(StoreBase):
         conds = [a.at >= since]
         if request_id:
             conds.append(a.request_id == request_id)
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             rows = conn.execute(select(db.audit).where(*conds).order_by(a.id)).all()
         return [dict(r._mapping) for r in rows]

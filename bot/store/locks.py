@@ -171,7 +171,7 @@ class Locks(StoreBase):
 
     def lock_of(self, repo: str, environment: str) -> EnvLock | None:
         """The unexpired lock on this repository + environment, if any."""
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             params = {"b_repo": repo.lower(), "b_env": environment.lower()}
             row = conn.execute(_LOCK_OF, params).first()
         lock = _lock_from(row) if row is not None else None
@@ -183,14 +183,14 @@ class Locks(StoreBase):
         conds = [or_(t.expires_at.is_(None), t.expires_at > self.clock())]
         if repo is not None:
             conds.append(t.repo == repo.lower())
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             rows = conn.execute(select(db.env_locks).where(*conds).order_by(t.locked_at)).all()
         return [_lock_from(r) for r in rows]
 
     def expired_locks(self) -> list[EnvLock]:
         """Locks past their expiry that are still stored (for the housekeeping job)."""
         t = db.env_locks.c
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             rows = conn.execute(
                 select(db.env_locks)
                 .where(t.expires_at.is_not(None), t.expires_at <= self.clock())

@@ -285,7 +285,7 @@ class NewRequests(Requests):
         return _request_from({**_EMPTY_ROW, **values}), True
 
     def count_recent(self, user_id: str, since: float) -> int:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             n = conn.execute(_COUNT_RECENT, {"user_id": user_id, "since": since}).scalar_one()
         return int(n)
 

@@ -73,12 +73,12 @@ class Requests(StoreBase):
 
     # -- requests -----------------------------------------------------------------------
     def get(self, request_id: str) -> Request | None:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             row = conn.execute(_GET_REQUEST, {"request_id": request_id}).first()
         return _row_to_request(row) if row else None
 
     def request_by_key(self, key: str) -> Request | None:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             row = conn.execute(
                 select(db.requests).where(db.requests.c.idempotency_key == key)
             ).first()
@@ -273,7 +273,7 @@ class Requests(StoreBase):
     def request_by_thread(self, channel_id: str, root_ts: str) -> Request | None:
         """The request whose thread root is (channel, ts): how a mention in a thread finds it."""
         c = db.requests.c
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             row = conn.execute(
                 select(db.requests)
                 .where(c.channel_id == channel_id, c.root_ts == root_ts)
@@ -313,7 +313,7 @@ class Requests(StoreBase):
         now = self.clock()
         c = db.requests.c
         free_and_stale = and_(c.lease_until <= now, c.updated_at <= now - older_than)
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             rows = conn.execute(
                 select(db.requests)
                 .where(_needs_work(), or_(free_and_stale, _holder_dead(c.holder)))
@@ -328,7 +328,7 @@ class Requests(StoreBase):
         now = self.clock()
         r, d = db.requests.c, db.deliveries.c
         params = self._liveness(now)
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             reqs = conn.execute(
                 select(r.id)
                 .where(_needs_work(), _holder_dead(r.holder))
@@ -349,7 +349,7 @@ class Requests(StoreBase):
         """Per peer (GitHub, Slack): units waiting out its outage, and since when."""
         out: dict[str, tuple[int, float]] = {}
         r, d = db.requests.c, db.deliveries.c
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             rows = [
                 *conn.execute(
                     select(r.waiting_on, func.count(), func.min(r.waiting_since))
@@ -401,7 +401,7 @@ class Requests(StoreBase):
             conds.append(c.status.in_(list(statuses)))
         if since is not None:
             conds.append(c.created_at >= since)
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             rows = conn.execute(
                 select(db.requests).where(*conds).order_by(c.created_at.desc()).limit(limit)
             ).all()
@@ -409,7 +409,7 @@ class Requests(StoreBase):
 
     def expired_approvals(self, now: float, limit: int = 100) -> list[Request]:
         c = db.requests.c
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             rows = conn.execute(
                 select(db.requests)
                 .where(c.status == PENDING_APPROVAL, c.expires_at <= now)
@@ -425,6 +425,6 @@ class Requests(StoreBase):
         query = select(c.status, func.count()).group_by(c.status)
         if statuses is not None:
             query = query.where(c.status.in_(list(statuses)))
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             rows = conn.execute(query).all()
         return {r[0]: int(r[1]) for r in rows}

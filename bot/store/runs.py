@@ -160,14 +160,14 @@ class Runs(StoreBase):
 
     def run_owner(self, run_id: str) -> str | None:
         """The request a run was linked to before, if any."""
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             row = conn.execute(_OWNER_OF_RUN, {"b_id": run_id}).first()
         return row[0] if row else None
 
     def linked_request(self, run_id: str) -> tuple[bool, Request | None]:
         """(linked, request): whether the run was linked before, and its request if it still
         exists."""
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             row = conn.execute(_LINKED_REQUEST, {"b_id": run_id}).first()
         if row is None:
             return False, None
@@ -175,7 +175,7 @@ class Runs(StoreBase):
         return True, (_request_from(m) if m["id"] is not None else None)
 
     def runs_of(self, request_id: str) -> list[RunRecord]:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             rows = conn.execute(_RUNS_OF, {"b_id": request_id}).all()
         return [_run_record(row._mapping) for row in rows]
 

@@ -46,7 +46,7 @@ class SmallState(StoreBase):
     def processes_on(self, host: str) -> list[tuple[str, int]]:
         """(id, pid) of the processes that registered with this host identity."""
         p = db.processes.c
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             rows = conn.execute(select(p.id, p.pid).where(p.host == host)).all()
         return [(r[0], int(r[1])) for r in rows]
 
@@ -83,7 +83,7 @@ class SmallState(StoreBase):
 
     # -- polling and schedules ----------------------------------------------------------
     def etag(self, key: str) -> str | None:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             row = conn.execute(
                 select(db.poll_state.c.etag).where(db.poll_state.c.key == key)
             ).first()
@@ -115,7 +115,7 @@ class SmallState(StoreBase):
 
     def last_fire(self, name: str) -> float | None:
         s = db.schedule_state.c
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             row = conn.execute(select(s.last_fire_at).where(s.name == name)).first()
         return float(row[0]) if row else None
 
