@@ -516,12 +516,16 @@ def test_deploy_killed_after_the_approval_won_dispatches_once(
     click.join(10)
     wait_until(lambda: len(slack.calls_to("chat.update")) > edits, what="the held edit")
     stored = only_request(store)
-    assert (stored.status, stored.decided_by, stored.action_started_at) == (
-        "approved",
-        APPROVER,
-        None,
-    )
-    assert github.requests_to("POST", r"/dispatches$") == []
+    assert stored.decided_by == APPROVER
+    if stored.status == "approved":
+        assert stored.action_started_at is None
+        assert github.requests_to("POST", r"/dispatches$") == []
+    else:
+        # The recovery sweep (every 0.5 s, stale after 0 s here) found the approved request
+        # free between the approval's commit and the kill, and carried it out: legitimate,
+        # and it must still come to one dispatch after the restart.
+        assert stored.status in ("triggered", "queued"), stored.status
+        assert len(github.requests_to("POST", r"/dispatches$")) == 1
     server.start()
     finish_deploy(server, store, github, slack)
     assert dispatched_ids(github) == [req.id]

@@ -343,24 +343,36 @@ def decision(deps: Deps, req: Request) -> tuple[str, str] | None:
 def answer_rules(deps: Deps, req: Request) -> Request:
     """Answer every recorded rule of a decided request, once each (under the job's lease).
 
-    answer_due is cleared before the rules are read: a rule recorded meanwhile sets it again.
-    On an outage it is set again too, so the job layer's retry can claim the request.
+    answer_due stays set while the answers are sent: a process killed mid-answer leaves the
+    step due, and the takeover answers again (`_answer` warns that an interrupted attempt may
+    have answered). It is cleared once nothing is left to answer now; the read after the clear
+    sees a rule recorded meanwhile (the rule is written before its flag, `answer_soon`) and
+    sets it again. On an outage it is set too, so the job layer's retry can claim the request.
     """
-    if req.answer_due:
-        deps.store.update(req.id, answer_due=0)
+    for _ in range(5):
+        pending = [r for r in details_of(req).get("gate_rules") or [] if not r.get("answered")]
+        verdict = decision(deps, req) if pending else None
+        if verdict is not None:
+            state, comment = verdict
+            try:
+                for rule in pending:
+                    _answer(deps, req, rule, state, comment)
+            except BaseException:
+                # Due again for the retry, unless another worker answered meanwhile (this
+                # worker's lease ran out during a slow call and the request was claimed again).
+                fresh = deps.store.get(req.id) or req
+                if any(not r.get("answered") for r in details_of(fresh).get("gate_rules") or []):
+                    deps.store.update(req.id, answer_due=1)
+                raise
+        if req.answer_due or verdict is not None:
+            deps.store.update(req.id, answer_due=0)
         req = deps.store.get(req.id) or req
-    pending = [r for r in details_of(req).get("gate_rules") or [] if not r.get("answered")]
-    verdict = decision(deps, req) if pending else None
-    if verdict is None:
-        return req
-    state, comment = verdict
-    try:
-        for rule in pending:
-            _answer(deps, req, rule, state, comment)
-    except BaseException:
-        deps.store.update(req.id, answer_due=1)
-        raise
-    return deps.store.get(req.id) or req
+        left = [r for r in details_of(req).get("gate_rules") or [] if not r.get("answered")]
+        if not left or decision(deps, req) is None:
+            return req
+        deps.store.update(req.id, answer_due=1)  # recorded meanwhile: answer it as well
+        req = deps.store.get(req.id) or req
+    return req  # still due (answer_due set): the job layer or the sweep comes back to it
 
 
 def _answer(deps: Deps, req: Request, rule: GateRule, state: str, comment: str) -> None:
