@@ -6,7 +6,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Connection,
@@ -64,6 +64,14 @@ _CLAIM = (
 )
 
 
+class _Change(NamedTuple):
+    """An update to run: the statement, its parameters, the statuses it may change from."""
+
+    statement: Any
+    values: dict[str, Any]
+    statuses: list[str] | None
+
+
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _MERGES: dict[tuple[str, tuple[str, ...], bool], Executable] = {}
 
@@ -96,8 +104,8 @@ class Requests(StoreBase):
         if change is None:
             return False
         with self.engine.begin() as conn:
-            changed = self._update_in(conn, request_id, *change)
-        self._log_status(request_id, changed, *change)
+            changed = self._update_in(conn, request_id, change)
+        self._log_status(request_id, changed, change)
         return changed
 
     def update_and_merge(
@@ -126,16 +134,16 @@ class Requests(StoreBase):
         changed = False
         with self.engine.begin() as conn:
             if change is not None:
-                changed = self._update_in(conn, request_id, *change)
+                changed = self._update_in(conn, request_id, change)
             row = conn.execute(statement, merge).first()
         if change is not None:
-            self._log_status(request_id, changed, *change)
+            self._log_status(request_id, changed, change)
         return changed, (_row_to_request(row) if row else None)
 
     def _update_values(
         self, request_id: str, only_if_status: Iterable[str] | None, values: dict[str, Any]
-    ) -> tuple[Any, dict[str, Any], list[str] | None] | None:
-        """(statement, parameters, statuses) of an update; None when no status may change."""
+    ) -> _Change | None:
+        """The statement and parameters of an update; None when no status may change."""
         if "details" in values and not isinstance(values["details"], str):
             values["details"] = json.dumps(values["details"])
         values["updated_at"] = self.clock()
@@ -152,20 +160,14 @@ class Requests(StoreBase):
             if not statuses:
                 return None
             statement, values["b_statuses"] = _UPDATE_REQUEST_IF, statuses
-        return statement, values, statuses
+        return _Change(statement, values, statuses)
 
     @staticmethod
     def _logged(values: dict[str, Any]) -> bool:
         return "status" in values and log.isEnabledFor(logging.INFO)
 
-    def _update_in(
-        self,
-        conn: Connection,
-        request_id: str,
-        statement: Any,
-        values: dict[str, Any],
-        statuses: list[str] | None,
-    ) -> bool:
+    def _update_in(self, conn: Connection, request_id: str, change: _Change) -> bool:
+        values, statuses = change.values, change.statuses
         if self._logged(values):
             # "from" of the story's "status changed" line: known when only one status may
             # change, else read in the same transaction (a primary-key read, and only for
@@ -175,16 +177,10 @@ class Requests(StoreBase):
             else:
                 values["_before"] = conn.execute(_STATUS_OF, {"b_id": request_id}).scalar()
         params = {k: v for k, v in values.items() if k != "_before"}
-        return bool(conn.execute(statement, params).rowcount)
+        return bool(conn.execute(change.statement, params).rowcount)
 
-    def _log_status(
-        self,
-        request_id: str,
-        changed: bool,
-        statement: Any,
-        values: dict[str, Any],
-        statuses: list[str] | None,
-    ) -> None:
+    def _log_status(self, request_id: str, changed: bool, change: _Change) -> None:
+        values = change.values
         if not (changed and self._logged(values)):
             return
         before = values.get("_before")
