@@ -350,7 +350,7 @@ def answer_rules(deps: Deps, req: Request) -> Request:
     sets it again. On an outage it is set too, so the job layer's retry can claim the request.
     """
     for _ in range(5):
-        pending = [r for r in details_of(req).get("gate_rules") or [] if not r.get("answered")]
+        pending = _unanswered(req)
         verdict = decision(deps, req) if pending else None
         if verdict is not None:
             state, comment = verdict
@@ -358,21 +358,20 @@ def answer_rules(deps: Deps, req: Request) -> Request:
                 for rule in pending:
                     _answer(deps, req, rule, state, comment)
             except BaseException:
-                # Due again for the retry, unless another worker answered meanwhile (this
-                # worker's lease ran out during a slow call and the request was claimed again).
-                fresh = deps.store.get(req.id) or req
-                if any(not r.get("answered") for r in details_of(fresh).get("gate_rules") or []):
-                    deps.store.update(req.id, answer_due=1)
+                deps.store.update(req.id, answer_due=1)
                 raise
         if req.answer_due or verdict is not None:
             deps.store.update(req.id, answer_due=0)
         req = deps.store.get(req.id) or req
-        left = [r for r in details_of(req).get("gate_rules") or [] if not r.get("answered")]
-        if not left or decision(deps, req) is None:
+        if not _unanswered(req) or decision(deps, req) is None:
             return req
         deps.store.update(req.id, answer_due=1)  # recorded meanwhile: answer it as well
         req = deps.store.get(req.id) or req
     return req  # still due (answer_due set): the job layer or the sweep comes back to it
+
+
+def _unanswered(req: Request) -> list[GateRule]:
+    return [r for r in details_of(req).get("gate_rules") or [] if not r.get("answered")]
 
 
 def _answer(deps: Deps, req: Request, rule: GateRule, state: str, comment: str) -> None:
