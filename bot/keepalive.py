@@ -8,14 +8,19 @@ bridge makes two or three calls per relayed webhook, so that is most of a call's
 `KeepAliveWebClient` replaces only the last step, the one HTTP exchange
 (`_perform_urllib_http_request_internal`); slack_sdk's request building, retry handlers and
 response parsing are unchanged. Idle connections are kept per origin in a small LIFO pool
-shared by the threads, and one is taken by one call at a time. What it keeps of urllib's
-contract, so that callers and retry handlers see the same thing:
+shared by the threads, and one is taken by one call at a time. The exchange itself is one
+`sendall` of the request and httptools' C parser (a dependency already, uvicorn's) over the
+answer: http.client parsed every answer's headers through the `email` package, ~11 % of a relayed
+event's CPU (docs/benchmarks.md). What it keeps of urllib's contract, so that callers and retry
+handlers see the same thing:
 
 - a non-2xx answer raises `urllib.error.HTTPError` (headers and body readable);
 - a failure to connect or to send raises `URLError` (retried by ConnectionErrorRetryHandler),
   a failure while waiting for the answer raises as it is (a timeout is not retried: Slack may
-  have acted on the call);
-- any failure closes the connection, so a late answer can never be read by the next call.
+  have acted on the call), a connection closed before any answer raises `RemoteDisconnected`
+  as http.client's does, and an answer cut short or not HTTP raises `BrokenAnswer`;
+- any failure closes the connection, so a late answer can never be read by the next call;
+- the answer's headers are an `http.client.HTTPMessage`, as urllib's are.
 
 An idle connection the server has closed (Slack ends idle ones) is seen before reuse: its
 socket reads as ready. A proxy (HTTPS_PROXY) falls back to urllib.
@@ -25,15 +30,17 @@ from __future__ import annotations
 
 import io
 import select
+import socket
 import ssl
 import threading
 import time
-from http.client import HTTPConnection, HTTPResponse, HTTPSConnection
+from http.client import HTTPMessage, RemoteDisconnected
 from typing import Any
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlsplit
 from urllib.request import Request
 
+import httptools
 from slack_sdk import WebClient
 
 MAX_IDLE = 16  # idle connections kept per origin; more are closed after their answer
@@ -70,17 +77,166 @@ def origin_of(url: str) -> tuple[Origin, str]:
     return (scheme, host, port), target
 
 
-def is_stale(conn: HTTPConnection) -> bool:
+def is_stale(conn: Any) -> bool:
     """Whether an idle connection has been closed by the server (or sent something unasked):
     an idle keep-alive socket has nothing to read, so a readable one is not reusable."""
     sock = conn.sock
     if sock is None:
-        return False  # not connected: http.client connects on the next request
+        return False
     try:
         readable, _, _ = select.select([sock], [], [], 0)
     except (OSError, ValueError):
         return True
     return bool(readable)
+
+
+# What may not appear in a request line or a header: a CR or LF would end the line early and let
+# the rest be read as another header or request (http.client refuses the same).
+_FORBIDDEN = frozenset("\r\n\0")
+# Written by request_head itself, whatever the caller gave (slack_sdk sets Content-Length for
+# an upload).
+_OURS = frozenset({"host", "accept-encoding", "content-length"})
+
+
+def request_head(
+    method: str, target: str, host: str, headers: dict[str, str], length: int
+) -> bytes:
+    """The request line and headers of one HTTP/1.1 request with a body of `length` bytes. Pure.
+    Raises ValueError for a control character where it would split the request."""
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}", "Accept-Encoding: identity"]
+    lines.extend(f"{name}: {value}" for name, value in headers.items() if name.lower() not in _OURS)
+    lines.append(f"Content-Length: {length}")
+    if (
+        " " in target
+        or not all(_FORBIDDEN.isdisjoint(line) for line in lines)
+        or not all(name and " " not in name and ":" not in name for name in headers)
+    ):
+        raise ValueError("a request line or header holds a character that would split it")
+    head = "\r\n".join(lines)
+    return (head + "\r\n\r\n").encode("latin-1")
+
+
+def media_type(content_type: str | None) -> tuple[str, str | None]:
+    """(type/subtype in lower case, charset or None) of a Content-Type value. Pure."""
+    if not content_type:
+        return "text/plain", None
+    kind, *params = content_type.split(";")
+    charset = None
+    for param in params:
+        key, _, value = param.partition("=")
+        if key.strip().lower() == "charset":
+            charset = value.strip().strip('"') or None
+    return kind.strip().lower(), charset
+
+
+class BrokenAnswer(ConnectionError):
+    """An answer cut short or not HTTP. A connection failure to the caller (SlackOut: an outage,
+    the job tries again later), but not one slack_sdk retries at once: the request was delivered
+    and Slack may have acted on it."""
+
+
+class _Answer:
+    """httptools' callbacks for one answer: status, headers (in order) and body."""
+
+    __slots__ = ("body", "done", "headers", "headers_done", "reason")
+
+    def __init__(self) -> None:
+        self.reason = ""
+        self.headers: list[tuple[str, str]] = []
+        self.body: list[bytes] = []
+        self.headers_done = False
+        self.done = False
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason.decode("latin-1")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.done = True
+
+    def message(self) -> HTTPMessage:
+        msg = HTTPMessage()  # what urllib hands out: case-insensitive, ordered, repeatable
+        for name, value in self.headers:
+            msg[name] = value
+        return msg
+
+    def keep_alive(self, version: str) -> bool:
+        """Whether the connection may carry another exchange (RFC 9112, 9.3)."""
+        tokens = {
+            token.strip().lower()
+            for name, value in self.headers
+            if name.lower() == "connection"
+            for token in value.split(",")
+        }
+        if version == "1.1":
+            return "close" not in tokens
+        return version == "1.0" and "keep-alive" in tokens and "close" not in tokens
+
+    def delimited(self) -> bool:
+        """Whether the answer says where its body ends (else it ends where the connection does)."""
+        names = {name.lower() for name, _ in self.headers}
+        return "content-length" in names or "transfer-encoding" in names
+
+
+class Connection:
+    """One HTTP/1.1 connection (TLS for https), one exchange at a time."""
+
+    __slots__ = ("host", "sock")
+
+    def __init__(self, origin: Origin, timeout: float | None, tls: ssl.SSLContext | None) -> None:
+        scheme, host, port = origin
+        default = 443 if scheme == "https" else 80
+        self.host = host if port == default else f"{host}:{port}"
+        sock = socket.create_connection((host, port), timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if scheme == "https":
+                assert tls is not None
+                sock = tls.wrap_socket(sock, server_hostname=host)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock: socket.socket | None = sock
+
+    def send(self, head: bytes, body: bytes) -> None:
+        assert self.sock is not None
+        self.sock.sendall(head + body)
+
+    def receive(self) -> tuple[int, _Answer, bool]:
+        """(status, answer, whether the connection may be reused) of the answer to the request
+        just sent. Raises as http.client does for a connection closed early."""
+        assert self.sock is not None
+        answer = _Answer()
+        parser = httptools.HttpResponseParser(answer)
+        received = False
+        while not answer.done:
+            data = self.sock.recv(65536)
+            if not data:
+                if answer.headers_done and not answer.delimited():
+                    return parser.get_status_code(), answer, False  # read to the close
+                if not received:  # as http.client says it (slack_sdk retries this one)
+                    raise RemoteDisconnected("Remote end closed connection without response")
+                raise BrokenAnswer("the connection closed inside the answer")
+            received = True
+            try:
+                parser.feed_data(data)
+            except httptools.HttpParserError as exc:
+                raise BrokenAnswer(f"malformed answer: {type(exc).__name__}") from None
+        # httptools' should_keep_alive() reads False once the message is complete: decided here.
+        return parser.get_status_code(), answer, answer.keep_alive(parser.get_http_version())
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
 
 
 class KeepAliveWebClient(WebClient):
@@ -96,19 +252,19 @@ class KeepAliveWebClient(WebClient):
         super().__init__(*args, **kwargs)
         self.max_idle = max_idle
         self.max_idle_seconds = max_idle_seconds
-        self._idle: dict[Origin, list[tuple[float, HTTPConnection]]] = {}
+        self._idle: dict[Origin, list[tuple[float, Connection]]] = {}
         self._idle_lock = threading.Lock()
         self._tls: ssl.SSLContext | None = None
         self.connections_opened = 0  # for tests and the benchmark
 
     # -- the pool ------------------------------------------------------------------------
     def _context(self) -> ssl.SSLContext:
-        # Built once: http.client would load the CA store again for every new connection.
+        # Built once: a context per connection would load the CA store again each time.
         if self._tls is None:
             self._tls = self.ssl or default_tls()
         return self._tls
 
-    def _take(self, origin: Origin) -> HTTPConnection:
+    def _take(self, origin: Origin) -> Connection:
         while True:
             with self._idle_lock:
                 idle = self._idle.get(origin)
@@ -119,12 +275,13 @@ class KeepAliveWebClient(WebClient):
             if time.monotonic() - since < self.max_idle_seconds and not is_stale(conn):
                 return conn
             conn.close()
-        scheme, host, port = origin
-        if scheme == "https":
-            return HTTPSConnection(host, port, timeout=self.timeout, context=self._context())
-        return HTTPConnection(host, port, timeout=self.timeout)
+        try:
+            tls = self._context() if origin[0] == "https" else None  # built at first need
+            return Connection(origin, self.timeout, tls)
+        except OSError as exc:
+            raise URLError(exc) from exc  # as urllib reports a failure to connect
 
-    def _give_back(self, origin: Origin, conn: HTTPConnection) -> None:
+    def _give_back(self, origin: Origin, conn: Connection) -> None:
         with self._idle_lock:
             idle = self._idle.setdefault(origin, [])
             if len(idle) < self.max_idle:
@@ -137,31 +294,29 @@ class KeepAliveWebClient(WebClient):
         if self.proxy is not None or not url.lower().startswith(("http://", "https://")):
             return super()._perform_urllib_http_request_internal(url, req)
         origin, target = origin_of(url)
+        body = req.data if isinstance(req.data, bytes) else b""
         conn = self._take(origin)
         try:
+            head = request_head(
+                req.get_method(), target, conn.host, dict(req.header_items()), len(body)
+            )
             try:
-                conn.request(
-                    req.get_method(), target, body=req.data, headers=dict(req.header_items())
-                )
+                conn.send(head, body)
             except OSError as exc:
-                raise URLError(exc) from exc  # as urllib reports a failure to connect or send
-            resp = conn.getresponse()
-            body = resp.read()
+                raise URLError(exc) from exc  # as urllib reports a failure to send
+            status, answer, reusable = conn.receive()
         except BaseException:
             conn.close()
             raise
-        if resp.will_close:
-            conn.close()
-        else:
+        if reusable:
             self._give_back(origin, conn)
-        if not 200 <= resp.status < 300:
-            raise HTTPError(url, resp.status, resp.reason, resp.headers, io.BytesIO(body))
-        return _answer(resp, body)
-
-
-def _answer(resp: HTTPResponse, body: bytes) -> dict[str, Any]:
-    """What slack_sdk's urllib exchange returns for a 2xx answer."""
-    if resp.headers.get_content_type() == "application/gzip":
-        return {"status": resp.status, "headers": resp.headers, "body": body}
-    charset = resp.headers.get_content_charset() or "utf-8"
-    return {"status": resp.status, "headers": resp.headers, "body": body.decode(charset)}
+        else:
+            conn.close()
+        data = b"".join(answer.body)
+        headers = answer.message()
+        if not 200 <= status < 300:
+            raise HTTPError(url, status, answer.reason, headers, io.BytesIO(data))
+        kind, charset = media_type(headers.get("Content-Type"))
+        if kind == "application/gzip":
+            return {"status": status, "headers": headers, "body": data}
+        return {"status": status, "headers": headers, "body": data.decode(charset or "utf-8")}

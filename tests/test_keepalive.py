@@ -297,3 +297,177 @@ def test_a_connection_idle_too_long_is_not_reused(slack: SlackDouble) -> None:
     time.sleep(0.3)
     out.post("C0PROJECT", "later")
     assert out.client.connections_opened == 2  # type: ignore[attr-defined]
+
+
+# -- the exchange itself: answers as servers may frame them -------------------------------------
+
+
+class Scripted:
+    """A loopback server that reads each request and answers with the next scripted bytes, sent
+    in the pieces given (so an answer may arrive split anywhere); an empty piece closes the
+    connection there."""
+
+    def __init__(self, answers: list[list[bytes]]) -> None:
+        self.answers = answers
+        self.requests: list[bytes] = []
+        self.accepted = 0
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/api/"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while self.answers:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return  # closed by the test
+            self.accepted += 1
+            with conn:
+                while self.answers:
+                    data = b""
+                    while b"\r\n\r\n" not in data:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                    if not data:
+                        break
+                    head, _, body = data.partition(b"\r\n\r\n")
+                    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                    while len(body) < length:
+                        body += conn.recv(65536)
+                    self.requests.append(head + b"\r\n\r\n" + body)
+                    answer = self.answers.pop(0)
+                    for piece in answer:
+                        conn.sendall(piece)
+                        time.sleep(0.01)
+                    if b"" in answer or b"connection: close" in b"".join(answer).lower():
+                        break
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def _ok(body: bytes = b'{"ok": true, "ts": "1.000001"}') -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\n" + (
+        b"Content-Length: %d\r\n\r\n" % len(body) + body
+    )
+
+
+def _call(client: KeepAliveWebClient, url: str) -> dict[str, Any]:
+    from urllib.request import Request
+
+    req = Request(method="POST", url=url + "chat.postMessage", data=b'{"text": "hi"}')
+    req.add_header("Content-Type", "application/json")
+    return client._perform_urllib_http_request_internal(req.full_url, req)
+
+
+def test_a_chunked_answer_split_anywhere_is_read_whole_and_the_connection_kept() -> None:
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"7\r\n{\"ok\": \r\n6\r\ntrue, \r\n11\r\n\"ts\": \"1.000002\"}\r\n0\r\n\r\n"
+    )
+    server = Scripted([[chunked[:20], chunked[20:61], chunked[61:]], [_ok()[:5], _ok()[5:]]])
+    client = KeepAliveWebClient(token="xoxb-test", base_url=server.url)
+    try:
+        assert _call(client, server.url)["body"] == '{"ok": true, "ts": "1.000002"}'
+        assert _call(client, server.url)["body"] == '{"ok": true, "ts": "1.000001"}'
+        assert client.connections_opened == server.accepted == 1
+    finally:
+        server.close()
+
+
+def test_an_answer_that_closes_the_connection_is_not_followed_by_another_call_on_it() -> None:
+    closing = _ok().replace(b"200 OK\r\n", b"200 OK\r\nConnection: close\r\n")
+    server = Scripted([[closing], [_ok()]])
+    client = KeepAliveWebClient(token="xoxb-test", base_url=server.url)
+    try:
+        assert '"ok": true' in _call(client, server.url)["body"]
+        assert '"ok": true' in _call(client, server.url)["body"]
+        assert client.connections_opened == server.accepted == 2
+    finally:
+        server.close()
+
+
+def test_an_answer_without_a_length_ends_where_the_connection_does() -> None:
+    unframed = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{"ok": true}'
+    server = Scripted([[unframed, b""], [_ok()]])
+    client = KeepAliveWebClient(token="xoxb-test", base_url=server.url)
+    try:
+        assert _call(client, server.url)["body"] == '{"ok": true}'
+        assert '"ok": true' in _call(client, server.url)["body"]  # on a new connection
+        assert client.connections_opened == 2
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        [_ok()[:-5], b""],  # cut inside the body
+        [b"SMTP ready\r\n\r\n"],  # not HTTP at all
+    ],
+    ids=["cut short", "not http"],
+)
+def test_a_broken_answer_is_a_connection_failure_that_is_not_retried_at_once(
+    answer: list[bytes],
+) -> None:
+    """Slack received the call and may have acted on it: SlackOut reports an outage (its job tries
+    again later, under the bridge's own rules), slack_sdk does not send it again at once, and the
+    connection is not kept."""
+    server = Scripted([answer, [_ok()]])
+    out = SlackOut(make_client("xoxb-test", server.url))
+    try:
+        with pytest.raises(SlackFailure) as broken:
+            out.post("C0PROJECT", "hello")
+        assert broken.value.is_outage and broken.value.error == "connection: BrokenAnswer"
+        assert len(server.requests) == 1  # sent once
+        client = out.client
+        assert isinstance(client, KeepAliveWebClient) and not client._idle.get(
+            origin_of(server.url)[0]
+        )
+    finally:
+        server.close()
+
+
+def test_the_request_is_one_well_formed_http_11_request() -> None:
+    from bot.keepalive import request_head
+
+    head = request_head(
+        "POST",
+        "/api/chat.postMessage",
+        "slack.com",
+        {"Content-Type": "application/json", "Content-Length": "99", "Host": "evil"},
+        14,
+    )
+    assert head == (
+        b"POST /api/chat.postMessage HTTP/1.1\r\nHost: slack.com\r\nAccept-Encoding: identity\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 14\r\n\r\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("target", "headers"),
+    [
+        ("/api/x", {"Authorization": "Bearer t\r\nX-Injected: 1"}),
+        ("/api/x", {"Authorization": "Bearer t\nX-Injected: 1"}),
+        ("/api/x", {"Bad Name": "v"}),
+        ("/api/x", {"Bad:Name": "v"}),
+        ("/api/x HTTP/1.1\r\nX: y", {}),
+        ("/api/x y", {}),
+    ],
+)
+def test_a_request_that_would_split_is_refused(target: str, headers: dict[str, str]) -> None:
+    from bot.keepalive import request_head
+
+    with pytest.raises(ValueError):
+        request_head("POST", target, "slack.com", headers, 0)
+
+
+def test_media_type_reads_the_type_and_charset() -> None:
+    from bot.keepalive import media_type
+
+    assert media_type("application/json; charset=utf-8") == ("application/json", "utf-8")
+    assert media_type('Text/Plain; Charset="ISO-8859-1"') == ("text/plain", "ISO-8859-1")
+    assert media_type("application/gzip") == ("application/gzip", None)
+    assert media_type(None) == ("text/plain", None)
