@@ -365,7 +365,7 @@ def _call(client: KeepAliveWebClient, url: str) -> dict[str, Any]:
 def test_a_chunked_answer_split_anywhere_is_read_whole_and_the_connection_kept() -> None:
     chunked = (
         b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
-        b"7\r\n{\"ok\": \r\n6\r\ntrue, \r\n11\r\n\"ts\": \"1.000002\"}\r\n0\r\n\r\n"
+        b'7\r\n{"ok": \r\n6\r\ntrue, \r\n11\r\n"ts": "1.000002"}\r\n0\r\n\r\n'
     )
     server = Scripted([[chunked[:20], chunked[20:61], chunked[61:]], [_ok()[:5], _ok()[5:]]])
     client = KeepAliveWebClient(token="xoxb-test", base_url=server.url)
