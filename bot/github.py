@@ -15,9 +15,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import jwt
-from cryptography.hazmat.primitives import serialization
-
 if TYPE_CHECKING:
     from github import Github, GithubIntegration
 
@@ -143,6 +140,10 @@ def _jwt_signer(private_key: str) -> Callable[[dict[str, Any]], str]:
     parsed: list[Any] = []
 
     def sign(payload: dict[str, Any]) -> str:
+        # Imported here, with PyGithub (which needs both): not at start-up (bot/pem.py).
+        import jwt
+        from cryptography.hazmat.primitives import serialization
+
         with lock:
             if not parsed:
                 parsed.append(serialization.load_pem_private_key(private_key.encode(), None))

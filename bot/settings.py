@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import difflib
-import functools
 import logging
 import os
 import stat
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import jwt
-from cryptography.hazmat.primitives import serialization
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
+
+from bot.pem import rsa_key_problem
 
 log = logging.getLogger(__name__)
 
@@ -143,21 +141,12 @@ def database_password(url: str) -> str:
         return ""
 
 
-@functools.lru_cache(maxsize=8)
 def key_problem(pem: str) -> str:
-    """Why this PEM cannot sign a GitHub App JWT, or "" when it can (cached: RSA loading costs
-    ~28 ms). Found at start, so a damaged key is not first met by a user's command, whose
-    answer would then never arrive."""
-    try:
-        key = serialization.load_pem_private_key(pem.encode(), None)
-        jwt.encode({"iat": int(time.time()), "iss": "check"}, key, algorithm="RS256")  # type: ignore[arg-type]
-    except TypeError:
-        return "it is encrypted with a passphrase; GitHub App keys are used without one"
-    except (ValueError, jwt.PyJWTError, NotImplementedError) as exc:
-        # cryptography's messages name the problem, never the key material; one line of it.
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return f"it cannot sign a GitHub App JWT: {reason[:160]}"
-    return ""
+    """Why this PEM cannot sign a GitHub App JWT, or "" when it can. Found at start, so a
+    damaged key is not first met by a user's command, whose answer would then never arrive;
+    read with the standard library (bot/pem.py), so cryptography and PyJWT wait for the first
+    GitHub call."""
+    return rsa_key_problem(pem)
 
 
 def _read_private_key(env: Mapping[str, str], problems: list[str]) -> str:

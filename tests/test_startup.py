@@ -452,12 +452,13 @@ def test_check_says_the_github_mode_and_warns_about_a_typo(
 
 def test_start_up_leaves_what_the_first_use_needs_unimported() -> None:
     """The serving process's imports (composition root, server, CLI) do not load PyGithub (and
-    requests), markdown-it or SQLAlchemy's PostgreSQL dialect: together ~0.4 s of a start on a
-    slow host and ~13 MB resident. The first GitHub call, comment or PostgreSQL engine
-    imports them."""
+    requests), markdown-it, SQLAlchemy's PostgreSQL dialect, PyJWT or cryptography (the first
+    four ~0.4 s of a start on a slow host and ~13 MB resident, the last two ~9 MB). The first
+    GitHub call, comment or PostgreSQL engine imports them."""
     code = (
         "import sys, bot.wiring, bot.serving, bot.__main__\n"
-        "late = ('github', 'requests', 'markdown_it', 'sqlalchemy.dialects.postgresql')\n"
+        "late = ('github', 'requests', 'markdown_it', 'sqlalchemy.dialects.postgresql',"
+        " 'jwt', 'cryptography')\n"
         "print(sorted(m for m in late if m in sys.modules))\n"
     )
     out = subprocess.run(
