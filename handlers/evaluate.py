@@ -210,7 +210,7 @@ def carry_out(deps: Deps, req: Request) -> None:
 
     def start_runs() -> None:
         if cmd.trigger == "label":
-            _apply_label(deps, req, cmd.label)
+            _apply_label(deps, req, cmd.label, present=cmd.label in pull.labels)
         else:
             dispatch_once(deps, req, cmd.event_type, dispatch_payload(req))
 
@@ -297,7 +297,7 @@ def _tell_already_running(deps: Deps, dup: Request, holder: Request) -> None:
         log.warning("could not tell a duplicate", extra={"request_id": dup.id, "error": exc.error})
 
 
-def _apply_label(deps: Deps, req: Request, label: str) -> None:
+def _apply_label(deps: Deps, req: Request, label: str, *, present: bool) -> None:
     """Label the PR so its labelled workflow runs once, even when attempts repeat after a crash.
 
     GitHub fires no `labeled` event for a label already on the PR, so an old label is removed
@@ -305,10 +305,15 @@ def _apply_label(deps: Deps, req: Request, label: str) -> None:
     got ("removed"), so a repeat can tell its own label from an old one:
     label absent → add it; present and ours (not there before, or the old one was removed) →
     done, adding again would start a second run; present and still the old one → remove, add.
+
+    `present` comes from the PR as this attempt read it (its `labels`), moments before (the
+    root message is posted in between). A separate read of the labels here cost a GitHub call
+    per evaluation; a label someone changes by hand between the read and the write was missed
+    with it too, in a shorter window. Removing a label already gone counts as done
+    (`GitHubApp.remove_label`); adding one already there fires no event, as before.
     """
     n = req.pr_number
     assert n is not None
-    present = label in deps.github.labels(req.repo, n)
     plan = details_of(req).get("label")
     if plan is None:
         plan = LabelPlan(had=present, removed=False)

@@ -282,7 +282,6 @@ def test_kill_right_after_the_ack_then_during_a_webhook(spawn, store, github, sl
     ("method", "path", "step"),
     [
         ("GET", r"/pulls/42$", "reading the pull request (before the thread root)"),
-        ("GET", r"/issues/42/labels$", "reading the labels (root posted, no label yet)"),
         ("POST", r"/issues/42/labels$", "adding the label (applied; the answer is lost)"),
     ],
 )

@@ -265,7 +265,7 @@ def test_a_step_failing_after_the_thread_exists_is_told_in_the_thread(
 ) -> None:
     import handlers.evaluate
 
-    def broken(*args: Any) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("labelling broke")
 
     monkeypatch.setattr(handlers.evaluate, "_apply_label", broken)
