@@ -76,11 +76,11 @@ def seed(url: str, n: int, chunk: int = 100_000) -> float:
     requests = (
         'INSERT INTO requests (id, kind, idempotency_key, repo, pr_number, head_sha, "trigger", '
         "channel_id, user_id, root_ts, status, details, created_at, updated_at, lease_until, "
-        "attempts, action_started_at, finished_at, failures) "
+        "attempts, action_started_at, finished_at, failures, answer_due) "
         f"SELECT {rid}, 'evaluate', 'history:' {cat} CAST(s.i AS TEXT), {repo}, "
         f"(s.i / 7) % 20000, {sha}, 'label', 'CH' {cat} CAST(s.i % 200 AS TEXT), "
         f"'UH' {cat} CAST(s.i % 3000 AS TEXT), CAST(1500000000 + s.i AS TEXT) {cat} '.000100', "
-        f"{status}, '{{}}', {created}, {created} + 600, 0, 1, {created} + 1, {created} + 600, 0 "
+        f"{status}, '{{}}', {created}, {created} + 600, 0, 1, {created} + 1, {created} + 600, 0, 0 "
         "FROM {series}"
     )
     runs = (
