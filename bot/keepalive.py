@@ -20,7 +20,9 @@ handlers see the same thing:
   have acted on the call), a connection closed before any answer raises `RemoteDisconnected`
   as http.client's does, and an answer cut short or not HTTP raises `BrokenAnswer`;
 - any failure closes the connection, so a late answer can never be read by the next call;
-- the answer's headers are an `http.client.HTTPMessage`, as urllib's are.
+- the answer's headers are an `http.client.HTTPMessage`, as urllib's are;
+- an interim answer (1xx) is skipped for the final one, and bytes that follow an answer unasked
+  end its connection.
 
 An idle connection the server has closed (Slack ends idle ones) is seen before reuse: its
 socket reads as ready. A proxy (HTTPS_PROXY) falls back to urllib.
@@ -116,6 +118,14 @@ def request_head(
     return (head + "\r\n\r\n").encode("latin-1")
 
 
+def host_header(origin: Origin) -> str:
+    """The Host header for an origin: the port only when not the scheme's own, an IPv6 literal in
+    brackets (RFC 9110, 7.2). Pure."""
+    scheme, host, port = origin
+    name = f"[{host}]" if ":" in host else host
+    return name if port == (443 if scheme == "https" else 80) else f"{name}:{port}"
+
+
 def media_type(content_type: str | None) -> tuple[str, str | None]:
     """(type/subtype in lower case, charset or None) of a Content-Type value. Pure."""
     if not content_type:
@@ -136,30 +146,52 @@ class BrokenAnswer(ConnectionError):
 
 
 class _Answer:
-    """httptools' callbacks for one answer: status, headers (in order) and body."""
+    """httptools' callbacks for one answer: status, headers (in order) and body. An interim
+    answer (1xx other than 101) is skipped, as the final one follows it; bytes after the final
+    answer, which no request asked for, mark the connection as not reusable."""
 
-    __slots__ = ("body", "done", "headers", "headers_done", "reason")
+    __slots__ = ("body", "done", "extra", "headers", "headers_done", "parser", "reason", "status")
 
     def __init__(self) -> None:
+        self.parser: Any = None  # the HttpResponseParser feeding this answer (its status code)
+        self._start()
+
+    def _start(self) -> None:
+        self.status = 0
         self.reason = ""
         self.headers: list[tuple[str, str]] = []
         self.body: list[bytes] = []
         self.headers_done = False
         self.done = False
+        self.extra = False
+
+    def on_message_begin(self) -> None:
+        if self.done:
+            self.extra = True
 
     def on_status(self, reason: bytes) -> None:
-        self.reason += reason.decode("latin-1")
+        if not self.done:
+            self.reason += reason.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        if not self.done:
+            self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
-        self.headers_done = True
+        if not self.done:
+            self.status = self.parser.get_status_code()
+            self.headers_done = True
 
     def on_body(self, body: bytes) -> None:
-        self.body.append(body)
+        if not self.done:
+            self.body.append(body)
 
     def on_message_complete(self) -> None:
+        if self.done:
+            return
+        if 100 <= self.status < 200 and self.status != 101:  # interim: the answer follows
+            self._start()
+            return
         self.done = True
 
     def message(self) -> HTTPMessage:
@@ -193,8 +225,7 @@ class Connection:
 
     def __init__(self, origin: Origin, timeout: float | None, tls: ssl.SSLContext | None) -> None:
         scheme, host, port = origin
-        default = 443 if scheme == "https" else 80
-        self.host = host if port == default else f"{host}:{port}"
+        self.host = host_header(origin)
         sock = socket.create_connection((host, port), timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -215,13 +246,20 @@ class Connection:
         just sent. Raises as http.client does for a connection closed early."""
         assert self.sock is not None
         answer = _Answer()
-        parser = httptools.HttpResponseParser(answer)
+        parser = answer.parser = httptools.HttpResponseParser(answer)
+        try:
+            return self._read(answer, parser)
+        finally:
+            answer.parser = None  # the two refer to each other
+
+    def _read(self, answer: _Answer, parser: Any) -> tuple[int, _Answer, bool]:
+        assert self.sock is not None
         received = False
         while not answer.done:
             data = self.sock.recv(65536)
             if not data:
                 if answer.headers_done and not answer.delimited():
-                    return parser.get_status_code(), answer, False  # read to the close
+                    return answer.status, answer, False  # read to the close
                 if not received:  # as http.client says it (slack_sdk retries this one)
                     raise RemoteDisconnected("Remote end closed connection without response")
                 raise BrokenAnswer("the connection closed inside the answer")
@@ -231,7 +269,8 @@ class Connection:
             except httptools.HttpParserError as exc:
                 raise BrokenAnswer(f"malformed answer: {type(exc).__name__}") from None
         # httptools' should_keep_alive() reads False once the message is complete: decided here.
-        return parser.get_status_code(), answer, answer.keep_alive(parser.get_http_version())
+        reusable = not answer.extra and answer.keep_alive(parser.get_http_version())
+        return answer.status, answer, reusable
 
     def close(self) -> None:
         if self.sock is not None:

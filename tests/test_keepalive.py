@@ -471,3 +471,40 @@ def test_media_type_reads_the_type_and_charset() -> None:
     assert media_type('Text/Plain; Charset="ISO-8859-1"') == ("text/plain", "ISO-8859-1")
     assert media_type("application/gzip") == ("application/gzip", None)
     assert media_type(None) == ("text/plain", None)
+
+
+def test_the_host_header_names_the_port_only_when_needed_and_brackets_ipv6() -> None:
+    from bot.keepalive import host_header
+
+    assert host_header(("https", "slack.com", 443)) == "slack.com"
+    assert host_header(("http", "127.0.0.1", 8080)) == "127.0.0.1:8080"
+    assert host_header(("http", "::1", 8080)) == "[::1]:8080"
+    assert host_header(("https", "::1", 443)) == "[::1]"
+
+
+def test_an_interim_answer_is_skipped_for_the_final_one() -> None:
+    early = b"HTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\n\r\n"
+    server = Scripted([[early, _ok()], [_ok()]])
+    client = KeepAliveWebClient(token="xoxb-test", base_url=server.url)
+    try:
+        answer = _call(client, server.url)
+        assert answer["status"] == 200 and answer["body"] == '{"ok": true, "ts": "1.000001"}'
+        assert answer["headers"].get("Link") is None  # the interim answer's headers are not kept
+        assert '"ok": true' in _call(client, server.url)["body"]
+        assert client.connections_opened == 1  # the connection is still in step
+    finally:
+        server.close()
+
+
+def test_bytes_nobody_asked_for_after_an_answer_end_the_connection() -> None:
+    """Whatever follows the answer in the same read is no answer to any request: the next call
+    goes on a new connection rather than read it as its own."""
+    stray = b"HTTP/1.1 200 OK\r\nContent-Length: 21\r\n\r\n" + b'{"ok": false, "x": 1}'
+    server = Scripted([[_ok() + stray], [_ok(b'{"ok": true, "ts": "2.000002"}')]])
+    client = KeepAliveWebClient(token="xoxb-test", base_url=server.url)
+    try:
+        assert _call(client, server.url)["body"] == '{"ok": true, "ts": "1.000001"}'
+        assert _call(client, server.url)["body"] == '{"ok": true, "ts": "2.000002"}'
+        assert client.connections_opened == 2
+    finally:
+        server.close()
