@@ -156,9 +156,12 @@ def ensure_root(deps: Deps, req: Request) -> Request:
         if not exc.error.startswith("connection"):
             deps.store.forget(key)  # Slack refused it: nothing was posted
         raise
-    deps.store.update(req.id, root_ts=ts)
-    details.merge(deps, req.id, ThreadDetails(root_hash=message_digest(msg)))
-    return deps.store.get(req.id) or req
+    # The ts and the digest in one transaction; the row comes back as stored after the post,
+    # so a click that decided the request meanwhile is in it.
+    _, stored = deps.store.update_and_merge(
+        req.id, ThreadDetails(root_hash=message_digest(msg)), root_ts=ts
+    )
+    return stored or req
 
 
 def tell_once(deps: Deps, req: Request, key: str, text: str) -> None:

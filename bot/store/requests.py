@@ -113,14 +113,15 @@ class Requests(StoreBase):
         request_id: str,
         details: Mapping[str, Any],
         *,
-        only_if_status: Iterable[str],
+        only_if_status: Iterable[str] | None = None,
         **values: Any,
     ) -> tuple[bool, Request | None]:
         """`update(…)` and `merge_details(details)` in one transaction; returns whether the
         update changed the row and the request as committed (None: no such request).
 
         The details are merged whether or not the status condition held. One commit instead
-        of two, and the caller needs no read after it (lifecycle.settle → refresh_root).
+        of two, and the caller needs no read after it (lifecycle.settle → refresh_root,
+        lifecycle.ensure_root).
         """
         statement = self._merge_statement(tuple(details), returning=True)
         patch = json.dumps(dict(details))

@@ -53,8 +53,9 @@ def carry_out(deps: Deps, req: Request) -> None:
         if posted is None:
             answer_rules(deps, deps.store.get(req.id) or req)  # failed: GitHub hears so
             return
-        # A click may have approved the request while the card was being posted.
-        req = deps.store.get(req.id) or posted
+        # As stored after the post (ensure_root): a click that approved the request while the
+        # card was being posted is in it.
+        req = posted
     if req.status == PENDING_APPROVAL:
         req = answer_rules(deps, req)  # nothing is decided yet: clears answer_due
         if deps.config.commands.deploy.gated(req.environment or "") and req.trigger != GATE:
