@@ -3,6 +3,7 @@
     .venv/bin/python bench/relay.py                          # 400 requests, 800 events, SQLite
     .venv/bin/python bench/relay.py --database postgres --slack-tls
     .venv/bin/python bench/relay.py --root /path/to/other/checkout   # the same loop, other code
+    .venv/bin/python bench/relay.py --work evaluate          # command jobs instead (or deploy)
 
 bench/run.py's reply phase measures the relay under load (webhooks at a steady rate, every
 thread busy), where the figure moves with the machine's other work. This one stores each
@@ -11,6 +12,12 @@ root edit, finish) on the calling thread, one after the other, and reads that th
 clock: the cost of one relayed event with nothing else running, comparable between two trees
 (`--root`). Each request gets a started and a finished event; every root edit is sent
 (root_edit_seconds 0). Slack and GitHub are bench/doubles.py's, in their own process.
+
+`--work evaluate` / `--work deploy` run command jobs the same way: each request stored as the
+command's ack stores it (`/evaluate N` for its own open PR, labelled; `/deploy run-<hex>` for
+production, waiting for approval), then its job on this thread (`/evaluate`: PR read, root
+message, label; `/deploy`: facts, approval card), the first one unmeasured (it pays the
+first GitHub call's imports). The ack itself is not in the figure.
 """
 
 from __future__ import annotations
@@ -37,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
     ap.add_argument("--slack-tls", action="store_true", help="Slack's double over https")
     ap.add_argument("--root", default=str(ROOT), help="the checkout whose bot/ is measured")
+    ap.add_argument(
+        "--work", choices=("events", "evaluate", "deploy"), default="events", help="what to run"
+    )
     args = ap.parse_args(argv)
 
     # The tree measured comes first on the path; the bench helpers and the webhook corpus next.
@@ -105,6 +115,8 @@ def measure(
     logs.setup(fmt=settings.log_format, secrets=settings.secret_values(), level=settings.log_level)
     bridge = Bridge(settings, parse_config(config), start_scheduler=False)
     try:
+        if args.work != "events":
+            return commands(args.work, args.requests, bridge, run, doubles)
         return relay(args.requests, bridge, run, webhook_examples, doubles)
     finally:
         bridge.jobs.shutdown(wait=True)
@@ -167,6 +179,60 @@ def relay(count: int, bridge: Any, run: Any, webhook_examples: Any, doubles: Any
         ),
         "events per second (one thread)": f"{len(bodies) / wall:.0f}",
         "Slack connections opened": str(connections),
+    }
+
+
+def commands(kind: str, count: int, bridge: Any, run: Any, doubles: Any) -> dict[str, str]:
+    from bot.model import PENDING_APPROVAL, NewRequest
+
+    store, jobs = bridge.store, bridge.jobs
+    first = 5000  # PRs of their own (the double's `pulls`), one per /evaluate
+    if kind == "evaluate":
+        doubles.ask(f"pulls {first} {count + 1}")
+    ids = []
+    for n in range(count + 1):  # the first one, not measured, pays the first-use imports
+        who: dict[str, Any] = {
+            "channel_id": "C0BENCH01",
+            "user_id": f"U0BENCH{n % 5000:05d}",
+            "idempotency_key": f"commands:{uuid.uuid4()}",
+        }
+        if kind == "evaluate":
+            new = NewRequest(
+                kind="evaluate", repo=run.REPO, pr_number=first + n, trigger="label", **who
+            )
+        else:
+            new = NewRequest(
+                kind="deploy",
+                repo=run.REPO,
+                trigger="dispatch",
+                run_ref=f"run-{uuid.uuid4().hex[:12]}",
+                environment="production",
+                event_type="deploy",
+                status=PENDING_APPROVAL,
+                expires_at=time.time() + 1800,
+                **who,
+            )
+        req, _ = store.create_request(new)
+        ids.append(req.id)
+    jobs.run_request(ids.pop(0))
+    walls: list[float] = []
+    cpu0, wall0 = time.thread_time(), time.perf_counter()
+    for rid in ids:
+        t = time.perf_counter()
+        jobs.run_request(rid)
+        walls.append((time.perf_counter() - t) * 1000)
+    cpu, wall = time.thread_time() - cpu0, time.perf_counter() - wall0
+    done = [store.get(rid) for rid in ids]
+    reached = sum(1 for r in done if r.root_ts and r.status in ("triggered", PENDING_APPROVAL))
+    walls.sort()
+    return {
+        "jobs": f"{count} /{kind} commands",
+        "reached their root / card": f"{reached} of {count}",
+        "CPU per job (this thread)": f"{cpu * 1000 / count:.2f} ms",
+        "wall per job p50 / p99": (
+            f"{statistics.median(walls):.2f} / {walls[int(0.99 * (len(walls) - 1))]:.2f} ms"
+        ),
+        "jobs per second (one thread)": f"{count / wall:.0f}",
     }
 
 
