@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import (
+    bindparam,
     delete,
     insert,
     select,
@@ -16,6 +17,13 @@ from bot.store.base import (
     _INSERT_AUDIT,
     StoreBase,
     log,
+)
+
+# Who approved a request, in order: built once (each card and click reads it).
+_APPROVERS = (
+    select(db.approvals.c.user_id)
+    .where(db.approvals.c.request_id == bindparam("b_id"))
+    .order_by(db.approvals.c.at)
 )
 
 
@@ -46,11 +54,7 @@ class Approvals(StoreBase):
 
     def approvers_of(self, request_id: str) -> list[str]:
         with self.reader.connect() as conn:
-            rows = conn.execute(
-                select(db.approvals.c.user_id)
-                .where(db.approvals.c.request_id == request_id)
-                .order_by(db.approvals.c.at)
-            ).all()
+            rows = conn.execute(_APPROVERS, {"b_id": request_id}).all()
         return [r[0] for r in rows]
 
     # -- audit --------------------------------------------------------------------------

@@ -48,6 +48,9 @@ _STATUS_OF = (
 )
 _GET_DETAILS = select(db.requests.c.details).where(db.requests.c.id == bindparam("b_id"))
 _SET_DETAILS_IF = _UPDATE_REQUEST.where(db.requests.c.details == bindparam("b_old"))
+# Giving a lease back (release): the SET clause comes from the parameters' column names.
+_RELEASE = _UPDATE_REQUEST.where(db.requests.c.holder == bindparam("b_holder"))
+_RELEASE_UNHELD = _UPDATE_REQUEST.where(db.requests.c.holder.is_(None))
 _CLAIM = (
     update(db.requests)
     .where(
@@ -295,12 +298,13 @@ class Requests(StoreBase):
         """Give the lease back; the next attempt is due in retry_in seconds (lease_until is its
         durable record: the holder's timer runs it, or any sweep once it is due). `values`:
         failures, waiting_since, waiting_on."""
+        # Prebuilt statements, not one built per call: every job ends here.
+        params = {"b_id": request_id, "lease_until": self.clock() + retry_in, **values}
+        statement = _RELEASE_UNHELD
+        if self.process_id is not None:
+            statement, params["b_holder"] = _RELEASE, self.process_id
         with self.engine.begin() as conn:
-            conn.execute(
-                update(db.requests)
-                .where(db.requests.c.id == request_id, self._mine(db.requests))
-                .values(lease_until=self.clock() + retry_in, **values)
-            )
+            conn.execute(statement, params)
 
     def to_carry_out(self, *, older_than: float, limit: int = 100) -> list[Request]:
         """Requests with a step to do that nobody is working on: the recovery sweep's input.
