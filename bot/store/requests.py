@@ -124,14 +124,17 @@ class Requests(StoreBase):
 
         The details are merged whether or not the status condition held. One commit instead
         of two, and the caller needs no read after it (lifecycle.settle → refresh_root,
-        lifecycle.ensure_root).
+        lifecycle.ensure_root, the deploy worker's facts). With neither values nor a condition
+        it is the merge alone, with the row back.
         """
         statement = self._merge_statement(tuple(details), returning=True)
         patch = json.dumps(dict(details))
-        change = self._update_values(request_id, only_if_status, values)
+        # With no values and no condition only the merge runs (it sets updated_at itself).
+        updating = bool(values) or only_if_status is not None
+        change = self._update_values(request_id, only_if_status, values) if updating else None
         if statement is None or "\\u0000" in patch:
             # The read-merge-write fallback of merge_details: three steps, as before.
-            changed = self.update(request_id, only_if_status=only_if_status, **values)
+            changed = updating and self.update(request_id, only_if_status=only_if_status, **values)
             self.merge_details(request_id, dict(details))
             return changed, self.get(request_id)
         merge = self._merge_params(request_id, details, patch)

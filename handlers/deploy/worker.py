@@ -77,8 +77,7 @@ def _post_card(deps: Deps, req: Request) -> Request | None:
             fail(deps, req, refusal)
             return None
         if not details_of(req).get("facts_checked"):
-            _gather_facts(deps, req)
-            req = deps.store.get(req.id) or req
+            req = _gather_facts(deps, req) or req
     except Retryable as exc:
         retry_or_give_up(deps, req, exc)
         return None
@@ -100,9 +99,11 @@ def _post_card(deps: Deps, req: Request) -> Request | None:
         return None
 
 
-def _gather_facts(deps: Deps, req: Request) -> None:
-    """What the card shows about a GitHub run: its facts, its PR's head, relayed metrics."""
+def _gather_facts(deps: Deps, req: Request) -> Request | None:
+    """What the card shows about a GitHub run: its facts, its PR's head, relayed metrics.
+    Returns the request as stored with them (None: it is gone)."""
     facts = DeployDetails(facts_checked=True)
+    values: dict[str, Any] = {}
     if req.run_ref and GITHUB_RUN_ID.match(req.run_ref):
         run = deps.github.get_run(req.repo, int(req.run_ref))
         facts["run"] = RunFacts(
@@ -124,8 +125,9 @@ def _gather_facts(deps: Deps, req: Request) -> None:
         metrics = _relayed_metrics(deps, req.repo, run.head_sha, run.pull_numbers[:1])
         if metrics:
             facts["metrics"] = metrics
-        deps.store.update(req.id, head_sha=run.head_sha or None)
-    details.merge(deps, req.id, facts)
+        values["head_sha"] = run.head_sha or None
+    _, stored = deps.store.update_and_merge(req.id, facts, **values)
+    return stored
 
 
 def _relayed_metrics(
