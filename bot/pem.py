@@ -112,8 +112,6 @@ def rsa_key_problem(pem: str) -> str:
         return _CANNOT + "its BEGIN and END lines do not match"
     if label not in ("RSA PRIVATE KEY", "PRIVATE KEY"):
         return _CANNOT + f"it is a {label.lower()}, not an RSA private key"
-    if ":" in payload:  # PEM headers (RFC 1421) come only with encryption
-        return ENCRYPTED
     try:
         der = binascii.a2b_base64("".join(payload.split()), strict_mode=True)
     except binascii.Error:

@@ -141,14 +141,6 @@ def database_password(url: str) -> str:
         return ""
 
 
-def key_problem(pem: str) -> str:
-    """Why this PEM cannot sign a GitHub App JWT, or "" when it can. Found at start, so a
-    damaged key is not first met by a user's command, whose answer would then never arrive;
-    read with the standard library (bot/pem.py), so cryptography and PyJWT wait for the first
-    GitHub call."""
-    return rsa_key_problem(pem)
-
-
 def _read_private_key(env: Mapping[str, str], problems: list[str]) -> str:
     pem = env.get("GITHUB_APP_PRIVATE_KEY", "").strip()
     path = env.get("GITHUB_APP_PRIVATE_KEY_PATH", "").strip()
@@ -184,7 +176,10 @@ def _read_private_key(env: Mapping[str, str], problems: list[str]) -> str:
     if "PRIVATE KEY-----" not in pem:
         problems.append(f"{source} is not a PEM private key (BEGIN ... PRIVATE KEY)")
         return ""
-    why = key_problem(pem)
+    # Found at start, so a damaged key is not first met by a user's command, whose answer would
+    # then never arrive; read with the standard library (bot/pem.py), so cryptography and PyJWT
+    # wait for the first GitHub call.
+    why = rsa_key_problem(pem)
     if why:
         problems.append(f"{source}: {why}")
         return ""

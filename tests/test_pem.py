@@ -120,10 +120,6 @@ def test_numbers_that_do_not_belong_together_are_refused() -> None:
     other = _rsa(3072).private_numbers()
     head, _, tail = _body(_pem(_rsa(), PKCS1))
 
-    def integer(n: int) -> bytes:
-        raw = n.to_bytes(n.bit_length() // 8 + 1, "big")
-        return b"\x02" + _length(len(raw)) + raw
-
     fields = [
         0,
         other.public_numbers.n,
@@ -135,12 +131,17 @@ def test_numbers_that_do_not_belong_together_are_refused() -> None:
         numbers.dmq1,
         numbers.iqmp,
     ]
-    body = b"".join(integer(n) for n in fields)
+    body = b"".join(_integer(n) for n in fields)
     forged = _with_body(head, b"\x30" + _length(len(body)) + body, tail)
     assert not library_signs(forged)
     assert rsa_key_problem(forged) == (
         "it cannot sign a GitHub App JWT: the modulus is not the product of the key's primes"
     )
+
+
+def _integer(n: int) -> bytes:
+    raw = n.to_bytes(n.bit_length() // 8 + 1, "big")
+    return b"\x02" + _length(len(raw)) + raw
 
 
 def _length(n: int) -> bytes:
@@ -176,3 +177,19 @@ def test_bytes_after_the_key_are_refused_by_both(fmt: serialization.PrivateForma
     pem = _with_body(head, der + b"\x05\x00", tail)
     assert not library_signs(pem)
     assert rsa_key_problem(pem) == "it cannot sign a GitHub App JWT: trailing data after the key"
+
+
+def test_numbers_out_of_range_are_refused_by_both() -> None:
+    """e = d = 1 satisfies every relation between the numbers, and signs nothing."""
+    numbers = _rsa().private_numbers()
+    p, q = numbers.p, numbers.q
+    head, _, tail = _body(_pem(_rsa(), PKCS1))
+
+    fields = [0, p * q, 1, 1, p, q, 1, 1, pow(q, -1, p)]
+    body = b"".join(_integer(n) for n in fields)
+    weak = _with_body(head, b"\x30" + _length(len(body)) + body, tail)
+    assert not library_signs(weak)
+    assert (
+        rsa_key_problem(weak)
+        == "it cannot sign a GitHub App JWT: the key's numbers are out of range"
+    )
