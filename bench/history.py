@@ -118,19 +118,21 @@ def seed(url: str, n: int, chunk: int = 100_000) -> float:
 class HistoryDatabases(bench.Databases):
     """Fresh databases that are copies of one seeded template."""
 
-    def __init__(self, kind: str, tmp: Path) -> None:
-        super().__init__(kind, tmp)
+    def __init__(self, kind: str, tmp: Path, rows: int) -> None:
+        super().__init__(kind, tmp, prefix="history")
         self.template: str | None = None
+        self.rows = rows  # what every copy must hold (checked: a copy of the wrong database
+        # once made the populated run measure an almost empty one)
 
     def fresh(self) -> str:
         if self.template is None:
             return super().fresh()
         if self.kind == "sqlite":
-            path = self.tmp / f"history-{len(self.made)}.db"
+            path = self.tmp / f"history-copy-{len(self.made)}.db"
             shutil.copyfile(self.template.removeprefix("sqlite:///"), path)
             self.made.append(str(path))
-            return f"sqlite:///{path}"
-        name = f"chatops_bench_{len(self.made)}_{time.monotonic_ns()}"
+            return self._checked(f"sqlite:///{path}")
+        name = f"chatops_history_copy_{len(self.made)}_{time.monotonic_ns()}"
         template = self.template.rsplit("/", 1)[1]
         admin = create_engine(
             bench.PG_ADMIN.replace("postgresql://", "postgresql+psycopg://"),
@@ -140,7 +142,18 @@ class HistoryDatabases(bench.Databases):
             conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
         admin.dispose()
         self.made.append(name)
-        return bench.PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+        return self._checked(bench.PG_ADMIN.rsplit("/", 1)[0] + f"/{name}")
+
+    def _checked(self, url: str) -> str:
+        engine = engine_for(url)
+        try:
+            with engine.connect() as conn:
+                held = conn.execute(text("SELECT count(*) FROM requests")).scalar_one()
+        finally:
+            engine.dispose()
+        if held < self.rows:
+            raise RuntimeError(f"the populated copy holds {held:,} requests, not {self.rows:,}")
+        return url
 
 
 def make_template(launcher: bench.Launcher, dbs: HistoryDatabases, n: int) -> float:
@@ -268,6 +281,7 @@ def phase_relay(
         bodies = [run_event(template, j, reqs[j][0], reqs[j][1], a, fork) for a, j in events]
         # No reset here: the Slack double would forget the root messages, and every root edit
         # would be answered message_not_found. Replies are told apart by their runs' names.
+        cpu0 = bench.proc_cpu(server.proc.pid)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             sent_at, _acks, errors = runner.run(bench.paced_webhooks(server.port, bodies, rate))
         deadline = time.monotonic() + 120
@@ -287,6 +301,7 @@ def phase_relay(
             if finished >= finished_sent and time.monotonic() - quiet_since > 2:
                 break
             time.sleep(0.05)
+        cpu = bench.proc_cpu(server.proc.pid) - cpu0
         peak = server.rss_mb()[1]
     finally:
         bench.stop(server.proc)
@@ -301,6 +316,7 @@ def phase_relay(
     drain = max(seen.values(), default=float("nan")) - min(sent_at)
     res = bench.Result("relay", 0, drain, lat, {"202": len(events) - errors}, {})
     res.peak_rss_mb = peak
+    res.cpu_s = cpu  # events sent -> last reply (the evaluations before them not included)
     # A run's "started" event handled after its "finished" one (two processes, or a queue
     # longer than the second between them) rightly gets no reply: the run's record only moves
     # forward. So replies to finished runs are counted apart: each of those must arrive.
@@ -354,7 +370,7 @@ def compare(args: Any, duration: float, warmup: float) -> int:
     doubles = bench.Doubles()
     empty_dbs = bench.Databases(args.database, tmp)
     (tmp / "history").mkdir()
-    full_dbs = HistoryDatabases(args.database, tmp / "history")
+    full_dbs = HistoryDatabases(args.database, tmp / "history", n)
     empty = bench.Launcher(doubles, empty_dbs, tmp)
     full = bench.Launcher(doubles, full_dbs, tmp / "history")
     try:
@@ -384,5 +400,19 @@ def compare(args: Any, duration: float, warmup: float) -> int:
             f"{reply.pct(0.99):8.1f} {reply.extra['replied']:>4}/{reply.extra['sent']:<4} "
             f"{fork.extra['drain_s']:7.2f} s ({fork.extra['drain_s'] * 1000 / FORK_PRS:5.1f} "
             f"ms each, {fork.extra['replied']} replied)"
+        )
+    # Wall times on a shared 2-core host move by tens of percent between identical runs; the
+    # server's CPU per unit of work is the steadier figure.
+    print("\n  server CPU per unit, ms")
+    print(
+        f"  {'database':<18} {'ack + its job':>14} {'intake':>8} {'relayed event':>14} "
+        f"{'fork-PR event':>14}"
+    )
+    for label, r in results.items():
+        acks, intake, reply, fork = r["acks"], r["intake"], r["reply"], r["fork"]
+        print(
+            f"  {label:<18} {acks.cpu_ms_per_request:14.2f} {intake.cpu_ms_per_request:8.2f} "
+            f"{reply.cpu_s * 1000 / max(reply.extra['sent'], 1):14.2f} "
+            f"{fork.cpu_s * 1000 / max(fork.extra['sent'], 1):14.2f}"
         )
     return 0

@@ -188,19 +188,22 @@ class Doubles:
 class Databases:
     """A fresh database per phase: a SQLite file, or a PostgreSQL database dropped afterwards."""
 
-    def __init__(self, kind: str, tmp: Path) -> None:
+    def __init__(self, kind: str, tmp: Path, prefix: str = "bench") -> None:
         self.kind = kind
         self.tmp = tmp
+        # Two sets of databases in one run (bench/history.py: empty and populated) must not
+        # share names: a fresh database drops any of its name first.
+        self.prefix = prefix
         self.made: list[str] = []
 
     def fresh(self) -> str:
         if self.kind == "sqlite":
-            path = self.tmp / f"bench-{len(self.made)}.db"
+            path = self.tmp / f"{self.prefix}-{len(self.made)}.db"
             self.made.append(str(path))
             return f"sqlite:///{path}"
         from sqlalchemy import create_engine, text
 
-        name = f"chatops_bench_{os.getpid()}_{len(self.made)}"
+        name = f"chatops_{self.prefix}_{os.getpid()}_{len(self.made)}"
         engine = create_engine(
             PG_ADMIN.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT"
         )
