@@ -35,6 +35,7 @@ from bot.model import (
     NewRequest,
 )
 from bot.store import Store
+from bot.store.base import _Compiled
 
 # Tables whose rows pile up with use (requests, their runs, approvals and audit rows, every
 # webhook delivery and side-effect key). processes, poll_state and schedule_state stay small.
@@ -103,6 +104,20 @@ class Recorder:
             if head == "INSERT" and " SELECT " not in statement:
                 return  # INSERT ... VALUES reads nothing
             self.statements.append((self.label, statement, parameters))
+
+    def watch(self, store: Store) -> None:
+        """Also record the store's lean reads (StoreBase._rows: on the DBAPI connection, past
+        SQLAlchemy's events), as the dialect's SQL and the driver's parameters they run as."""
+        lean = store._rows
+
+        def recording(statement: Any, values: dict[str, Any]) -> list[dict[str, Any]]:
+            if self.label:
+                self.seen.add(self.label)
+                compiled = _Compiled(statement, store.engine)
+                self.statements.append((self.label, compiled.sql, compiled.parameters(values)))
+            return lean(statement, values)
+
+        store._rows = recording  # type: ignore[method-assign]
 
     @contextlib.contextmanager
     def as_(self, label: str) -> Iterator[None]:
@@ -396,6 +411,7 @@ def plan_problems(engine: Engine) -> dict[str, list[str]]:
     store.register_process("test-process", "host", 1)
     calls = hot_calls(store)
     recorder = Recorder(engine)
+    recorder.watch(store)
     try:
         for label, call in calls:
             with recorder.as_(label):

@@ -53,9 +53,7 @@ class Approvals(StoreBase):
             )
 
     def approvers_of(self, request_id: str) -> list[str]:
-        with self.reader.connect() as conn:
-            rows = conn.execute(_APPROVERS, {"b_id": request_id}).all()
-        return [r[0] for r in rows]
+        return [r["user_id"] for r in self._rows(_APPROVERS, {"b_id": request_id})]
 
     # -- audit --------------------------------------------------------------------------
     def audit(

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     Engine,
+    Select,
     and_,
     bindparam,
     insert,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.exc import DBAPIError
 
 from bot import db
 from bot.model import (
@@ -107,6 +109,23 @@ def _free_or_orphaned(table: Any) -> Any:
     return or_(table.c.lease_until <= bindparam("b_now"), _holder_dead(table.c.holder))
 
 
+class _Compiled:
+    """A prebuilt SELECT as its dialect's SQL text and the order of its parameters."""
+
+    __slots__ = ("compiled", "positions", "sql")
+
+    def __init__(self, statement: Select[Any], engine: Engine) -> None:
+        self.compiled = statement.compile(dialect=engine.dialect)
+        self.sql = str(self.compiled)
+        if "POSTCOMPILE" in self.sql:  # an expanding IN list is rendered per call
+            raise ValueError("a lean read takes no IN list parameter")
+        self.positions = self.compiled.positiontup  # None: named parameters (psycopg)
+
+    def parameters(self, values: dict[str, Any]) -> Any:
+        full = self.compiled.construct_params(values)  # with the statement's own literals
+        return full if self.positions is None else tuple(full[n] for n in self.positions)
+
+
 class StoreBase:
     """The engine, the clock and this process's liveness, shared by the Store's parts."""
 
@@ -123,11 +142,64 @@ class StoreBase:
             if engine.dialect.name == "postgresql"
             else engine
         )
+        self._compiled: dict[Select[Any], _Compiled] = {}  # see _rows
         self.clock = clock
         # This process's id in `processes` (bot/liveness.py): the holder of what it claims.
         self.process_id: str | None = None
         # A holder whose heartbeat is older than this is dead (CHATOPS_HOLDER_DEAD_SECONDS).
         self.holder_dead_seconds = 10.0
+
+    def _rows(self, statement: Select[Any], values: dict[str, Any]) -> list[dict[str, Any]]:
+        """A prebuilt SELECT's rows as dicts, run on a pooled DBAPI connection.
+
+        For the reads every relayed event and job makes (a request by id, a run's link, a
+        request's runs): SQLAlchemy's execution layer costs ~160-170 µs of CPU per statement on
+        either database (`bench/relay.py`, docs/benchmarks.md), as much as the read itself on
+        SQLite five times over. A read needs none of what that layer adds here: the SQLite
+        writer queue and the inline-write guard watch writes, and the columns read this way are
+        text and numbers that both drivers return as Python values already. The pool's events
+        still run (the idle ping at checkout), and a driver error comes out as SQLAlchemy's
+        (`DBAPIError`, parameters hidden), as it would from `conn.execute`: callers that take
+        a database outage for what it is catch SQLAlchemyError. On PostgreSQL the read runs in
+        autocommit, as `reader` does: one round trip, no BEGIN and no ROLLBACK at check-in.
+        """
+        compiled = self._compiled.get(statement)
+        if compiled is None:
+            compiled = self._compiled[statement] = _Compiled(statement, self.engine)
+        dialect = self.engine.dialect
+        pg = dialect.name == "postgresql"
+        raw: Any = None
+        cursor: Any = None
+        try:
+            raw = self.engine.raw_connection()
+            if pg:
+                raw.dbapi_connection.autocommit = True
+            try:
+                cursor = raw.cursor()
+                cursor.execute(compiled.sql, compiled.parameters(values))
+                names = [d[0] for d in cursor.description]
+                rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+                cursor.close()
+            finally:
+                if pg:
+                    raw.dbapi_connection.autocommit = False
+        except dialect.loaded_dbapi.Error as exc:
+            gone = raw is not None and dialect.is_disconnect(exc, raw.dbapi_connection, cursor)
+            if gone:
+                raw.invalidate(exc)  # the pool opens a new connection for the next checkout
+            raise DBAPIError.instance(
+                compiled.sql,
+                None,
+                exc,
+                dialect.loaded_dbapi.Error,
+                hide_parameters=True,
+                connection_invalidated=gone,
+                dialect=dialect,
+            ) from exc
+        finally:
+            if raw is not None:
+                raw.close()  # back to the pool
+        return rows
 
     def _liveness(self, now: float) -> dict[str, Any]:
         return {

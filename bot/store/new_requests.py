@@ -285,9 +285,8 @@ class NewRequests(Requests):
         return _request_from({**_EMPTY_ROW, **values}), True
 
     def count_recent(self, user_id: str, since: float) -> int:
-        with self.reader.connect() as conn:
-            n = conn.execute(_COUNT_RECENT, {"user_id": user_id, "since": since}).scalar_one()
-        return int(n)
+        (row,) = self._rows(_COUNT_RECENT, {"user_id": user_id, "since": since})
+        return int(next(iter(row.values())))
 
     def take_head(self, req: Request, head_sha: str) -> Request | None:
         """Make `req` THE evaluation in flight of its repo + PR + head SHA: store the SHA on it

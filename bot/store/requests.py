@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -10,6 +11,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Connection,
+    Select,
     and_,
     bindparam,
     func,
@@ -31,12 +33,23 @@ from bot.store.base import (
     _free_or_orphaned,
     _holder_dead,
     _needs_work,
+    _request_from,
     _row_to_request,
     log,
 )
 
 # The statements every job and webhook delivery runs, built once (see new_requests.py).
 _GET_REQUEST = select(db.requests).where(db.requests.c.id == bindparam("request_id"))
+_BY_KEY = select(db.requests).where(db.requests.c.idempotency_key == bindparam("b_key"))
+_BY_THREAD = (
+    select(db.requests)
+    .where(
+        db.requests.c.channel_id == bindparam("b_channel"),
+        db.requests.c.root_ts == bindparam("b_ts"),
+    )
+    .order_by(db.requests.c.created_at.desc())
+    .limit(1)
+)
 _UPDATE_REQUEST = update(db.requests).where(db.requests.c.id == bindparam("b_id"))
 _UPDATE_REQUEST_IF = _UPDATE_REQUEST.where(
     db.requests.c.status.in_(bindparam("b_statuses", expanding=True))
@@ -79,21 +92,35 @@ _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _MERGES: dict[tuple[str, tuple[str, ...], bool], Executable] = {}
 
 
+@functools.cache
+def _find_statement(filters: tuple[str, ...], statuses: int, since: bool) -> Select[Any]:
+    """`find`'s SELECT for one combination of filters, built once: `filters` are the equality
+    filters given (`f_<column>`), `statuses` how many statuses (-1: any status), `since` whether
+    a creation time bounds it. A bind parameter per status rather than an expanding IN list, so
+    the statement runs as it was compiled (StoreBase._rows). The call sites use a few dozen
+    combinations at most."""
+    c = db.requests.c
+    conds: list[Any] = [c[name.removeprefix("f_")] == bindparam(name) for name in filters]
+    if statuses >= 0:
+        conds.append(c.status.in_([bindparam(f"f_status_{i}") for i in range(statuses)]))
+    if since:
+        conds.append(c.created_at >= bindparam("f_since"))
+    return (
+        select(db.requests).where(*conds).order_by(c.created_at.desc()).limit(bindparam("f_limit"))
+    )
+
+
 class Requests(StoreBase):
     """Reading and changing requests: status, details, leases, sweeps and lookups."""
 
     # -- requests -----------------------------------------------------------------------
     def get(self, request_id: str) -> Request | None:
-        with self.reader.connect() as conn:
-            row = conn.execute(_GET_REQUEST, {"request_id": request_id}).first()
-        return _row_to_request(row) if row else None
+        rows = self._rows(_GET_REQUEST, {"request_id": request_id})
+        return _request_from(rows[0]) if rows else None
 
     def request_by_key(self, key: str) -> Request | None:
-        with self.reader.connect() as conn:
-            row = conn.execute(
-                select(db.requests).where(db.requests.c.idempotency_key == key)
-            ).first()
-        return _row_to_request(row) if row else None
+        rows = self._rows(_BY_KEY, {"b_key": key})
+        return _request_from(rows[0]) if rows else None
 
     def update(
         self, request_id: str, *, only_if_status: Iterable[str] | None = None, **values: Any
@@ -275,15 +302,8 @@ class Requests(StoreBase):
 
     def request_by_thread(self, channel_id: str, root_ts: str) -> Request | None:
         """The request whose thread root is (channel, ts): how a mention in a thread finds it."""
-        c = db.requests.c
-        with self.reader.connect() as conn:
-            row = conn.execute(
-                select(db.requests)
-                .where(c.channel_id == channel_id, c.root_ts == root_ts)
-                .order_by(c.created_at.desc())
-                .limit(1)
-            ).first()
-        return _row_to_request(row) if row else None
+        rows = self._rows(_BY_THREAD, {"b_channel": channel_id, "b_ts": root_ts})
+        return _request_from(rows[0]) if rows else None
 
     def claim(self, request_id: str, lease_seconds: float = 120.0) -> bool:
         """Take the work lease of a request; False when a live worker holds it.
@@ -388,28 +408,32 @@ class Requests(StoreBase):
         limit: int = 50,
     ) -> list[Request]:
         """Requests matching every given filter, newest first."""
-        c = db.requests.c
-        conds = []
-        for col, val in (
-            (c.repo, repo),
-            (c.pr_number, pr_number),
-            (c.head_sha, head_sha),
-            (c.kind, kind),
-            (c.user_id, user_id),
-            (c.channel_id, channel_id),
-            (c.environment, environment),
-        ):
-            if val is not None:
-                conds.append(col == val)
-        if statuses is not None:
-            conds.append(c.status.in_(list(statuses)))
+        values: dict[str, Any] = {
+            f"f_{name}": value
+            for name, value in (
+                ("repo", repo),
+                ("pr_number", pr_number),
+                ("head_sha", head_sha),
+                ("kind", kind),
+                ("user_id", user_id),
+                ("channel_id", channel_id),
+                ("environment", environment),
+            )
+            if value is not None
+        }
+        wanted = None if statuses is None else list(statuses)
+        if wanted == []:
+            return []  # no status given: nothing can match
+        for i, status in enumerate(wanted or ()):
+            values[f"f_status_{i}"] = status
         if since is not None:
-            conds.append(c.created_at >= since)
-        with self.reader.connect() as conn:
-            rows = conn.execute(
-                select(db.requests).where(*conds).order_by(c.created_at.desc()).limit(limit)
-            ).all()
-        return [_row_to_request(r) for r in rows]
+            values["f_since"] = since
+        statement = _find_statement(
+            tuple(k for k in values if not k.startswith(("f_status_", "f_since"))),
+            -1 if wanted is None else len(wanted),
+            since is not None,
+        )
+        return [_request_from(m) for m in self._rows(statement, {**values, "f_limit": limit})]
 
     def expired_approvals(self, now: float, limit: int = 100) -> list[Request]:
         c = db.requests.c

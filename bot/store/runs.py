@@ -5,9 +5,10 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from sqlalchemy import (
-    RowMapping,
     and_,
     bindparam,
     or_,
@@ -160,27 +161,23 @@ class Runs(StoreBase):
 
     def run_owner(self, run_id: str) -> str | None:
         """The request a run was linked to before, if any."""
-        with self.reader.connect() as conn:
-            row = conn.execute(_OWNER_OF_RUN, {"b_id": run_id}).first()
-        return row[0] if row else None
+        rows = self._rows(_OWNER_OF_RUN, {"b_id": run_id})
+        return rows[0]["request_id"] if rows else None
 
     def linked_request(self, run_id: str) -> tuple[bool, Request | None]:
         """(linked, request): whether the run was linked before, and its request if it still
         exists."""
-        with self.reader.connect() as conn:
-            row = conn.execute(_LINKED_REQUEST, {"b_id": run_id}).first()
-        if row is None:
+        rows = self._rows(_LINKED_REQUEST, {"b_id": run_id})
+        if not rows:
             return False, None
-        m = row._mapping
+        m = rows[0]
         return True, (_request_from(m) if m["id"] is not None else None)
 
     def runs_of(self, request_id: str) -> list[RunRecord]:
-        with self.reader.connect() as conn:
-            rows = conn.execute(_RUNS_OF, {"b_id": request_id}).all()
-        return [_run_record(row._mapping) for row in rows]
+        return [_run_record(m) for m in self._rows(_RUNS_OF, {"b_id": request_id})]
 
 
-def _run_record(m: RowMapping) -> RunRecord:
+def _run_record(m: Mapping[str, Any]) -> RunRecord:
     """A row of the runs table as the domain sees it."""
     return RunRecord(
         run_id=m["run_id"],
