@@ -401,6 +401,21 @@ def _info_of(connection: object) -> dict[str, object]:
 
 
 _QUEUES: weakref.WeakKeyDictionary[Engine, _WriterQueue] = weakref.WeakKeyDictionary()
+# What runs before each statement an engine executes (the SQLite writer queue, PostgreSQL's
+# inline-write guard): SQLAlchemy's before_cursor_execute event calls it, and so does the
+# store's lean path (bot/store/base.py), which runs statements past that event.
+_GATES: weakref.WeakKeyDictionary[Engine, Callable[[dict[str, object], str], None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def before_statement(engine: Engine, info: dict[str, object], statement: str) -> None:
+    """The engine's gate for a statement about to run on the pooled connection whose info is
+    `info`: on SQLite a write queues for the process's writer lock (released at commit or
+    rollback); on the event loop a write raises inline.NeedsThread."""
+    gate = _GATES.get(engine)
+    if gate is not None:
+        gate(info, statement)
 
 
 def writer_run(engine: Engine) -> contextlib.AbstractContextManager[None]:
@@ -414,6 +429,7 @@ def writer_run(engine: Engine) -> contextlib.AbstractContextManager[None]:
 def _queue_sqlite_writers(engine: Engine) -> None:
     queue = _WriterQueue()
     _QUEUES[engine] = queue
+    _GATES[engine] = queue.enter
 
     @event.listens_for(engine, "before_cursor_execute")
     def _before(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
@@ -513,11 +529,16 @@ def make_engine(url: str, *, idle_ping_seconds: float = IDLE_PING_SECONDS) -> En
 
     _ping_when_idle(engine, idle_ping_seconds)
 
-    @event.listens_for(engine, "before_cursor_execute")
-    def _no_writes_inline(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+    def _no_writes_inline(info: dict[str, object], statement: str) -> None:
         # On the event loop (bot/inline.py) only reads: a write may wait on row locks.
         if inline.active() and statement.lstrip()[:6].upper() != "SELECT":
             inline.guard("database write")
+
+    _GATES[engine] = _no_writes_inline
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _before(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        _no_writes_inline(conn.info, statement)
 
     return engine
 

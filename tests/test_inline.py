@@ -17,6 +17,7 @@ from sqlalchemy import event
 from webhook_examples import fixture
 
 from bot.inline import NeedsThread, Writer, guard, running_inline, write_then
+from bot.store.base import _Compiled
 from tests.conftest import USER
 
 OTHER = "U0OUTSIDER1"
@@ -47,6 +48,15 @@ def watched(make_harness: Callable[..., Any]) -> Callable[..., tuple[Any, list[t
                 where = "event loop" if on_loop() else threading.current_thread().name
                 seen.append((verb + statement.split("(")[0][6:40], where))
 
+        lean = h.store._run  # the store's lean writes run past SQLAlchemy's events
+
+        def _lean(raw, statement, values, *, write):  # type: ignore[no-untyped-def]
+            if write:
+                sql = _Compiled(statement, h.bridge.engine, tuple(values)).sql
+                _record(None, None, sql, values, None, False)
+            return lean(raw, statement, values, write=write)
+
+        h.store._run = _lean  # type: ignore[method-assign]
         return h, seen
 
     return build

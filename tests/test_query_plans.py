@@ -106,18 +106,22 @@ class Recorder:
             self.statements.append((self.label, statement, parameters))
 
     def watch(self, store: Store) -> None:
-        """Also record the store's lean reads (StoreBase._rows: on the DBAPI connection, past
-        SQLAlchemy's events), as the dialect's SQL and the driver's parameters they run as."""
-        lean = store._rows
+        """Also record the store's lean statements (StoreBase._run: reads and writes on the
+        DBAPI connection, past SQLAlchemy's events), as the dialect's SQL and the driver's
+        parameters they run as."""
+        lean = store._run
 
-        def recording(statement: Any, values: dict[str, Any]) -> list[dict[str, Any]]:
+        def recording(raw: Any, statement: Any, values: dict[str, Any], *, write: bool) -> Any:
             if self.label:
                 self.seen.add(self.label)
-                compiled = _Compiled(statement, store.engine)
-                self.statements.append((self.label, compiled.sql, compiled.parameters(values)))
-            return lean(statement, values)
+                keys = tuple(values) if write else None
+                compiled = _Compiled(statement, store.engine, keys)
+                sql = compiled.sql
+                if not (sql.lstrip()[:6].upper() == "INSERT" and " SELECT " not in sql):
+                    self.statements.append((self.label, sql, compiled.parameters(values)))
+            return lean(raw, statement, values, write=write)
 
-        store._rows = recording  # type: ignore[method-assign]
+        store._run = recording  # type: ignore[method-assign]
 
     @contextlib.contextmanager
     def as_(self, label: str) -> Iterator[None]:

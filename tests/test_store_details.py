@@ -121,11 +121,16 @@ def test_update_and_merge_is_one_transaction_that_returns_the_committed_request(
 ) -> None:
     """settle's write: the status change (when allowed) and the details merge commit together,
     and the request handed back is what a read after the commit returns."""
-    from sqlalchemy import event
-
     store, rid = _store_with_request(database_url, {"kept": 1})
     commits: list[int] = []
-    event.listen(store.engine, "commit", lambda _conn: commits.append(1))
+    dialect = store.engine.dialect
+    do_commit = dialect.do_commit  # every commit goes through it, lean writes' too
+
+    def counted(dbapi_connection: object) -> None:
+        commits.append(1)
+        do_commit(dbapi_connection)
+
+    dialect.do_commit = counted  # type: ignore[method-assign]
     changed, req = store.update_and_merge(
         rid, {"runs_summary": "ci: running"}, only_if_status=("accepted",), status="triggered"
     )

@@ -65,7 +65,7 @@ class Approvals(StoreBase):
         request_id: str | None = None,
         detail: str = "",
     ) -> None:
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 _INSERT_AUDIT,
                 {

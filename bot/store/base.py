@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, cast
 
 from sqlalchemy import (
     Engine,
@@ -20,6 +21,8 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.base import Executable
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from bot import db
 from bot.model import (
@@ -33,11 +36,18 @@ Clock = Callable[[], float]
 log = logging.getLogger("bot.store")  # one logger for the whole store
 
 
+def _status_in(column: Any, statuses: Iterable[str]) -> Any:
+    """SQL condition: `column IN (…)` with a bound value per status rather than a literal IN
+    list (which SQLAlchemy renders per call), so a statement holding it runs prebuilt
+    (StoreBase._run)."""
+    return column.in_([bindparam("status_in", s, unique=True) for s in sorted(statuses)])
+
+
 def _needs_work() -> Any:
     """SQL condition: the request has a step for a worker (claim and recovery sweep agree)."""
     c = db.requests.c
     return or_(
-        c.status.in_(list(TO_CARRY_OUT)),
+        _status_in(c.status, TO_CARRY_OUT),
         and_(c.status == PENDING_APPROVAL, c.root_ts.is_(None)),
         c.answer_due == 1,
     )
@@ -110,20 +120,71 @@ def _free_or_orphaned(table: Any) -> Any:
 
 
 class _Compiled:
-    """A prebuilt SELECT as its dialect's SQL text and the order of its parameters."""
+    """A prebuilt statement as its dialect's SQL text, the order of its parameters and their
+    bind processors (what SQLAlchemy would apply to each value: SQLite's float coercion, say).
+    A DML statement is compiled for the columns it is given (`keys`), as SQLAlchemy does."""
 
-    __slots__ = ("compiled", "positions", "sql")
+    __slots__ = ("compiled", "positions", "processors", "sql")
 
-    def __init__(self, statement: Select[Any], engine: Engine) -> None:
-        self.compiled = statement.compile(dialect=engine.dialect)
+    def __init__(
+        self, statement: Executable, engine: Engine, keys: tuple[str, ...] | None = None
+    ) -> None:
+        dialect = engine.dialect
+        self.compiled = cast(
+            SQLCompiler,
+            cast(Any, statement).compile(
+                dialect=dialect, column_keys=None if keys is None else list(keys)
+            ),
+        )
         self.sql = str(self.compiled)
         if "POSTCOMPILE" in self.sql:  # an expanding IN list is rendered per call
-            raise ValueError("a lean read takes no IN list parameter")
+            raise ValueError("a lean statement takes no IN list parameter")
+        if self.compiled.insert_prefetch or self.compiled.update_prefetch:
+            # SQLAlchemy computes those values in its execution context, which this skips.
+            raise ValueError("a lean statement is given every column's value (no defaults)")
         self.positions = self.compiled.positiontup  # None: named parameters (psycopg)
+        names = self.compiled.bind_names
+        self.processors = {
+            names[bind]: process
+            for bind in self.compiled.binds.values()
+            if (process := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
+        }
 
     def parameters(self, values: dict[str, Any]) -> Any:
-        full = self.compiled.construct_params(values)  # with the statement's own literals
+        full = dict(self.compiled.construct_params(values))  # with the statement's literals
+        for name, process in self.processors.items():
+            if name in full:
+                full[name] = process(full[name])
         return full if self.positions is None else tuple(full[n] for n in self.positions)
+
+
+class _Result:
+    """What a lean statement gave: the rows it returned (as dicts) and the rows it changed."""
+
+    __slots__ = ("rowcount", "rows")
+
+    def __init__(self, rows: list[dict[str, Any]], rowcount: int) -> None:
+        self.rows, self.rowcount = rows, rowcount
+
+    def first(self) -> dict[str, Any] | None:
+        return self.rows[0] if self.rows else None
+
+    def scalar(self) -> Any:
+        return next(iter(self.rows[0].values())) if self.rows else None
+
+
+class _Transaction:
+    """A write transaction on a pooled DBAPI connection (StoreBase._write): `execute` runs a
+    prebuilt statement in it."""
+
+    __slots__ = ("_raw", "_store", "dialect")
+
+    def __init__(self, store: StoreBase, raw: Any) -> None:
+        self._store, self._raw = store, raw
+        self.dialect = store.engine.dialect  # as a Connection's
+
+    def execute(self, statement: Executable, values: dict[str, Any]) -> _Result:
+        return self._store._run(self._raw, statement, values, write=True)
 
 
 class StoreBase:
@@ -142,7 +203,7 @@ class StoreBase:
             if engine.dialect.name == "postgresql"
             else engine
         )
-        self._compiled: dict[Select[Any], _Compiled] = {}  # see _rows
+        self._compiled: dict[tuple[Any, tuple[str, ...] | None], _Compiled] = {}  # see _run
         self.clock = clock
         # This process's id in `processes` (bot/liveness.py): the holder of what it claims.
         self.process_id: str | None = None
@@ -155,51 +216,111 @@ class StoreBase:
         For the reads every relayed event and job makes (a request by id, a run's link, a
         request's runs): SQLAlchemy's execution layer costs ~160-170 µs of CPU per statement on
         either database (`bench/relay.py`, docs/benchmarks.md), as much as the read itself on
-        SQLite five times over. A read needs none of what that layer adds here: the SQLite
-        writer queue and the inline-write guard watch writes, and the columns read this way are
-        text and numbers that both drivers return as Python values already. The pool's events
-        still run (the idle ping at checkout), and a driver error comes out as SQLAlchemy's
-        (`DBAPIError`, parameters hidden), as it would from `conn.execute`: callers that take
-        a database outage for what it is catch SQLAlchemyError. On PostgreSQL the read runs in
-        autocommit, as `reader` does: one round trip, no BEGIN and no ROLLBACK at check-in.
+        SQLite five times over. A read needs none of what that layer adds here, and the columns
+        read this way are text and numbers that both drivers return as Python values already.
+        The pool's events still run (the idle ping at checkout), and a driver error comes out
+        as SQLAlchemy's (`DBAPIError`, parameters hidden), as it would from `conn.execute`:
+        callers that take a database outage for what it is catch SQLAlchemyError. On
+        PostgreSQL the read runs in autocommit, as `reader` does: one round trip, no BEGIN and
+        no ROLLBACK at check-in.
         """
-        compiled = self._compiled.get(statement)
-        if compiled is None:
-            compiled = self._compiled[statement] = _Compiled(statement, self.engine)
-        dialect = self.engine.dialect
-        pg = dialect.name == "postgresql"
-        raw: Any = None
-        cursor: Any = None
+        pg = self.engine.dialect.name == "postgresql"
+        raw = self._connect()
         try:
-            raw = self.engine.raw_connection()
             if pg:
                 raw.dbapi_connection.autocommit = True
             try:
-                cursor = raw.cursor()
-                cursor.execute(compiled.sql, compiled.parameters(values))
-                names = [d[0] for d in cursor.description]
-                rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-                cursor.close()
+                return self._run(raw, statement, values, write=False).rows
             finally:
-                if pg:
+                if pg and raw.dbapi_connection is not None:  # None: invalidated
                     raw.dbapi_connection.autocommit = False
+        finally:
+            raw.close()  # back to the pool
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[_Transaction]:
+        """A write transaction on a pooled DBAPI connection: `engine.begin()` for the writes
+        every relayed event and job makes, without SQLAlchemy's execution layer (see _rows).
+
+        What hangs off that layer's events is kept: each statement passes the engine's gate
+        first (db.before_statement: the SQLite writer queue, the inline-write guard), and the
+        commit and rollback go through the dialect, where the writer queue is given back.
+        Committed when the block ends, rolled back (by the pool) when it raises; driver errors
+        come out as SQLAlchemy's (an IntegrityError as IntegrityError), parameters hidden."""
+        dialect = self.engine.dialect
+        raw = self._connect()
+        try:
+            yield _Transaction(self, raw)
+            try:
+                dialect.do_commit(raw)
+            except dialect.loaded_dbapi.Error as exc:
+                raise self._wrapped(exc, "COMMIT", raw, None) from exc
+        finally:
+            # Back to the pool, which rolls back what was not committed (its reset on return,
+            # through the dialect) and, on SQLite, gives the writer queue back.
+            raw.close()
+
+    def _connect(self) -> Any:
+        """A pooled DBAPI connection; failing to connect comes out as SQLAlchemy's error, as
+        from `engine.connect()` (raw_connection() lets the driver's own through)."""
+        dialect = self.engine.dialect
+        try:
+            return self.engine.raw_connection()
         except dialect.loaded_dbapi.Error as exc:
-            gone = raw is not None and dialect.is_disconnect(exc, raw.dbapi_connection, cursor)
-            if gone:
-                raw.invalidate(exc)  # the pool opens a new connection for the next checkout
             raise DBAPIError.instance(
-                compiled.sql,
+                None,
                 None,
                 exc,
                 dialect.loaded_dbapi.Error,
                 hide_parameters=True,
-                connection_invalidated=gone,
+                connection_invalidated=dialect.is_disconnect(exc, None, None),
                 dialect=dialect,
             ) from exc
-        finally:
-            if raw is not None:
-                raw.close()  # back to the pool
-        return rows
+
+    def _run(
+        self, raw: Any, statement: Executable, values: dict[str, Any], *, write: bool
+    ) -> _Result:
+        """Run a prebuilt statement on `raw` (a pooled connection), compiled once per
+        statement (and, for writes, per set of columns given)."""
+        keys = tuple(values) if write else None
+        compiled = self._compiled.get((statement, keys))
+        if compiled is None:
+            compiled = self._compiled[(statement, keys)] = _Compiled(statement, self.engine, keys)
+        if write:
+            db.before_statement(self.engine, raw.info, compiled.sql)
+        dialect = self.engine.dialect
+        cursor: Any = None
+        try:
+            cursor = raw.cursor()
+            cursor.execute(compiled.sql, compiled.parameters(values))
+            rows: list[dict[str, Any]] = []
+            if cursor.description is not None:
+                names = [d[0] for d in cursor.description]
+                rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+            result = _Result(rows, cursor.rowcount)
+            cursor.close()
+        except dialect.loaded_dbapi.Error as exc:
+            raise self._wrapped(exc, compiled.sql, raw, cursor) from exc
+        return result
+
+    def _wrapped(self, exc: Any, sql: str, raw: Any, cursor: Any) -> Exception:
+        """A driver error as SQLAlchemy's, without the parameters; a lost connection is
+        invalidated (the pool opens a new one for the next checkout)."""
+        dialect = self.engine.dialect
+        gone = raw.dbapi_connection is not None and dialect.is_disconnect(
+            exc, raw.dbapi_connection, cursor
+        )
+        if gone:
+            raw.invalidate(exc)
+        return DBAPIError.instance(
+            sql,
+            None,
+            exc,
+            dialect.loaded_dbapi.Error,
+            hide_parameters=True,
+            connection_invalidated=gone,
+            dialect=dialect,
+        )
 
     def _liveness(self, now: float) -> dict[str, Any]:
         return {

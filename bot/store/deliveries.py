@@ -46,7 +46,7 @@ class Deliveries(StoreBase):
     ) -> bool:
         """Store a delivery once; False for a redelivery of an id already seen."""
         try:
-            with self.engine.begin() as conn:
+            with self._write() as conn:
                 conn.execute(
                     _INSERT_DELIVERY,
                     {
@@ -69,13 +69,13 @@ class Deliveries(StoreBase):
         """Take a pending delivery's lease; returns its payload, or None if taken/done."""
         now = self.clock()
         params = {"b_id": delivery_id, "b_until": now + lease_seconds, **self._liveness(now)}
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             # One statement (RETURNING: SQLite 3.35+, PostgreSQL): claim and read together.
             row = conn.execute(_CLAIM_DELIVERY, params).first()
-        return row[0] if row else None
+        return row["payload"] if row else None
 
     def finish_delivery(self, delivery_id: str) -> None:
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 _UPDATE_DELIVERY,
                 {"b_id": delivery_id, "processed_at": self.clock(), "payload": None},

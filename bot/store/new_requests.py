@@ -6,7 +6,6 @@ import json
 import zlib
 
 from sqlalchemy import (
-    Connection,
     bindparam,
     exists,
     func,
@@ -28,7 +27,8 @@ from bot.store.base import (
     _INSERT_AUDIT,
     OverLimit,
     _request_from,
-    _row_to_request,
+    _status_in,
+    _Transaction,
     log,
     new_request_id,
 )
@@ -70,6 +70,7 @@ _NEW_REQUEST_COLUMNS = (
     "expires_at",
     "holder",
     "failures",
+    "answer_due",
 )
 # Typed parameters: psycopg cannot infer the type of a bare parameter in a SELECT list.
 _NEW_VALUES = {k: bindparam(k, type_=db.requests.c[k].type) for k in _NEW_REQUEST_COLUMNS}
@@ -108,7 +109,7 @@ def _lock_key(value: str) -> int:
     return n - (1 << 32) if n >= 1 << 31 else n
 
 
-def _advisory_lock(conn: Connection, namespace: int, value: str) -> None:
+def _advisory_lock(conn: _Transaction, namespace: int, value: str) -> None:
     if conn.dialect.name == "postgresql":
         conn.execute(_ADVISORY_XACT_LOCK, {"ns": namespace, "key": _lock_key(value)})
 
@@ -121,7 +122,7 @@ _OTHER_EVALUATION_IN_FLIGHT = exists().where(
     _OTHER.c.repo == bindparam("b_repo"),
     _OTHER.c.pr_number == bindparam("b_pr"),
     _OTHER.c.head_sha == bindparam("b_sha"),
-    _OTHER.c.status.in_(list(OPEN_STATES)),
+    _status_in(_OTHER.c.status, OPEN_STATES),
     _OTHER.c.id != bindparam("b_id"),
 )
 _TAKE_HEAD = (
@@ -136,7 +137,7 @@ _HOLDER_OF_HEAD = (
         db.requests.c.repo == bindparam("b_repo"),
         db.requests.c.pr_number == bindparam("b_pr"),
         db.requests.c.head_sha == bindparam("b_sha"),
-        db.requests.c.status.in_(list(OPEN_STATES)),
+        _status_in(db.requests.c.status, OPEN_STATES),
         db.requests.c.id != bindparam("b_id"),
     )
     .order_by(db.requests.c.created_at)
@@ -154,7 +155,7 @@ _OPEN_SAME_REF = (
     _OTHER.c.repo == _NEW_VALUES["repo"],
     _OTHER.c.environment == _NEW_VALUES["environment"],
     _OTHER.c.run_ref == _NEW_VALUES["run_ref"],
-    _OTHER.c.status.in_(list(OPEN_STATES)),
+    _status_in(_OTHER.c.status, OPEN_STATES),
 )
 _INSERT_REQUEST_UNLESS_OPEN = (
     insert(db.requests)
@@ -220,11 +221,12 @@ class NewRequests(Requests):
             # takes it over at once instead of after CHATOPS_STALE_AFTER_SECONDS.
             "holder": self.process_id,
             "failures": 0,
+            "answer_due": 0,  # every column's value given: the write skips SQLAlchemy's defaults
         }
         if one_open_per_ref and per_minute is not None:
             raise ValueError("one_open_per_ref does not combine with per_minute")
         try:
-            with self.engine.begin() as conn:
+            with self._write() as conn:
                 if one_open_per_ref:
                     ref = f"{new.kind}:{new.repo}:{new.environment}:{new.run_ref}"
                     _advisory_lock(conn, _LOCK_REF, ref)
@@ -232,7 +234,7 @@ class NewRequests(Requests):
                         row = conn.execute(_OPEN_WITH_REF, values).first()
                         if row is None:  # cannot happen under the lock; never insert blind
                             raise RuntimeError(f"no open request with {ref} and none inserted")
-                        return _row_to_request(row), False
+                        return _request_from(row), False
                 elif per_minute is None:
                     conn.execute(_INSERT_REQUEST, values)
                 else:
@@ -305,12 +307,12 @@ class NewRequests(Requests):
             "b_now": self.clock(),
         }
         for _ in range(5):
-            with self.engine.begin() as conn:
+            with self._write() as conn:
                 _advisory_lock(conn, _LOCK_PR, f"{req.repo}#{req.pr_number}")
                 if conn.execute(_TAKE_HEAD, params).rowcount:
                     return None
                 row = conn.execute(_HOLDER_OF_HEAD, params).first()
             if row is not None:
-                return _row_to_request(row)
+                return _request_from(row)
             # PostgreSQL only: the holder finished between the two statements. Try again.
         raise RuntimeError(f"head of request {req.id} keeps changing hands; gave up")

@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
-    Connection,
     Select,
     and_,
     bindparam,
@@ -35,6 +34,7 @@ from bot.store.base import (
     _needs_work,
     _request_from,
     _row_to_request,
+    _Transaction,
     log,
 )
 
@@ -51,9 +51,16 @@ _BY_THREAD = (
     .limit(1)
 )
 _UPDATE_REQUEST = update(db.requests).where(db.requests.c.id == bindparam("b_id"))
-_UPDATE_REQUEST_IF = _UPDATE_REQUEST.where(
-    db.requests.c.status.in_(bindparam("b_statuses", expanding=True))
-)
+
+
+@functools.cache
+def _update_request_if(statuses: int) -> Any:
+    """An update of a request that happens only from one of `statuses` statuses (bound as
+    b_status_0 … : a parameter each, not an expanding IN list, so it runs prebuilt)."""
+    allowed: list[Any] = [bindparam(f"b_status_{i}") for i in range(statuses)]
+    return _UPDATE_REQUEST.where(db.requests.c.status.in_(allowed))
+
+
 # The status a request has before a status change, for the log's "from" (see update). FOR
 # UPDATE locks the row on PostgreSQL, so the status read is the one the UPDATE changes.
 _STATUS_OF = (
@@ -133,7 +140,7 @@ class Requests(StoreBase):
         change = self._update_values(request_id, only_if_status, values)
         if change is None:
             return False
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             changed = self._update_in(conn, request_id, change)
         self._log_status(request_id, changed, change)
         return changed
@@ -166,13 +173,13 @@ class Requests(StoreBase):
             return changed, self.get(request_id)
         merge = self._merge_params(request_id, details, patch)
         changed = False
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             if change is not None:
                 changed = self._update_in(conn, request_id, change)
             row = conn.execute(statement, merge).first()
         if change is not None:
             self._log_status(request_id, changed, change)
-        return changed, (_row_to_request(row) if row else None)
+        return changed, (_request_from(row) if row else None)
 
     def _update_values(
         self, request_id: str, only_if_status: Iterable[str] | None, values: dict[str, Any]
@@ -193,14 +200,16 @@ class Requests(StoreBase):
                     raise ValueError(f"status change {wrong} -> {values['status']} not allowed")
             if not statuses:
                 return None
-            statement, values["b_statuses"] = _UPDATE_REQUEST_IF, statuses
+            statement = _update_request_if(len(statuses))
+            for i, status in enumerate(statuses):
+                values[f"b_status_{i}"] = status
         return _Change(statement, values, statuses)
 
     @staticmethod
     def _logged(values: dict[str, Any]) -> bool:
         return "status" in values and log.isEnabledFor(logging.INFO)
 
-    def _update_in(self, conn: Connection, request_id: str, change: _Change) -> bool:
+    def _update_in(self, conn: _Transaction, request_id: str, change: _Change) -> bool:
         values, statuses = change.values, change.statuses
         if self._logged(values):
             # "from" of the story's "status changed" line: known when only one status may
@@ -234,7 +243,7 @@ class Requests(StoreBase):
             # them): read, merge and compare-and-set in Python instead.
             self.change_details(request_id, lambda details: {**details, **extra})
             return
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(statement, self._merge_params(request_id, extra, patch))
 
     def _merge_params(
@@ -313,7 +322,7 @@ class Requests(StoreBase):
         """
         now = self.clock()
         params = {"request_id": request_id, "until": now + lease_seconds, **self._liveness(now)}
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             result = conn.execute(_CLAIM, params)
         return bool(result.rowcount)
 
@@ -326,7 +335,7 @@ class Requests(StoreBase):
         statement = _RELEASE_UNHELD
         if self.process_id is not None:
             statement, params["b_holder"] = _RELEASE, self.process_id
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(statement, params)
 
     def to_carry_out(self, *, older_than: float, limit: int = 100) -> list[Request]:

@@ -113,7 +113,7 @@ class Runs(StoreBase):
         }
         newer = {"b_id": run_id, "b_attempt": attempt, "b_completed": status == "completed"}
         created = False
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             stored = conn.execute(_UPDATE_RUN_IF_NEWER, {**newer, **values}).rowcount > 0
             if not stored:
                 insert_run = _insert_run(self.engine.dialect.name)
