@@ -217,15 +217,12 @@ class Jobs:
             self._run_request(request_id)
 
     def _run_request(self, request_id: str) -> None:
-        if not self.store.claim(request_id, self.lease_seconds):
+        req = self.store.claim(request_id, self.lease_seconds)
+        if req is None:
             return
         retry_in = 0.0
         after: dict[str, Any] = {}
-        req: Request | None = None
         try:
-            req = self.store.get(request_id)
-            if req is None:
-                return
             worker = self._workers.get(req.kind)
             if worker is None:
                 log.error(
@@ -238,16 +235,14 @@ class Jobs:
         except RetryLater as exc:
             retry_in = exc.seconds
         except Exception as exc:
-            failures, since = (req.failures, req.waiting_since) if req else (0, None)
-            attempts = req.attempts if req else 0
+            failures, since, attempts = req.failures, req.waiting_since, req.attempts
             retry_in, after = self._after_failure(
                 "request", request_id, exc, failures, since, attempts
             )
             if retry_in < 0:  # given up
                 retry_in = 0.0
                 what = after.pop("_what")
-                if req is not None:
-                    self._tell_give_up(req, what, attempts)
+                self._tell_give_up(req, what, attempts)
         finally:
             self.store.release(request_id, retry_in=retry_in, **after)
         if retry_in > 0:

@@ -124,7 +124,7 @@ class _Compiled:
     bind processors (what SQLAlchemy would apply to each value: SQLite's float coercion, say).
     A DML statement is compiled for the columns it is given (`keys`), as SQLAlchemy does."""
 
-    __slots__ = ("compiled", "positions", "processors", "sql")
+    __slots__ = ("compiled", "names", "positions", "processors", "sql")
 
     def __init__(
         self, statement: Executable, engine: Engine, keys: tuple[str, ...] | None = None
@@ -143,6 +143,9 @@ class _Compiled:
             # SQLAlchemy computes those values in its execution context, which this skips.
             raise ValueError("a lean statement is given every column's value (no defaults)")
         self.positions = self.compiled.positiontup  # None: named parameters (psycopg)
+        # The names of the columns it returns, () for none: read off the first run's cursor
+        # and kept (psycopg builds a Column object per column each time description is read).
+        self.names: tuple[str, ...] | None = None
         names = self.compiled.bind_names
         self.processors = {
             names[bind]: process
@@ -293,9 +296,12 @@ class StoreBase:
         try:
             cursor = raw.cursor()
             cursor.execute(compiled.sql, compiled.parameters(values))
+            names = compiled.names
+            if names is None:
+                described = cursor.description
+                names = compiled.names = () if described is None else tuple(d[0] for d in described)
             rows: list[dict[str, Any]] = []
-            if cursor.description is not None:
-                names = [d[0] for d in cursor.description]
+            if names:
                 rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
             result = _Result(rows, cursor.rowcount)
             cursor.close()

@@ -84,6 +84,8 @@ _CLAIM = (
         updated_at=bindparam("b_now"),
         holder=bindparam("b_holder"),
     )
+    # The request as claimed, in the same statement: a job claims, then works on what it read.
+    .returning(*db.requests.c)
 )
 
 
@@ -314,8 +316,9 @@ class Requests(StoreBase):
         rows = self._rows(_BY_THREAD, {"b_channel": channel_id, "b_ts": root_ts})
         return _request_from(rows[0]) if rows else None
 
-    def claim(self, request_id: str, lease_seconds: float = 120.0) -> bool:
-        """Take the work lease of a request; False when a live worker holds it.
+    def claim(self, request_id: str, lease_seconds: float = 120.0) -> Request | None:
+        """Take the work lease of a request and return it as claimed (its attempts counted);
+        None when a live worker holds it, or it has no step left to do.
 
         A lease whose holder is dead (no heartbeat for holder_dead_seconds) is taken at once,
         whatever its lease_until says.
@@ -323,8 +326,8 @@ class Requests(StoreBase):
         now = self.clock()
         params = {"request_id": request_id, "until": now + lease_seconds, **self._liveness(now)}
         with self._write() as conn:
-            result = conn.execute(_CLAIM, params)
-        return bool(result.rowcount)
+            row = conn.execute(_CLAIM, params).first()
+        return _request_from(row) if row else None
 
     def release(self, request_id: str, *, retry_in: float = 0.0, **values: Any) -> None:
         """Give the lease back; the next attempt is due in retry_in seconds (lease_until is its
