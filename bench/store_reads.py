@@ -1,6 +1,8 @@
-"""CPU per call of the store's hot reads, one thread, no load: the reads every relayed event and
-job makes (a request by id, a run's link with its request, a request's runs, a run's owner, a
-PR's open evaluations).
+"""CPU per call of the store's hot reads and writes, one thread, no load: the reads every relayed
+event and job makes (a request by id, a run's link with its request, a request's runs, a run's
+owner, a PR's open evaluations) and the writes (a request stored with its audit row, a claim and
+its release, a status update, a details merge, a reply's key, a delivery stored, claimed and
+finished, an audit row).
 
     .venv/bin/python bench/store_reads.py                       # SQLite
     .venv/bin/python bench/store_reads.py --database postgres   # a scratch database, dropped after
@@ -8,8 +10,8 @@ PR's open evaluations).
 
 A call's figure is the median of `--rounds` rounds of `--calls` calls each (process CPU clock,
 so the database server's own CPU is not in it on PostgreSQL). bench/relay.py measures a whole
-relayed event, whose spread on a shared host can be as wide as one read's cost; this isolates
-the reads.
+relayed event, whose spread on a shared host can be as wide as one statement's cost; this
+isolates the store's calls.
 """
 
 from __future__ import annotations
@@ -96,8 +98,35 @@ def main(argv: list[str] | None = None) -> int:
                 limit=5,
             ),
         }
+        n = iter(range(10**9))  # fresh keys and ids for the writes that insert
+        calls.update(
+            {
+                "create_request (+ audit row)": lambda: store.create_request(
+                    NewRequest(
+                        kind="evaluate",
+                        repo="acme/models",
+                        trigger="label",
+                        channel_id="C1",
+                        user_id="U1",
+                        idempotency_key=f"bench-create-{next(n)}",
+                        pr_number=43,
+                    ),
+                    audit_action="requested",
+                ),
+                "claim + release": lambda: (store.claim(req.id), store.release(req.id)),
+                "update (a column)": lambda: store.update(req.id, action_started_at=time.time()),
+                "update_and_merge (status if + details)": lambda: store.update_and_merge(
+                    req.id, {"note": "n"}, only_if_status=("accepted",), status="accepted"
+                ),
+                "first_time (a reply's key)": lambda: store.first_time(f"reply:{next(n)}"),
+                "delivery: record + claim + finish": lambda: _delivery(store, f"d-{next(n)}"),
+                "audit (a row)": lambda: store.audit(
+                    actor="U1", action="checked", outcome="ok", request_id=req.id
+                ),
+            }
+        )
         print(
-            f"store reads · {args.database} · code {args.root} · {args.rounds} rounds of "
+            f"store calls · {args.database} · code {args.root} · {args.rounds} rounds of "
             f"{args.calls} calls · load average {os.getloadavg()[0]:.2f}"
         )
         for label, call in calls.items():
@@ -120,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
             admin.dispose()
     return 0
+
+
+def _delivery(store: Any, delivery_id: str) -> None:
+    store.record_delivery(delivery_id, "workflow_run", "completed", '{"bench": 1}')
+    store.claim_delivery(delivery_id)
+    store.finish_delivery(delivery_id)
 
 
 if __name__ == "__main__":
