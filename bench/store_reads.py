@@ -60,19 +60,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         migrate(engine)
         store = Store(engine)
-        req, _ = store.create_request(
-            NewRequest(
+
+        def new(key: str, pr: int) -> NewRequest:
+            return NewRequest(
                 kind="evaluate",
                 repo="acme/models",
                 trigger="label",
                 channel_id="C1",
                 user_id="U1",
-                idempotency_key="bench-reads",
-                pr_number=42,
+                idempotency_key=key,
+                pr_number=pr,
                 head_sha="a" * 40,
-            ),
-            audit_action="requested",
-        )
+            )
+
+        req, _ = store.create_request(new("bench-reads", 42), audit_action="requested")
         store.upsert_run(
             run_id="7001",
             request_id=req.id,
@@ -102,16 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         calls.update(
             {
                 "create_request (+ audit row)": lambda: store.create_request(
-                    NewRequest(
-                        kind="evaluate",
-                        repo="acme/models",
-                        trigger="label",
-                        channel_id="C1",
-                        user_id="U1",
-                        idempotency_key=f"bench-create-{next(n)}",
-                        pr_number=43,
-                    ),
-                    audit_action="requested",
+                    new(f"bench-create-{next(n)}", 43), audit_action="requested"
                 ),
                 "claim + release": lambda: (store.claim(req.id), store.release(req.id)),
                 "update (a column)": lambda: store.update(req.id, action_started_at=time.time()),
