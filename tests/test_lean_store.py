@@ -128,13 +128,17 @@ def test_a_failed_lean_read_is_sqlalchemys_error_without_the_values(engine: Engi
     assert store.get("no-such-request") is None
 
 
-def test_the_connection_goes_back_as_it_came(engine: Engine) -> None:
-    """PostgreSQL: the read runs in autocommit; the connection must leave it again, or the
-    next transaction on it would commit each statement as it goes (its rollback would undo
-    nothing)."""
+@pytest.mark.parametrize("lean", ["read", "single write"])
+def test_the_connection_goes_back_as_it_came(engine: Engine, lean: str) -> None:
+    """PostgreSQL: a read, and a write of one statement, run in autocommit; the connection
+    must leave it again, or the next transaction on it would commit each statement as it goes
+    (its rollback would undo nothing)."""
     store = _store(engine)
-    engine.pool.dispose()  # one pooled connection from here: the lean read's, then ours
-    store.get("no-such-request")
+    engine.pool.dispose()  # one pooled connection from here: the lean call's, then ours
+    if lean == "read":
+        store.get("no-such-request")
+    else:
+        store.audit(actor="U1", action="checked", outcome="ok")
     with engine.connect() as conn:
         conn.execute(db.sent.insert().values(key="kept-only-if-committed", at=1.0))
         conn.rollback()

@@ -65,18 +65,17 @@ class Approvals(StoreBase):
         request_id: str | None = None,
         detail: str = "",
     ) -> None:
-        with self._write() as conn:
-            conn.execute(
-                _INSERT_AUDIT,
-                {
-                    "at": self.clock(),
-                    "request_id": request_id,
-                    "actor": actor,
-                    "action": action,
-                    "outcome": outcome,
-                    "detail": detail,
-                },
-            )
+        self._write_one(
+            _INSERT_AUDIT,
+            {
+                "at": self.clock(),
+                "request_id": request_id,
+                "actor": actor,
+                "action": action,
+                "outcome": outcome,
+                "detail": detail,
+            },
+        )
         # Every audit row is a decided step of the story. Not the detail: it may hold text
         # a person typed (a rejection's reason).
         log.info(

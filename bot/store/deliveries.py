@@ -46,21 +46,20 @@ class Deliveries(StoreBase):
     ) -> bool:
         """Store a delivery once; False for a redelivery of an id already seen."""
         try:
-            with self._write() as conn:
-                conn.execute(
-                    _INSERT_DELIVERY,
-                    {
-                        "id": delivery_id,
-                        "event": event,
-                        "action": action,
-                        "received_at": self.clock(),
-                        "payload": payload,
-                        "lease_until": 0.0,
-                        "attempts": 0,
-                        "holder": self.process_id,
-                        "failures": 0,
-                    },
-                )
+            self._write_one(
+                _INSERT_DELIVERY,
+                {
+                    "id": delivery_id,
+                    "event": event,
+                    "action": action,
+                    "received_at": self.clock(),
+                    "payload": payload,
+                    "lease_until": 0.0,
+                    "attempts": 0,
+                    "holder": self.process_id,
+                    "failures": 0,
+                },
+            )
         except IntegrityError:
             return False
         return True
@@ -69,17 +68,14 @@ class Deliveries(StoreBase):
         """Take a pending delivery's lease; returns its payload, or None if taken/done."""
         now = self.clock()
         params = {"b_id": delivery_id, "b_until": now + lease_seconds, **self._liveness(now)}
-        with self._write() as conn:
-            # One statement (RETURNING: SQLite 3.35+, PostgreSQL): claim and read together.
-            row = conn.execute(_CLAIM_DELIVERY, params).first()
+        # One statement (RETURNING: SQLite 3.35+, PostgreSQL): claim and read together.
+        row = self._write_one(_CLAIM_DELIVERY, params).first()
         return row["payload"] if row else None
 
     def finish_delivery(self, delivery_id: str) -> None:
-        with self._write() as conn:
-            conn.execute(
-                _UPDATE_DELIVERY,
-                {"b_id": delivery_id, "processed_at": self.clock(), "payload": None},
-            )
+        self._write_one(
+            _UPDATE_DELIVERY, {"b_id": delivery_id, "processed_at": self.clock(), "payload": None}
+        )
 
     def release_delivery(self, delivery_id: str, retry_in: float, **values: Any) -> None:
         """As release(): `values` may set failures, waiting_since, waiting_on."""

@@ -245,8 +245,7 @@ class Requests(StoreBase):
             # them): read, merge and compare-and-set in Python instead.
             self.change_details(request_id, lambda details: {**details, **extra})
             return
-        with self._write() as conn:
-            conn.execute(statement, self._merge_params(request_id, extra, patch))
+        self._write_one(statement, self._merge_params(request_id, extra, patch))
 
     def _merge_params(
         self, request_id: str, extra: Mapping[str, Any], patch: str
@@ -325,8 +324,7 @@ class Requests(StoreBase):
         """
         now = self.clock()
         params = {"request_id": request_id, "until": now + lease_seconds, **self._liveness(now)}
-        with self._write() as conn:
-            row = conn.execute(_CLAIM, params).first()
+        row = self._write_one(_CLAIM, params).first()
         return _request_from(row) if row else None
 
     def release(self, request_id: str, *, retry_in: float = 0.0, **values: Any) -> None:
@@ -338,8 +336,7 @@ class Requests(StoreBase):
         statement = _RELEASE_UNHELD
         if self.process_id is not None:
             statement, params["b_holder"] = _RELEASE, self.process_id
-        with self._write() as conn:
-            conn.execute(statement, params)
+        self._write_one(statement, params)
 
     def to_carry_out(self, *, older_than: float, limit: int = 100) -> list[Request]:
         """Requests with a step to do that nobody is working on: the recovery sweep's input.

@@ -70,8 +70,7 @@ class SmallState(StoreBase):
     def first_time(self, key: str) -> bool:
         """Claim an idempotency key for a side effect; True only for the first claimer."""
         try:
-            with self._write() as conn:
-                conn.execute(_INSERT_SENT, {"key": key[:255], "at": self.clock()})
+            self._write_one(_INSERT_SENT, {"key": key[:255], "at": self.clock()})
         except IntegrityError:
             return False
         return True
