@@ -283,19 +283,10 @@ class StoreBase:
     def _connect(self) -> Any:
         """A pooled DBAPI connection; failing to connect comes out as SQLAlchemy's error, as
         from `engine.connect()` (raw_connection() lets the driver's own through)."""
-        dialect = self.engine.dialect
         try:
             return self.engine.raw_connection()
-        except dialect.loaded_dbapi.Error as exc:
-            raise DBAPIError.instance(
-                None,
-                None,
-                exc,
-                dialect.loaded_dbapi.Error,
-                hide_parameters=True,
-                connection_invalidated=dialect.is_disconnect(exc, None, None),
-                dialect=dialect,
-            ) from exc
+        except self.engine.dialect.loaded_dbapi.Error as exc:
+            raise self._wrapped(exc, None, None, None) from exc
 
     def _run(
         self, raw: Any, statement: Executable, values: dict[str, Any], *, write: bool
@@ -326,14 +317,14 @@ class StoreBase:
             raise self._wrapped(exc, compiled.sql, raw, cursor) from exc
         return result
 
-    def _wrapped(self, exc: Any, sql: str, raw: Any, cursor: Any) -> Exception:
+    def _wrapped(self, exc: Any, sql: str | None, raw: Any, cursor: Any) -> Exception:
         """A driver error as SQLAlchemy's, without the parameters; a lost connection is
-        invalidated (the pool opens a new one for the next checkout)."""
+        invalidated (the pool opens a new one for the next checkout). `raw` is None when the
+        connection could not be opened."""
         dialect = self.engine.dialect
-        gone = raw.dbapi_connection is not None and dialect.is_disconnect(
-            exc, raw.dbapi_connection, cursor
-        )
-        if gone:
+        dbapi_connection = None if raw is None else raw.dbapi_connection
+        gone = dialect.is_disconnect(exc, dbapi_connection, cursor)
+        if gone and dbapi_connection is not None:
             raw.invalidate(exc)
         return DBAPIError.instance(
             sql,
