@@ -9,11 +9,15 @@ import contextlib
 import functools
 import json
 import logging
+import os
+import ssl
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.error import URLError
+from urllib.parse import quote, urlencode, urlsplit
 
 if TYPE_CHECKING:
     from github import Github, GithubIntegration
@@ -39,6 +43,7 @@ from bot.github_errors import (
 from bot.github_errors import (
     Retryable as Retryable,  # re-exported: callers catch it from here
 )
+from bot.keepalive import Pool, trusting
 from bot.metrics import Metrics
 from bot.slacktext import hhmm
 
@@ -63,6 +68,32 @@ def _rate_reset(headers: dict[str, Any]) -> float:
         return time.time() + 60
 
 
+def query_string(params: dict[str, Any]) -> str:
+    """A request's query as PyGithub writes it: a list is a repeated key, a boolean is
+    lower case, pairs sorted. Pure."""
+    pairs = [
+        (key, str(value).lower() if isinstance(value, bool) else value)
+        for key, values in params.items()
+        for value in (values if isinstance(values, list) else [values])
+    ]
+    return urlencode(sorted(pairs))
+
+
+def answer_headers(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """An answer's headers as requests hands them to PyGithub: names in lower case, a repeated
+    header's values joined by ", ". Pure."""
+    headers: dict[str, str] = {}
+    for name, value in pairs:
+        key = name.lower()
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    return headers
+
+
+USER_AGENT = "chatops-bridge"
+_MOVED = frozenset({301, 302, 307, 308})  # PyGithub follows these (a renamed repository: 301)
+_RETRIED = frozenset({500, 502, 503, 504})  # a read answered so is asked again
+
+
 class _PyGithub:
     """PyGithub and the requests/urllib3 names used with it, imported at the first GitHub call
     (`_pygithub()`), not at start-up: ~0.1 s of imports (0.2 s on a slow host) and ~10 MB
@@ -80,8 +111,13 @@ class _PyGithub:
         self.UnknownObjectException = UnknownObjectException
         self.RequestException = requests.exceptions.RequestException
         self.Retry = urllib3.util.Retry
-        # What a call through PyGithub raises when GitHub refuses or does not answer.
-        self.errors: tuple[type[Exception], ...] = (GithubException, self.RequestException)
+        # What a call raises when GitHub refuses or does not answer: PyGithub's errors, and
+        # the lean exchange's (a socket's: OSError, which URLError and a timeout are).
+        self.errors: tuple[type[Exception], ...] = (
+            GithubException,
+            self.RequestException,
+            OSError,
+        )
 
 
 @functools.cache
@@ -94,7 +130,7 @@ def translate(exc: Exception, *, what: str, repo: str) -> GitHubError:
     if isinstance(exc, GitHubError):
         return exc
     lib = _pygithub()
-    if isinstance(exc, lib.RequestException):
+    if isinstance(exc, (lib.RequestException, OSError)):
         return Unavailable(f"GitHub did not answer in time while trying to {what}. I will retry.")
     if not isinstance(exc, lib.GithubException):
         return Unavailable(f"Unexpected failure while trying to {what}: {type(exc).__name__}")
@@ -188,6 +224,9 @@ class GitHubApp:
             "pool_size": 16,
         }
         self.base_url = base_url
+        self._timeout = timeout
+        self._read_retries = read_retries
+        self._tls: ssl.SSLContext | None = None
         self._app_id = app_id
         self._sign = _jwt_signer(private_key)
         self._lock = threading.Lock()
@@ -267,6 +306,91 @@ class GitHubApp:
         except _pygithub().errors as exc:
             raise translate(exc, what="list the App's installations", repo="-") from None
 
+    # -- the lean exchange ----------------------------------------------------------------
+    @functools.cached_property
+    def _pool(self) -> Pool | None:
+        """Connections to GitHub for `_exchange`; None where PyGithub's Requester carries every
+        call instead: a proxy applies to base_url (requests honours HTTPS_PROXY and NO_PROXY,
+        the pool does not), or a pause between requests is asked for (the Requester keeps it).
+        Read at the first call."""
+        if self._kwargs["seconds_between_requests"] or self._kwargs["seconds_between_writes"]:
+            return None
+        parts = urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https"):
+            return None
+        proxies = urllib.request.getproxies()
+        if (proxies.get(parts.scheme) or proxies.get("all")) and not urllib.request.proxy_bypass(
+            parts.hostname or ""
+        ):
+            return None
+        return Pool(tls=self._context)
+
+    def _context(self) -> ssl.SSLContext:
+        """The TLS trust requests gives PyGithub: certifi's bundle, or the file or folder named
+        by REQUESTS_CA_BUNDLE (or CURL_CA_BUNDLE); built once, at the first https connection."""
+        with self._lock:
+            if self._tls is None:
+                import certifi
+
+                where = (
+                    os.environ.get("REQUESTS_CA_BUNDLE")
+                    or os.environ.get("CURL_CA_BUNDLE")
+                    or certifi.where()
+                )
+                self._tls = trusting(where)
+            return self._tls
+
+    def _exchange(
+        self,
+        client: Github,
+        verb: str,
+        path: str,
+        params: dict[str, Any] | None,
+        headers: dict[str, str] | None,
+        body: Any,
+    ) -> tuple[int, dict[str, str], str] | None:
+        """One call on a pooled keep-alive connection (bot/keepalive.py), without PyGithub's
+        Requester, requests and urllib3 (a third of an `/evaluate` job's CPU,
+        docs/benchmarks.md); None when PyGithub must make it (see `_pool`, and an answer that
+        redirects, or a 202 to a read, which it waits out). What the Requester did is kept:
+        the installation token from PyGithub's auth (minted and refreshed there), a JSON body,
+        the timeout; a read is tried again after a 5xx or a failure, up to `read_retries` times
+        (the second wait 0.4 s, as urllib3's Retry); a write only when it was not sent."""
+        pool = self._pool
+        if pool is None:
+            return None
+        url = self.base_url + path + (f"?{query_string(params)}" if params else "")
+        sent = dict(headers or {})
+        auth = client.requester.auth
+        if auth is not None:
+            auth.authentication(sent)  # "Authorization: token …", refreshed before expiry
+        sent["User-Agent"] = USER_AGENT
+        payload = b""
+        if body is not None:
+            sent["Content-Type"] = "application/json"
+            payload = json.dumps(body).encode()
+        read = verb in ("GET", "HEAD")
+        tries = 0
+        while True:
+            try:
+                status, answer = pool.exchange(verb, url, sent, payload, self._timeout)
+            except URLError:  # not sent whole: GitHub cannot have acted on it
+                if tries >= self._read_retries:
+                    raise
+            except OSError:  # sent: GitHub may have acted, so only a read goes again
+                if not read or tries >= self._read_retries:
+                    raise
+            else:
+                if status in _MOVED or (status == 202 and read):
+                    return None
+                if not (read and status in _RETRIED and tries < self._read_retries):
+                    log.debug("GitHub answered", extra={"route": route_of(path), "status": status})
+                    text = b"".join(answer.body).decode("utf-8", "replace")
+                    return status, answer_headers(answer.headers), text
+            tries += 1
+            if tries > 1:
+                time.sleep(0.2 * 2 ** (tries - 1))
+
     # -- raw calls ------------------------------------------------------------------------
     def _call(
         self, repo: str, what: str, fn: Callable[[Github], Any], *, operation: str = "other"
@@ -316,7 +440,8 @@ class GitHubApp:
         ok: tuple[int, ...] = (200, 204),
     ) -> tuple[int, dict[str, Any], Any]:
         def go(client: Github) -> tuple[int, dict[str, Any], Any]:
-            status, resp_headers, data = client.requester.requestJson(
+            lean = self._exchange(client, verb, path, params, headers, body)
+            status, resp_headers, data = lean or client.requester.requestJson(
                 verb, self.base_url + path, parameters=params, headers=headers, input=body
             )
             self._note_rate(resp_headers)

@@ -31,11 +31,13 @@ socket reads as ready. A proxy (HTTPS_PROXY) falls back to urllib.
 from __future__ import annotations
 
 import io
+import os
 import select
 import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from http.client import HTTPMessage, RemoteDisconnected
 from typing import Any
 from urllib.error import HTTPError, URLError
@@ -67,6 +69,14 @@ def default_tls() -> ssl.SSLContext:
         if _default_tls is None:
             _default_tls = ssl.create_default_context()
         return _default_tls
+
+
+def trusting(where: str) -> ssl.SSLContext:
+    """A client TLS context that trusts the CA bundle file, or the folder of CA files, at
+    `where` (requests' REQUESTS_CA_BUNDLE may name either)."""
+    if os.path.isdir(where):
+        return ssl.create_default_context(capath=where)
+    return ssl.create_default_context(cafile=where)
 
 
 def origin_of(url: str) -> tuple[Origin, str]:
@@ -278,6 +288,78 @@ class Connection:
             self.sock = None
 
 
+class Pool:
+    """Idle connections per origin, kept in a small LIFO list shared by the threads; one call
+    at a time on a connection. Slack's client and GitHub's lean exchange each keep one."""
+
+    def __init__(
+        self,
+        *,
+        tls: Callable[[], ssl.SSLContext],
+        max_idle: int = MAX_IDLE,
+        max_idle_seconds: float = MAX_IDLE_SECONDS,
+    ) -> None:
+        self.max_idle = max_idle
+        self.max_idle_seconds = max_idle_seconds
+        self.idle: dict[Origin, list[tuple[float, Connection]]] = {}
+        self._lock = threading.Lock()
+        self._tls = tls  # called at the first https connection (a context is built once)
+        self.connections_opened = 0  # for tests and the benchmark
+
+    def take(self, origin: Origin, timeout: float | None) -> Connection:
+        """An idle connection to origin that is still good, else a new one (`timeout` for its
+        connect and its reads). Raises URLError when none can be made."""
+        while True:
+            with self._lock:
+                idle = self.idle.get(origin)
+                since, conn = idle.pop() if idle else (0.0, None)
+                if conn is None:
+                    self.connections_opened += 1  # counted under the lock: threads share it
+                    break
+            if time.monotonic() - since < self.max_idle_seconds and not is_stale(conn):
+                return conn
+            conn.close()
+        try:
+            tls = self._tls() if origin[0] == "https" else None
+            return Connection(origin, timeout, tls)
+        except OSError as exc:
+            raise URLError(exc) from exc  # as urllib reports a failure to connect
+
+    def give_back(self, origin: Origin, conn: Connection) -> None:
+        with self._lock:
+            idle = self.idle.setdefault(origin, [])
+            if len(idle) < self.max_idle:
+                idle.append((time.monotonic(), conn))
+                return
+        conn.close()
+
+    def exchange(
+        self, method: str, url: str, headers: dict[str, str], body: bytes, timeout: float | None
+    ) -> tuple[int, _Answer]:
+        """One request and its answer on a pooled connection. A failure to connect or to send
+        raises URLError, as urllib does: the server cannot have acted on a request it did not
+        receive whole, so such a call may be sent again. A failure while waiting for the answer
+        raises as it is (see Connection.receive): the server may have acted. Any failure closes
+        the connection; one whose answer allows it goes back to the pool."""
+        origin, target = origin_of(url)
+        conn = self.take(origin, timeout)
+        try:
+            head = request_head(method, target, conn.host, headers, len(body))
+            try:
+                conn.send(head, body)
+            except OSError as exc:
+                raise URLError(exc) from exc  # as urllib reports a failure to send
+            status, answer, reusable = conn.receive()
+        except BaseException:
+            conn.close()
+            raise
+        if reusable:
+            self.give_back(origin, conn)
+        else:
+            conn.close()
+        return status, answer
+
+
 class KeepAliveWebClient(WebClient):
     """A WebClient whose calls reuse connections (see the module docstring)."""
 
@@ -289,68 +371,35 @@ class KeepAliveWebClient(WebClient):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.max_idle = max_idle
-        self.max_idle_seconds = max_idle_seconds
-        self._idle: dict[Origin, list[tuple[float, Connection]]] = {}
-        self._idle_lock = threading.Lock()
+        self.pool = Pool(tls=self._context, max_idle=max_idle, max_idle_seconds=max_idle_seconds)
         self._tls: ssl.SSLContext | None = None
-        self.connections_opened = 0  # for tests and the benchmark
 
-    # -- the pool ------------------------------------------------------------------------
+    @property
+    def connections_opened(self) -> int:
+        return self.pool.connections_opened
+
+    @property
+    def max_idle_seconds(self) -> float:
+        return self.pool.max_idle_seconds
+
+    @max_idle_seconds.setter
+    def max_idle_seconds(self, value: float) -> None:
+        self.pool.max_idle_seconds = value
+
     def _context(self) -> ssl.SSLContext:
         # Built once: a context per connection would load the CA store again each time.
         if self._tls is None:
             self._tls = self.ssl or default_tls()
         return self._tls
 
-    def _take(self, origin: Origin) -> Connection:
-        while True:
-            with self._idle_lock:
-                idle = self._idle.get(origin)
-                since, conn = idle.pop() if idle else (0.0, None)
-                if conn is None:
-                    self.connections_opened += 1  # counted under the lock: threads share it
-                    break
-            if time.monotonic() - since < self.max_idle_seconds and not is_stale(conn):
-                return conn
-            conn.close()
-        try:
-            tls = self._context() if origin[0] == "https" else None  # built at first need
-            return Connection(origin, self.timeout, tls)
-        except OSError as exc:
-            raise URLError(exc) from exc  # as urllib reports a failure to connect
-
-    def _give_back(self, origin: Origin, conn: Connection) -> None:
-        with self._idle_lock:
-            idle = self._idle.setdefault(origin, [])
-            if len(idle) < self.max_idle:
-                idle.append((time.monotonic(), conn))
-                return
-        conn.close()
-
     # -- the exchange --------------------------------------------------------------------
     def _perform_urllib_http_request_internal(self, url: str, req: Request) -> dict[str, Any]:
         if self.proxy is not None or not url.lower().startswith(("http://", "https://")):
             return super()._perform_urllib_http_request_internal(url, req)
-        origin, target = origin_of(url)
         body = req.data if isinstance(req.data, bytes) else b""
-        conn = self._take(origin)
-        try:
-            head = request_head(
-                req.get_method(), target, conn.host, dict(req.header_items()), len(body)
-            )
-            try:
-                conn.send(head, body)
-            except OSError as exc:
-                raise URLError(exc) from exc  # as urllib reports a failure to send
-            status, answer, reusable = conn.receive()
-        except BaseException:
-            conn.close()
-            raise
-        if reusable:
-            self._give_back(origin, conn)
-        else:
-            conn.close()
+        status, answer = self.pool.exchange(
+            req.get_method(), url, dict(req.header_items()), body, self.timeout
+        )
         data = b"".join(answer.body)
         headers = answer.message()
         if not 200 <= status < 300:

@@ -423,7 +423,7 @@ def test_a_broken_answer_is_a_connection_failure_that_is_not_retried_at_once(
         assert broken.value.is_outage and broken.value.error == "connection: BrokenAnswer"
         assert len(server.requests) == 1  # sent once
         client = out.client
-        assert isinstance(client, KeepAliveWebClient) and not client._idle.get(
+        assert isinstance(client, KeepAliveWebClient) and not client.pool.idle.get(
             origin_of(server.url)[0]
         )
     finally:
