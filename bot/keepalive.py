@@ -31,6 +31,7 @@ socket reads as ready. A proxy (HTTPS_PROXY) falls back to urllib.
 from __future__ import annotations
 
 import io
+import json
 import os
 import select
 import socket
@@ -46,6 +47,12 @@ from urllib.request import Request
 
 import httptools
 from slack_sdk import WebClient
+from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler
+from slack_sdk.http_retry.handler import RetryHandler
+from slack_sdk.http_retry.request import HttpRequest
+from slack_sdk.http_retry.response import HttpResponse
+from slack_sdk.http_retry.state import RetryState
+from slack_sdk.web.internal_utils import _get_headers, _get_url
 
 MAX_IDLE = 16  # idle connections kept per origin; more are closed after their answer
 # A connection idle longer than this is closed rather than reused: a peer or a NAT on the way
@@ -373,6 +380,7 @@ class KeepAliveWebClient(WebClient):
         super().__init__(*args, **kwargs)
         self.pool = Pool(tls=self._context, max_idle=max_idle, max_idle_seconds=max_idle_seconds)
         self._tls: ssl.SSLContext | None = None
+        self._urls: dict[str, str] = {}
 
     @property
     def connections_opened(self) -> int:
@@ -408,3 +416,98 @@ class KeepAliveWebClient(WebClient):
         if kind == "application/gzip":
             return {"status": status, "headers": headers, "body": data}
         return {"status": status, "headers": headers, "body": data.decode(charset or "utf-8")}
+
+    # -- a JSON call past slack_sdk's request building -----------------------------------
+    @property
+    def lean(self) -> bool:
+        """Whether `lean_call` may carry this client's calls (no proxy, an http(s) base)."""
+        return self.proxy is None and self.base_url.lower().startswith(("http://", "https://"))
+
+    def lean_call(
+        self, method: str, params: dict[str, Any]
+    ) -> tuple[int, dict[str, str], dict[str, Any]]:
+        """(status, headers, parsed body) of `api_call(method, json=params)`, sent as slack_sdk
+        sends it (its URL, headers and JSON body) and retried by the client's retry handlers
+        as slack_sdk consults them, without its per-call objects: a urllib Request, the retry
+        handlers' request and response (built here only when an answer is not a success or a
+        handler other than the bridge's own might retry one), SlackResponse. Raises what the
+        exchange raised when no handler retries it. The caller reads `ok` (SlackOut._call)."""
+        url = self._urls.get(method) or self._urls.setdefault(
+            method, _get_url(self.base_url, method)
+        )
+        headers = _get_headers(
+            headers=self.headers,
+            token=self.token,
+            has_json=True,
+            has_files=False,
+            request_specific_headers=None,
+        )
+        body = json.dumps(params).encode("utf-8")
+        state = RetryState()
+        while True:
+            state.next_attempt_requested = False
+            try:
+                status, answer = self.pool.exchange("POST", url, headers, body, self.timeout)
+            except Exception as failed:
+                if self._retried(state, url, headers, body, None, failed):
+                    continue
+                raise
+            raw = b"".join(answer.body)
+            _kind, charset = media_type(
+                next((v for k, v in answer.headers if k.lower() == "content-type"), None)
+            )
+            text = raw.decode(charset or "utf-8", "replace")
+            try:
+                data = json.loads(text) if text.startswith("{") else {}
+            except ValueError:
+                data = {}
+            found: dict[str, Any] = dict(answer.headers)
+            if 200 <= status < 300:
+                if self._plain_handlers() or not self._retried(
+                    state,
+                    url,
+                    headers,
+                    body,
+                    HttpResponse(status_code=status, headers=found, body=data, data=raw),
+                    None,
+                ):
+                    return status, found, data if isinstance(data, dict) else {}
+                continue
+            listed: dict[str, Any] = {k: [v] for k, v in found.items()}
+            refusal = HTTPError(url, status, answer.reason, answer.message(), None)
+            response = HttpResponse(status_code=status, headers=listed, data=raw)
+            if not self._retried(state, url, headers, body, response, refusal):
+                return status, found, data if isinstance(data, dict) else {}
+
+    def _plain_handlers(self) -> bool:
+        """Whether every retry handler is one that never retries a success: slack_sdk's
+        connection-error handler and the bridge's rate-limit one (a 429 is no success)."""
+        from bot.slack import BoundedRateLimitRetryHandler  # bot.slack imports this module
+
+        return all(
+            type(h) in (ConnectionErrorRetryHandler, BoundedRateLimitRetryHandler)
+            for h in self.retry_handlers
+        )
+
+    def _retried(
+        self,
+        state: RetryState,
+        url: str,
+        headers: dict[str, str],
+        body: bytes,
+        response: HttpResponse | None,
+        error: Exception | None,
+    ) -> bool:
+        """Ask the retry handlers, first to last, as slack_sdk does: the first that can retry
+        prepares the next attempt (it may sleep, or raise)."""
+        request = HttpRequest(
+            method="POST", url=url, headers={k: [v] for k, v in headers.items()}, data=body
+        )
+        handler: RetryHandler
+        for handler in self.retry_handlers:
+            if handler.can_retry(state=state, request=request, response=response, error=error):
+                handler.prepare_for_next_attempt(
+                    state=state, request=request, response=response, error=error
+                )
+                break
+        return bool(state.next_attempt_requested)

@@ -149,6 +149,19 @@ def make_client(token: str, base_url: str, *, timeout: int = 10) -> WebClient:
 LOOKUP_TIMEOUT = 2  # seconds; see SlackOut.usergroup_members
 
 
+def _sdk_call(
+    client: WebClient, method: str, params: dict[str, Any]
+) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    """(status, headers, body) of a call through slack_sdk's own api_call: a plain WebClient,
+    or a proxy (KeepAliveWebClient.lean_call carries the rest)."""
+    try:
+        resp = client.api_call(method, json=params)
+    except SlackApiError as exc:
+        resp = exc.response
+    data = resp.data if isinstance(resp.data, dict) else {}
+    return int(resp.status_code), dict(resp.headers or {}), data
+
+
 def _posted(
     method: str,
     channel: str | None,
@@ -194,20 +207,21 @@ class SlackOut:
     def _call(self, method: str, *, via: WebClient | None = None, **kwargs: Any) -> dict[str, Any]:
         inline.guard("Slack")
         started = time.monotonic()
+        client = via or self.client
         try:
-            resp = (via or self.client).api_call(method, json=kwargs)
-        except SlackApiError as exc:
-            status = getattr(exc.response, "status_code", None)
-            error = str(exc.response.get("error") or f"http_{status}")
-            self._observe(method, error, started)
-            headers = getattr(exc.response, "headers", None) or {}
-            wait = retry_after_seconds(headers) if status == 429 or error == "ratelimited" else None
-            raise SlackFailure(error, method, status=status, retry_after=wait) from None
+            if isinstance(client, KeepAliveWebClient) and client.lean:
+                status, headers, data = client.lean_call(method, kwargs)
+            else:
+                status, headers, data = _sdk_call(client, method, kwargs)
         except (SlackRequestError, OSError) as exc:
             self._observe(method, "connection", started)
             raise SlackFailure(f"connection: {type(exc).__name__}", method) from None
+        if status != 200 or not data.get("ok"):  # what SlackResponse.validate() refuses
+            error = str(data.get("error") or f"http_{status}")
+            self._observe(method, error, started)
+            wait = retry_after_seconds(headers) if status == 429 or error == "ratelimited" else None
+            raise SlackFailure(error, method, status=status, retry_after=wait)
         self._observe(method, "ok", started)
-        data: dict[str, Any] = resp.data if isinstance(resp.data, dict) else {}
         return data
 
     def post(

@@ -508,3 +508,69 @@ def test_bytes_nobody_asked_for_after_an_answer_end_the_connection() -> None:
         assert client.connections_opened == 2
     finally:
         server.close()
+
+
+# -- SlackOut's calls past slack_sdk's request building (KeepAliveWebClient.lean_call) ------
+def _head_and_body(raw: bytes) -> tuple[str, dict[str, str], bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    line, *fields = head.decode("latin-1").split("\r\n")
+    return line, dict(f.split(": ", 1) for f in fields), body
+
+
+def test_a_lean_call_sends_what_slack_sdk_sends() -> None:
+    """The same request line, credentials, content type, user agent and JSON body as
+    slack_sdk's api_call, on the keep-alive connection."""
+    closing = _ok().replace(b"200 OK\r\n", b"200 OK\r\nConnection: close\r\n")
+    server = Scripted([[closing], [_ok()]])  # one connection each
+    params = {"channel": "C0PROJECT", "text": "héllo", "blocks": [{"type": "divider"}]}
+    try:
+        lean = KeepAliveWebClient(token="xoxb-test", base_url=server.url)
+        status, _, data = lean.lean_call("chat.postMessage", params)
+        assert (status, data) == (200, {"ok": True, "ts": "1.000001"})
+        WebClient(token="xoxb-test", base_url=server.url).api_call("chat.postMessage", json=params)
+        ours, sdk = (_head_and_body(r) for r in server.requests)
+        assert ours[0] == sdk[0] == "POST /api/chat.postMessage HTTP/1.1"
+        for name in ("Authorization", "Content-Type", "User-Agent"):
+            assert ours[1][name] == sdk[1][name], name
+        assert ours[1]["Authorization"] == "Bearer xoxb-test"
+        assert ours[2] == sdk[2]
+    finally:
+        server.close()
+
+
+def test_a_retry_handler_of_its_own_is_asked_about_every_answer(slack: SlackDouble) -> None:
+    """slack_sdk asks its handlers about every answer, a success too; the lean call skips
+    that only for the bridge's own two handlers, which never retry one."""
+    seen: list[int] = []
+
+    class AgainOnFatal(ConnectionErrorRetryHandler):
+        def _can_retry(self, **kwargs: Any) -> bool:
+            response = kwargs.get("response")
+            if response is None:
+                return False
+            seen.append(response.status_code)
+            return bool(response.body and response.body.get("error") == "fatal_error")
+
+    out = _out(slack, "keepalive")
+    out.client.retry_handlers = [AgainOnFatal(max_retry_count=1)]
+    slack.fail_next("chat.postMessage", "fatal_error")  # HTTP 200, ok false
+    assert out.post("C0PROJECT", "hello")
+    assert seen == [200]  # the fatal_error answer (the handler has one retry: then it is spent)
+    assert len([c for c in slack.calls if c.method == "chat.postMessage"]) == 2
+
+
+def test_a_server_error_is_offered_to_the_retry_handlers(slack: SlackDouble) -> None:
+    from slack_sdk.http_retry.builtin_handlers import ServerErrorRetryHandler
+
+    out = _out(slack, "keepalive")
+    out.client.retry_handlers = [ServerErrorRetryHandler(max_retry_count=1)]
+    slack.fail_next("chat.postMessage", "internal_error", status=503)
+    assert out.post("C0PROJECT", "hello")  # retried once, then posted
+    slack.fail_next("chat.postMessage", "internal_error", status=503, times=2)
+    with pytest.raises(SlackFailure) as failed:
+        out.post("C0PROJECT", "hello")
+    assert (failed.value.status, failed.value.error, failed.value.is_outage) == (
+        503,
+        "internal_error",
+        True,
+    )
