@@ -1,4 +1,8 @@
-"""slack_sdk's WebClient on reused connections.
+"""Outgoing HTTP on reused connections: slack_sdk's WebClient, and GitHub's calls.
+
+`Pool` keeps idle connections per origin; `KeepAliveWebClient` sends Slack's calls through one,
+and `GitHubApp._exchange` (bot/github.py) GitHub's through another. The rest of this text is
+about Slack's client.
 
 slack_sdk's sync client sends every call through `urllib.request.urlopen`, which opens a new
 connection and closes it after the answer: against slack.com each Web API call is a TCP and a
@@ -26,6 +30,12 @@ handlers see the same thing:
 
 An idle connection the server has closed (Slack ends idle ones) is seen before reuse: its
 socket reads as ready. A proxy (HTTPS_PROXY) falls back to urllib.
+
+`SlackOut` goes one step further for its JSON calls (`lean_call`): the request slack_sdk would
+build (its URL, headers and body), the answer parsed once, and the retry handlers asked as
+slack_sdk asks them, without the per-call objects of its request building (a urllib Request,
+the handlers' request and response, a SlackResponse): 40 % of a call's CPU outside the
+exchange itself (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -370,6 +380,10 @@ class Pool:
 class KeepAliveWebClient(WebClient):
     """A WebClient whose calls reuse connections (see the module docstring)."""
 
+    # Retry handler types that never retry a success (a 2xx answer): `lean_call` does not
+    # build the objects to ask them about one. Exact types: a subclass may decide otherwise.
+    success_is_final: frozenset[type[RetryHandler]] = frozenset({ConnectionErrorRetryHandler})
+
     def __init__(
         self,
         *args: Any,
@@ -480,14 +494,9 @@ class KeepAliveWebClient(WebClient):
                 return status, found, data if isinstance(data, dict) else {}
 
     def _plain_handlers(self) -> bool:
-        """Whether every retry handler is one that never retries a success: slack_sdk's
-        connection-error handler and the bridge's rate-limit one (a 429 is no success)."""
-        from bot.slack import BoundedRateLimitRetryHandler  # bot.slack imports this module
-
-        return all(
-            type(h) in (ConnectionErrorRetryHandler, BoundedRateLimitRetryHandler)
-            for h in self.retry_handlers
-        )
+        """Whether every retry handler is of a type that never retries a success
+        (`success_is_final`)."""
+        return all(type(h) in self.success_is_final for h in self.retry_handlers)
 
     def _retried(
         self,

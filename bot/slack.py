@@ -143,6 +143,8 @@ def make_client(token: str, base_url: str, *, timeout: int = 10) -> WebClient:
         ConnectionErrorRetryHandler(max_retry_count=2),
         BoundedRateLimitRetryHandler(max_retry_count=3),
     ]
+    # It retries only a 429: no success needs showing to it (KeepAliveWebClient.lean_call).
+    client.success_is_final = client.success_is_final | {BoundedRateLimitRetryHandler}
     return client
 
 

@@ -121,13 +121,13 @@ def test_slack_lookups_never_run_on_the_event_loop(watched, config_data, slack) 
     h, seen = watched(config_data)
     calls: list[bool] = []
     for web in (h.bridge.slack.client, h.bridge.slack._lookup):  # what reaches the network
-        real = web.api_call
+        real = web.lean_call  # SlackOut's calls (KeepAliveWebClient.lean_call)
 
         def spy(*args: Any, _real: Any = real, **kwargs: Any) -> Any:
             calls.append(on_loop())
             return _real(*args, **kwargs)
 
-        web.api_call = spy
+        web.lean_call = spy
     assert "Checking" in h.slash("/evaluate", "42", user=OTHER).json()["text"]
     assert calls == [False]
     first = [w for s, w in seen if s.startswith("INSERT") and "requests" in s]
