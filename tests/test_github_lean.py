@@ -7,6 +7,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from doubles.github_api import GitHubDouble
@@ -31,17 +32,10 @@ def gh() -> Iterator[GitHubDouble]:
     assert double.unknown_routes == [] and double.server_errors == []
 
 
-def _app(gh: GitHubDouble, **kwargs: object) -> GitHubApp:
-    options: dict[str, object] = {
-        "app_id": gh.app_id,
-        "private_key": gh.private_key_pem,
-        "base_url": gh.url,
-        "seconds_between_requests": 0,
-        "seconds_between_writes": 0,
-        "timeout": 3,
-    }
-    options.update(kwargs)
-    return GitHubApp(**options)  # type: ignore[arg-type]
+def _app(gh: GitHubDouble, **kwargs: Any) -> GitHubApp:
+    """As the bridge builds it (no pause between requests), against the double."""
+    key, url = gh.private_key_pem, gh.url
+    return GitHubApp(app_id=gh.app_id, private_key=key, base_url=url, timeout=3, **kwargs)
 
 
 def test_calls_share_one_connection_and_carry_the_installation_token(gh: GitHubDouble) -> None:
