@@ -1,5 +1,7 @@
 """One Slack Web API call, as the bridge makes it: slack_sdk's urllib exchange (a connection per
-call) against bot/keepalive.py's reused connections, over http and over TLS.
+call) against bot/keepalive.py's reused connections, over http and over TLS; on reused
+connections both through slack_sdk's api_call ("keepalive") and as SlackOut sends its calls
+now, past slack_sdk's request building ("lean": KeepAliveWebClient.lean_call).
 
 Runs `SlackOut.post` (chat.postMessage in a thread) against the test suite's Slack double on
 loopback and prints, per transport: wall time per call, CPU of the calling thread per call
@@ -37,9 +39,15 @@ def thread_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+class _ThroughApiCall(KeepAliveWebClient):
+    """Reused connections, but every call through slack_sdk's api_call (as before lean_call)."""
+
+    lean = False  # type: ignore[assignment]
+
+
 def measure(double: SlackDouble, transport: str, calls: int) -> tuple[float, float, int]:
     out = SlackOut(make_client("xoxb-bench", double.url))
-    cls = WebClient if transport == "urllib" else KeepAliveWebClient
+    cls = {"urllib": WebClient, "keepalive": _ThroughApiCall, "lean": KeepAliveWebClient}[transport]
     client = cls(token="xoxb-bench", base_url=double.url, timeout=10)
     client.retry_handlers = out.client.retry_handlers
     out.client = client
@@ -64,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         with SlackDouble(tls=tls) as double:
             if double.ca_file:
                 os.environ["SSL_CERT_FILE"] = with_system_cas(double.ca_file)
-            for transport in ("urllib", "keepalive"):
+            for transport in ("urllib", "keepalive", "lean"):
                 wall, cpu, opened = measure(double, transport, args.calls)
                 print(
                     f"  {'https' if tls else 'http':<5} {transport:<9}  wall {wall:7.0f} us/call"
