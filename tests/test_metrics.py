@@ -202,3 +202,19 @@ def test_healthz_reports_database_scheduler_and_last_webhook(make_harness, clock
     assert resp.status_code == 200
     assert resp.json()["last_webhook_age_seconds"] == 90.0
     assert resp.json()["scheduler"] == "leader"
+
+
+def test_a_json_line_says_when_to_the_millisecond_in_utc() -> None:
+    """The whole second's text is shared by the lines of that second; each keeps its own
+    milliseconds."""
+    fmt = JsonFormatter()
+    stamps = []
+    for created in (1764720000.0421, 1764720000.9999, 1764720061.5):
+        record = logging.LogRecord("bot", logging.INFO, "", 0, "line", None, None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        stamps.append(json.loads(fmt.format(record))["ts"])
+    assert stamps == [
+        "2025-12-03T00:00:00.042Z",
+        "2025-12-03T00:00:00.999Z",
+        "2025-12-03T00:01:01.500Z",
+    ]
