@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.error import URLError
 from urllib.parse import quote, urlencode, urlsplit
 
+import certifi
+
 if TYPE_CHECKING:
     from github import Github, GithubIntegration
 
@@ -330,8 +332,6 @@ class GitHubApp:
         by REQUESTS_CA_BUNDLE (or CURL_CA_BUNDLE); built once, at the first https connection."""
         with self._lock:
             if self._tls is None:
-                import certifi
-
                 where = (
                     os.environ.get("REQUESTS_CA_BUNDLE")
                     or os.environ.get("CURL_CA_BUNDLE")
