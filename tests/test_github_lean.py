@@ -115,6 +115,30 @@ def test_a_read_answered_202_is_left_to_pygithub(gh: GitHubDouble) -> None:
     assert second.headers["User-Agent"].startswith("PyGithub")
 
 
+def test_a_moved_repository_is_followed_by_pygithub(gh: GitHubDouble) -> None:
+    """A renamed repository answers 301 with its new address: PyGithub follows it on the same
+    host, as it did for every call before the lean exchange."""
+    app = _app(gh)
+    _, _, pull = app._raw(REPO, "read", "GET", f"/repos/{REPO}/pulls/7")
+    moved = f"{gh.url}/repositories/5/pulls/7"
+    gh.fail(
+        "GET",
+        PULL,
+        301,
+        body={"message": "Moved Permanently"},
+        headers={"Location": moved},
+        times=2,
+    )
+    gh.fail("GET", r"^/repositories/5/pulls/7$", 200, body=pull)
+    assert app.get_pull(REPO, 7).head_sha == SHA
+    lean, sdk = gh.requests_to("GET", PULL)[1:]  # after the first, unmoved read
+    assert (lean.status, sdk.status) == (301, 301)
+    assert lean.headers["User-Agent"] == "chatops-bridge"
+    assert sdk.headers["User-Agent"].startswith("PyGithub")
+    (followed,) = gh.requests_to("GET", r"^/repositories/5/pulls/7$")
+    assert followed.status == 200
+
+
 def test_tls_trust_is_what_requests_gave_pygithub(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gh: GitHubDouble
 ) -> None:
