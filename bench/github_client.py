@@ -12,25 +12,19 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
-import os
-import resource
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
+
+from percall import arguments, thread_cpu  # noqa: E402
 
 from bot.github import GitHubApp  # noqa: E402
 from tests.doubles.github_api import GitHubDouble  # noqa: E402
 
 REPO = "acme/ml-models"
-
-
-def thread_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_THREAD)
-    return usage.ru_utime + usage.ru_stime
 
 
 def measure(gh: GitHubDouble, path: str, op: str, calls: int) -> tuple[float, float]:
@@ -49,13 +43,7 @@ def measure(gh: GitHubDouble, path: str, op: str, calls: int) -> tuple[float, fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--calls", type=int, default=500)
-    args = ap.parse_args(argv)
-    print(
-        f"GitHub API call via GitHubApp · {os.cpu_count()} CPUs · "
-        f"load average {os.getloadavg()[0]:.2f} · {args.calls} calls per row"
-    )
+    args = arguments(__doc__, "GitHub API call via GitHubApp", argv)
     with GitHubDouble() as gh:
         gh.add_repo(REPO, installation_id=5)
         gh.add_pull(REPO, 7, head_sha="a" * 40)

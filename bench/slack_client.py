@@ -16,27 +16,21 @@ connection; the keep-alive client builds one once. Usage:
 
 from __future__ import annotations
 
-import argparse
 import os
-import resource
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
+from percall import arguments, thread_cpu  # noqa: E402
 from slack_sdk import WebClient  # noqa: E402
 
 from bot.keepalive import KeepAliveWebClient  # noqa: E402
 from bot.slack import SlackOut, make_client  # noqa: E402
 from tests.doubles.slack_api import SlackDouble  # noqa: E402
 from tests.doubles.tls import with_system_cas  # noqa: E402
-
-
-def thread_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_THREAD)
-    return usage.ru_utime + usage.ru_stime
 
 
 class _ThroughApiCall(KeepAliveWebClient):
@@ -61,13 +55,7 @@ def measure(double: SlackDouble, transport: str, calls: int) -> tuple[float, flo
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--calls", type=int, default=500)
-    args = ap.parse_args(argv)
-    print(
-        f"Slack Web API call (chat.postMessage via SlackOut) · {os.cpu_count()} CPUs · "
-        f"load average {os.getloadavg()[0]:.2f} · {args.calls} calls per row"
-    )
+    args = arguments(__doc__, "Slack Web API call (chat.postMessage via SlackOut)", argv)
     for tls in (False, True):
         with SlackDouble(tls=tls) as double:
             if double.ca_file:
