@@ -394,7 +394,6 @@ class KeepAliveWebClient(WebClient):
         super().__init__(*args, **kwargs)
         self.pool = Pool(tls=self._context, max_idle=max_idle, max_idle_seconds=max_idle_seconds)
         self._tls: ssl.SSLContext | None = None
-        self._urls: dict[str, str] = {}
 
     @property
     def connections_opened(self) -> int:
@@ -446,9 +445,7 @@ class KeepAliveWebClient(WebClient):
         handlers' request and response (built here only when an answer is not a success or a
         handler other than the bridge's own might retry one), SlackResponse. Raises what the
         exchange raised when no handler retries it. The caller reads `ok` (SlackOut._call)."""
-        url = self._urls.get(method) or self._urls.setdefault(
-            method, _get_url(self.base_url, method)
-        )
+        url = _get_url(self.base_url, method)
         headers = _get_headers(
             headers=self.headers,
             token=self.token,
@@ -471,8 +468,8 @@ class KeepAliveWebClient(WebClient):
                 next((v for k, v in answer.headers if k.lower() == "content-type"), None)
             )
             text = raw.decode(charset or "utf-8", "replace")
-            try:
-                data = json.loads(text) if text.startswith("{") else {}
+            try:  # an object, or nothing usable (slack_sdk reads only a text that opens one)
+                data: dict[str, Any] = json.loads(text) if text.startswith("{") else {}
             except ValueError:
                 data = {}
             found: dict[str, Any] = dict(answer.headers)
@@ -485,13 +482,13 @@ class KeepAliveWebClient(WebClient):
                     HttpResponse(status_code=status, headers=found, body=data, data=raw),
                     None,
                 ):
-                    return status, found, data if isinstance(data, dict) else {}
+                    return status, found, data
                 continue
             listed: dict[str, Any] = {k: [v] for k, v in found.items()}
             refusal = HTTPError(url, status, answer.reason, answer.message(), None)
             response = HttpResponse(status_code=status, headers=listed, data=raw)
             if not self._retried(state, url, headers, body, response, refusal):
-                return status, found, data if isinstance(data, dict) else {}
+                return status, found, data
 
     def _plain_handlers(self) -> bool:
         """Whether every retry handler is of a type that never retries a success

@@ -574,3 +574,19 @@ def test_a_server_error_is_offered_to_the_retry_handlers(slack: SlackDouble) -> 
         "internal_error",
         True,
     )
+
+
+def test_behind_a_proxy_calls_go_through_it() -> None:
+    """HTTPS_PROXY (slack_sdk's `proxy`): SlackOut's calls go through slack_sdk's urllib path,
+    which asks the proxy for the absolute URL; neither the pool nor the lean call connects to
+    Slack directly."""
+    proxy = Scripted([[_ok()]])
+    try:
+        client = make_client("xoxb-test", "http://slack.invalid/api/")
+        client.proxy = proxy.url.removesuffix("/api/")
+        assert SlackOut(client).post("C0PROJECT", "hello") == "1.000001"
+        (request,) = proxy.requests
+        assert request.startswith(b"POST http://slack.invalid/api/chat.postMessage HTTP/1.1")
+        assert isinstance(client, KeepAliveWebClient) and client.connections_opened == 0
+    finally:
+        proxy.close()
