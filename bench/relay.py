@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import secrets
 import statistics
 import sys
@@ -46,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--root", default=str(ROOT), help="the checkout whose bot/ is measured")
     ap.add_argument(
         "--work", choices=("events", "evaluate", "deploy"), default="events", help="what to run"
+    )
+    ap.add_argument(
+        "--statements", action="store_true", help="also print each SQL statement's count per unit"
     )
     args = ap.parse_args(argv)
 
@@ -115,9 +119,14 @@ def measure(
     logs.setup(fmt=settings.log_format, secrets=settings.secret_values(), level=settings.log_level)
     bridge = Bridge(settings, parse_config(config), start_scheduler=False)
     try:
+        sql = Statements(bridge.engine)
         if args.work != "events":
-            return commands(args.work, args.requests, bridge, run, doubles)
-        return relay(args.requests, bridge, run, webhook_examples, doubles)
+            figures = commands(args.work, args.requests, bridge, run, doubles, sql)
+        else:
+            figures = relay(args.requests, bridge, run, webhook_examples, doubles, sql)
+        if args.statements:
+            figures.update(sql.breakdown())
+        return figures
     finally:
         bridge.jobs.shutdown(wait=True)
         bridge.engine.dispose()
@@ -125,7 +134,105 @@ def measure(
         sys.stderr = stderr
 
 
-def relay(count: int, bridge: Any, run: Any, webhook_examples: Any, doubles: Any) -> dict[str, str]:
+class Statements:
+    """Counts the SQL statements and commits the measured code sends, at the driver.
+
+    Deterministic where CPU figures are not: two trees compared on an unsteady host differ here
+    only if their code does. The store runs its hot statements on pooled DBAPI connections, past
+    SQLAlchemy's execution events, so the count is taken below it: SQLite's trace callback (every
+    statement, BEGIN and COMMIT included) and, on PostgreSQL, a psycopg cursor class that counts
+    its executes plus a count of the connection's commits. An autocommit statement is a
+    transaction of its own; BEGIN…COMMIT around statements costs two more round trips on
+    PostgreSQL. Counting is on only inside `counting()`; the intake's insert of each delivery is
+    left out, so the figure is the job's.
+    """
+
+    def __init__(self, engine: Any) -> None:
+        from sqlalchemy import event
+
+        self.on = False
+        self.units = 0
+        self.statements: dict[str, int] = {}
+        self.commits = 0
+        self.postgres = engine.dialect.name == "postgresql"
+        if self.postgres:
+            import psycopg
+
+            counter = self
+
+            class Counting(psycopg.Cursor):  # type: ignore[misc]
+                def execute(self, query: Any, *rest: Any, **kw: Any) -> Any:
+                    counter.statement(str(query))
+                    return super().execute(query, *rest, **kw)
+
+            commit = psycopg.Connection.commit
+
+            def counted_commit(conn: Any) -> None:
+                if counter.on:
+                    counter.commits += 1
+                commit(conn)
+
+            psycopg.Connection.commit = counted_commit  # type: ignore[method-assign]
+            self._cursor = Counting
+        event.listen(engine.pool, "checkout", self._checkout)
+
+    def _checkout(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        if self.postgres:
+            dbapi_connection.cursor_factory = self._cursor
+        else:
+            dbapi_connection.set_trace_callback(self._sqlite)
+
+    def _sqlite(self, text: str) -> None:
+        word = text.split(None, 1)[0].upper()
+        if word == "COMMIT":
+            self.commits += self.on
+        elif word != "BEGIN":
+            self.statement(text)
+
+    def statement(self, text: str) -> None:
+        if self.on:
+            # SQLite's trace gives the statement with its values written in: fold them back.
+            text = re.sub(r"'(?:[^']|'')*'|\b\d+(?:\.\d+)?\b", "?", text)
+            key = " ".join(text.split())[:100]
+            self.statements[key] = self.statements.get(key, 0) + 1
+
+    def counting(self) -> Any:
+        import contextlib
+
+        @contextlib.contextmanager
+        def scope() -> Any:
+            self.on = True
+            try:
+                yield
+            finally:
+                self.on = False
+                self.units += 1
+
+        return scope()
+
+    def figures(self) -> dict[str, str]:
+        n = max(self.units, 1)
+        statements = sum(self.statements.values())
+        figures = {
+            "SQL statements per unit": f"{statements / n:.2f}",
+            "BEGIN…COMMIT transactions per unit": f"{self.commits / n:.2f}",
+        }
+        if self.postgres:  # psycopg sends BEGIN and COMMIT as round trips of their own
+            figures["round trips per unit"] = f"{(statements + 2 * self.commits) / n:.2f}"
+        return figures
+
+    def breakdown(self) -> dict[str, str]:
+        n = max(self.units, 1)
+        ranked = sorted(self.statements.items(), key=lambda kv: -kv[1])
+        return {
+            f"  statement {i + 1}": f"{count / n:5.2f} x  {text}"
+            for i, (text, count) in enumerate(ranked)
+        }
+
+
+def relay(
+    count: int, bridge: Any, run: Any, webhook_examples: Any, doubles: Any, sql: Statements
+) -> dict[str, str]:
     from bot.model import TRIGGERED, NewRequest
 
     store, slack, jobs = bridge.store, bridge.slack, bridge.jobs
@@ -164,7 +271,8 @@ def relay(count: int, bridge: Any, run: Any, webhook_examples: Any, doubles: Any
     for delivery_id, action, body in bodies:
         t = time.perf_counter()
         store.record_delivery(delivery_id, "workflow_run", action, body)
-        jobs.run_delivery(delivery_id, "workflow_run")
+        with sql.counting():
+            jobs.run_delivery(delivery_id, "workflow_run")
         walls.append((time.perf_counter() - t) * 1000)
     cpu, wall = time.thread_time() - cpu0, time.perf_counter() - wall0
     connections = doubles.ask("slack connections") - connections0
@@ -179,10 +287,13 @@ def relay(count: int, bridge: Any, run: Any, webhook_examples: Any, doubles: Any
         ),
         "events per second (one thread)": f"{len(bodies) / wall:.0f}",
         "Slack connections opened": str(connections),
+        **sql.figures(),
     }
 
 
-def commands(kind: str, count: int, bridge: Any, run: Any, doubles: Any) -> dict[str, str]:
+def commands(
+    kind: str, count: int, bridge: Any, run: Any, doubles: Any, sql: Statements
+) -> dict[str, str]:
     from bot.model import PENDING_APPROVAL, NewRequest
 
     store, jobs = bridge.store, bridge.jobs
@@ -219,7 +330,8 @@ def commands(kind: str, count: int, bridge: Any, run: Any, doubles: Any) -> dict
     cpu0, wall0 = time.thread_time(), time.perf_counter()
     for rid in ids:
         t = time.perf_counter()
-        jobs.run_request(rid)
+        with sql.counting():
+            jobs.run_request(rid)
         walls.append((time.perf_counter() - t) * 1000)
     cpu, wall = time.thread_time() - cpu0, time.perf_counter() - wall0
     done = [store.get(rid) for rid in ids]
@@ -233,6 +345,7 @@ def commands(kind: str, count: int, bridge: Any, run: Any, doubles: Any) -> dict
             f"{statistics.median(walls):.2f} / {walls[int(0.99 * (len(walls) - 1))]:.2f} ms"
         ),
         "jobs per second (one thread)": f"{count / wall:.0f}",
+        **sql.figures(),
     }
 
 

@@ -194,12 +194,14 @@ def carry_out(deps: Deps, req: Request) -> None:
         if holder is not None:
             _settle_as_duplicate(deps, req, holder, pull.head_sha)
             return
+        # The request as stored now (take_head set its head SHA), with the PR's facts.
         if not details_of(req).get("pr_title"):
             facts = EvaluateDetails(
                 pr_title=pull.title, pr_url=pull.html_url, head_ref=pull.head_ref
             )
-            details.merge(deps, req.id, facts)
-        req = deps.store.get(req.id) or req
+            req = deps.store.update_and_merge(req.id, facts)[1] or req
+        else:
+            req = deps.store.get(req.id) or req
     try:
         req = ensure_root(deps, req)
     except SlackFailure as exc:
@@ -317,8 +319,9 @@ def _apply_label(deps: Deps, req: Request, label: str, *, present: bool) -> None
     plan = details_of(req).get("label")
     if plan is None:
         plan = LabelPlan(had=present, removed=False)
-        details.merge(deps, req.id, EvaluateDetails(label=plan))
-        deps.store.update(req.id, action_started_at=deps.clock())
+        deps.store.update_and_merge(
+            req.id, EvaluateDetails(label=plan), action_started_at=deps.clock()
+        )
     elif present and (not plan.get("had") or plan.get("removed")):
         return
     if present:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
+
+import pytest
 
 from bot.db import make_engine, migrate
 from bot.model import NewRequest
@@ -120,21 +123,33 @@ def test_update_and_merge_is_one_transaction_that_returns_the_committed_request(
     database_url: str,
 ) -> None:
     """settle's write: the status change (when allowed) and the details merge commit together,
-    and the request handed back is what a read after the commit returns."""
+    and the request handed back is what a read after the commit returns. On SQLite that is one
+    transaction; on PostgreSQL one statement in autocommit (a transaction of its own, one
+    round trip instead of BEGIN, the status read, two UPDATEs and COMMIT)."""
     store, rid = _store_with_request(database_url, {"kept": 1})
     commits: list[int] = []
+    statements: list[str] = []
     dialect = store.engine.dialect
     do_commit = dialect.do_commit  # every commit goes through it, lean writes' too
+    run = store._run  # every statement the store runs on a pooled connection
 
     def counted(dbapi_connection: object) -> None:
         commits.append(1)
         do_commit(dbapi_connection)
 
+    def counted_run(raw: Any, statement: Any, values: Any, *, write: bool) -> Any:
+        statements.append(str(statement))
+        return run(raw, statement, values, write=write)
+
     dialect.do_commit = counted  # type: ignore[method-assign]
+    store._run = counted_run  # type: ignore[method-assign]
     changed, req = store.update_and_merge(
         rid, {"runs_summary": "ci: running"}, only_if_status=("accepted",), status="triggered"
     )
-    assert changed and len(commits) == 1
+    if dialect.name == "postgresql":
+        assert changed and len(statements) == 1 and not commits
+    else:
+        assert changed and len(commits) == 1
     assert req == store.get(rid)
     assert req is not None and req.status == "triggered"
     assert req.details == {"kept": 1, "runs_summary": "ci: running"}
@@ -181,3 +196,80 @@ def test_a_run_linked_before_is_found_with_its_request_in_one_read(database_url:
     # A link whose request is gone still counts as linked: the run is nobody else's.
     store.upsert_run(run_id="556", **{**run, "request_id": "gone"})
     assert store.linked_request("556") == (True, None)
+
+
+def test_a_status_change_waits_for_a_concurrent_one_and_logs_the_status_it_changed_from(
+    database_url: str, caplog: Any
+) -> None:
+    """PostgreSQL runs a request's change as one statement (bot/store/requests.py _pg_change):
+    its CTE locks the row and reads the status the change is made from. A writer holding the
+    row makes it wait; it then changes the row that writer committed, and the log's "from" is
+    that row's status, not the one in the statement's snapshot (without FOR UPDATE it would
+    say "triggered" here)."""
+    import logging
+
+    from sqlalchemy import create_engine, text
+
+    if not database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL only: SQLite's writer queue runs one write at a time")
+    store, rid = _store_with_request(database_url, {"kept": 1})
+    assert store.update(rid, only_if_status=("accepted",), status="triggered")
+    other = create_engine(database_url)
+    results: list[Any] = []
+    try:
+        with other.connect() as conn:
+            conn.execute(text("SELECT 1 FROM requests WHERE id = :i FOR UPDATE"), {"i": rid})
+            caplog.set_level(logging.INFO, logger="bot.store")
+
+            def settle() -> None:
+                results.append(
+                    store.update_and_merge(
+                        rid,
+                        {"runs_summary": "ci: done"},
+                        only_if_status=("triggered", "running"),
+                        status="succeeded",
+                        finished_at=time.time(),
+                    )
+                )
+
+            thread = threading.Thread(target=settle)
+            thread.start()
+            thread.join(0.5)
+            assert thread.is_alive()  # waiting for the row
+            conn.execute(text("UPDATE requests SET status = 'running' WHERE id = :i"), {"i": rid})
+            conn.commit()
+            thread.join(10)
+    finally:
+        other.dispose()
+    [(changed, req)] = results
+    assert changed and req is not None and req.status == "succeeded"
+    assert req.details == {"kept": 1, "runs_summary": "ci: done"}
+    moves = [
+        (getattr(r, "from", None), getattr(r, "to", None))
+        for r in caplog.records
+        if r.getMessage() == "request status changed"
+    ]
+    assert moves == [("running", "succeeded")]
+
+
+def test_a_conditional_status_change_logs_where_it_came_from_or_nothing(
+    database_url: str, caplog: Any
+) -> None:
+    """`update` from one of several statuses (one statement on PostgreSQL, the status read in
+    the same transaction on SQLite): the log's "from" is the status it changed from; a change
+    whose condition does not hold changes nothing and logs nothing."""
+    import logging
+
+    store, rid = _store_with_request(database_url, {})
+    caplog.set_level(logging.INFO, logger="bot.store")
+    assert store.update(rid, only_if_status=("accepted", "approved"), status="triggered")
+    assert not store.update(rid, only_if_status=("accepted", "approved"), status="triggered")
+    assert store.update(rid, error="kept", only_if_status=("triggered", "running"))
+    req = store.get(rid)
+    assert req is not None and req.status == "triggered" and req.error == "kept"
+    moves = [
+        (getattr(r, "from", None), getattr(r, "to", None))
+        for r in caplog.records
+        if r.getMessage() == "request status changed"
+    ]
+    assert moves == [("accepted", "triggered")]

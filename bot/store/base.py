@@ -241,18 +241,41 @@ class StoreBase:
             return conn.execute(statement, values)
 
     def _alone(self, statement: Executable, values: dict[str, Any], *, write: bool) -> _Result:
-        """One statement on a pooled connection; on PostgreSQL in autocommit, the connection
-        handed back out of it (a transaction on it later must not commit statement by
-        statement). SQLite runs it as is (pysqlite opens no transaction for a SELECT)."""
-        pg = self.engine.dialect.name == "postgresql"
-        raw = self._connect()
-        try:
-            if pg:
-                raw.dbapi_connection.autocommit = True
+        """One statement on a pooled connection; on PostgreSQL in autocommit (see _each).
+        SQLite runs it as is (pysqlite opens no transaction for a SELECT)."""
+        if self.engine.dialect.name != "postgresql":
+            raw = self._connect()
             try:
                 return self._run(raw, statement, values, write=write)
             finally:
-                if pg and raw.dbapi_connection is not None:  # None: invalidated
+                raw.close()  # back to the pool
+        with self._autocommit() as conn:
+            return self._run(conn._raw, statement, values, write=write)
+
+    @contextlib.contextmanager
+    def _each(self) -> Iterator[_Transaction]:
+        """Write statements that need not commit together (each is right on its own), run on
+        one pooled connection. PostgreSQL: each in autocommit, a transaction of its own in one
+        round trip, where BEGIN and COMMIT around them would be two more (psycopg sends each
+        as its own query). SQLite: one transaction, one turn of the writer queue."""
+        if self.engine.dialect.name != "postgresql":
+            with self._write() as conn:
+                yield conn
+            return
+        with self._autocommit() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def _autocommit(self) -> Iterator[_Transaction]:
+        """A pooled PostgreSQL connection in autocommit, handed back out of it (a transaction on
+        it later must not commit statement by statement)."""
+        raw = self._connect()
+        try:
+            raw.dbapi_connection.autocommit = True
+            try:
+                yield _Transaction(self, raw)
+            finally:
+                if raw.dbapi_connection is not None:  # None: invalidated
                     raw.dbapi_connection.autocommit = False
         finally:
             raw.close()  # back to the pool

@@ -66,6 +66,50 @@ def _update_request_if(statuses: int) -> Any:
 _STATUS_OF = (
     select(db.requests.c.status).where(db.requests.c.id == bindparam("b_id")).with_for_update()
 )
+
+
+@functools.cache
+def _pg_change(columns: tuple[str, ...], statuses: int | None, merge: bool) -> Executable:
+    """PostgreSQL: a change of a request as one statement, in autocommit one round trip where
+    BEGIN, the status read, the UPDATE(s) and COMMIT were four or five.
+
+    The CTE locks the row and reads the status it has before the change (the log's "from"):
+    under READ COMMITTED, FOR UPDATE waits for a concurrent writer and reads the row it
+    committed, and the UPDATE re-checks that same row version, so both see one status.
+    `columns` are set (updated_at among them), only from one of `statuses` statuses (bound as
+    b_status_0 …; None: from any). With `merge`, details take the b_patch keys (jsonb `||`)
+    whether or not the status condition holds, the columns change only when it holds, and
+    the row comes back as it is after the change; b_changed says whether the condition held.
+    Without it, the condition is the UPDATE's: a row comes back only when it changed.
+    Built once per shape; only column names checked against the table enter the text."""
+    names = set(db.requests.c.keys())
+    if not set(columns) <= names:
+        raise ValueError(f"not columns of requests: {sorted(set(columns) - names)}")
+    ok = "TRUE"
+    if statuses is not None:
+        ok = f"prior.status IN ({', '.join(f':b_status_{i}' for i in range(statuses))})"
+    if merge:
+        current = "coalesce(nullif(requests.details, ''), '{}')"
+        sets = [
+            f"details = (CAST({current} AS jsonb) || CAST(:b_patch AS jsonb))::text",
+            "updated_at = :b_now",
+            *(
+                f"{c} = CASE WHEN {ok} THEN :{c} ELSE requests.{c} END"
+                for c in columns
+                if c != "updated_at"
+            ),
+        ]
+        where, returned = "", [f"requests.{c.name}" for c in db.requests.columns]
+    else:
+        sets, where, returned = [f"{c} = :{c}" for c in columns], f" AND {ok}", []
+    sql = (
+        "WITH prior AS (SELECT id, status FROM requests WHERE id = :b_id FOR UPDATE) "  # noqa: S608
+        f"UPDATE requests SET {', '.join(sets)} FROM prior WHERE requests.id = prior.id{where} "
+        f"RETURNING {', '.join([*returned, 'prior.status AS b_before', f'{ok} AS b_changed'])}"
+    )
+    return text(sql)
+
+
 _GET_DETAILS = select(db.requests.c.details).where(db.requests.c.id == bindparam("b_id"))
 _SET_DETAILS_IF = _UPDATE_REQUEST.where(db.requests.c.details == bindparam("b_old"))
 # Giving a lease back (release): the SET clause comes from the parameters' column names.
@@ -142,10 +186,31 @@ class Requests(StoreBase):
         change = self._update_values(request_id, only_if_status, values)
         if change is None:
             return False
-        with self._write() as conn:
-            changed = self._update_in(conn, request_id, change)
+        if self.engine.dialect.name == "postgresql":
+            changed = self._update_alone(request_id, change)
+        else:
+            with self._write() as conn:
+                changed = self._update_in(conn, request_id, change)
         self._log_status(request_id, changed, change)
         return changed
+
+    def _update_alone(self, request_id: str, change: _Change) -> bool:
+        """PostgreSQL: `update` as one statement in autocommit. The status it changes from is
+        read by the same statement (_pg_change) only when the log needs it and it is not
+        known already (one possible status)."""
+        values, statuses = change.values, change.statuses
+        if not self._logged(values) or (statuses is not None and len(statuses) == 1):
+            if statuses is not None and self._logged(values):
+                values["_before"] = statuses[0]
+            params = {k: v for k, v in values.items() if k != "_before"}
+            return bool(self._write_one(change.statement, params).rowcount)
+        columns = tuple(k for k in values if not k.startswith(("b_", "_")))
+        statement = _pg_change(columns, None if statuses is None else len(statuses), False)
+        row = self._write_one(statement, values).first()
+        if row is None:
+            return False
+        values["_before"] = row["b_before"]
+        return True
 
     def update_and_merge(
         self,
@@ -174,6 +239,11 @@ class Requests(StoreBase):
             self.merge_details(request_id, dict(details))
             return changed, self.get(request_id)
         merge = self._merge_params(request_id, details, patch)
+        if change is None:  # the merge alone: one statement
+            row = self._write_one(statement, merge).first()
+            return False, (_request_from(row) if row else None)
+        if self.engine.dialect.name == "postgresql" and "details" not in change.values:
+            return self._update_and_merge_alone(request_id, change, merge)
         changed = False
         with self._write() as conn:
             if change is not None:
@@ -182,6 +252,21 @@ class Requests(StoreBase):
         if change is not None:
             self._log_status(request_id, changed, change)
         return changed, (_request_from(row) if row else None)
+
+    def _update_and_merge_alone(
+        self, request_id: str, change: _Change, merge: dict[str, Any]
+    ) -> tuple[bool, Request | None]:
+        """PostgreSQL: `update_and_merge` as one statement in autocommit (_pg_change)."""
+        values, statuses = change.values, change.statuses
+        columns = tuple(k for k in values if not k.startswith(("b_", "_")))
+        statement = _pg_change(columns, None if statuses is None else len(statuses), True)
+        row = self._write_one(statement, {**values, **merge}).first()
+        if row is None:
+            return False, None
+        changed = bool(row["b_changed"])
+        values["_before"] = row["b_before"]
+        self._log_status(request_id, changed, change)
+        return changed, _request_from(row)
 
     def _update_values(
         self, request_id: str, only_if_status: Iterable[str] | None, values: dict[str, Any]

@@ -113,7 +113,9 @@ class Runs(StoreBase):
         }
         newer = {"b_id": run_id, "b_attempt": attempt, "b_completed": status == "completed"}
         created = False
-        with self._write() as conn:
+        # Each statement below is right on its own (the conditional UPDATE, the INSERT that a
+        # concurrent first delivery may beat): nothing needs them to commit together.
+        with self._each() as conn:
             stored = conn.execute(_UPDATE_RUN_IF_NEWER, {**newer, **values}).rowcount > 0
             if not stored:
                 insert_run = _insert_run(self.engine.dialect.name)
