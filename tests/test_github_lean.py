@@ -155,3 +155,43 @@ def test_tls_trust_is_what_requests_gave_pygithub(
     app = _app(gh)
     assert [c["serialNumber"] for c in app._context().get_ca_certs()] == [ours]
     assert app._context() is app._context()  # built once
+
+
+def test_a_write_that_could_not_be_sent_is_tried_again_and_made_once(
+    gh: GitHubDouble, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection that could not be made (or a request not sent whole: URLError) cannot have
+    reached GitHub, so a write goes again, up to `read_retries` times, as urllib3 retried
+    connect errors; when every try fails the caller gets Unavailable, an outage to wait out."""
+    from urllib.error import URLError
+
+    from bot.github_errors import Unavailable
+
+    app = _app(gh)
+    app.get_pull(REPO, 7)  # the token and the pool are in place
+    pool = app._pool
+    assert pool is not None
+    real = pool.exchange
+    failing = [2]  # the next two attempts fail to connect
+    attempts: list[str] = []
+
+    def exchange(verb: str, *args: Any) -> Any:
+        attempts.append(verb)
+        if failing[0]:
+            failing[0] -= 1
+            raise URLError(ConnectionRefusedError(111, "refused"))
+        return real(verb, *args)
+
+    monkeypatch.setattr(pool, "exchange", exchange)
+    monkeypatch.setattr("bot.github.time.sleep", lambda seconds: None)
+    app.add_label(REPO, 7, "evaluate")
+    assert attempts == ["POST"] * 3
+    assert len(gh.requests_to("POST", r"/issues/7/labels$")) == 1
+    assert "evaluate" in gh.labels(REPO, 7)
+
+    attempts.clear()
+    failing[0] = 3  # one more than the retries
+    with pytest.raises(Unavailable):
+        app.add_label(REPO, 7, "again")
+    assert attempts == ["POST"] * 3
+    assert len(gh.requests_to("POST", r"/issues/7/labels$")) == 1
