@@ -115,7 +115,7 @@ def measure(
         }
     )
     # The log lines are part of the cost: written as `serve` writes them, to /dev/null.
-    stderr, sys.stderr = sys.stderr, open(os.devnull, "w")  # noqa: SIM115
+    stderr, sys.stderr = sys.stderr, open(os.environ.get("RELAY_LOG", os.devnull), "w")  # noqa: SIM115
     logs.setup(fmt=settings.log_format, secrets=settings.secret_values(), level=settings.log_level)
     bridge = Bridge(settings, parse_config(config), start_scheduler=False)
     try:

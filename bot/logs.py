@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
 import json
@@ -58,6 +59,15 @@ _NEEDS: list[tuple[tuple[str, ...], bool]] = [
     (("://",), False),
     (("hooks.slack.com",), True),
 ]
+# Any of those literals, in one search: ASCII text with none of them (most values logged: ids,
+# names, statuses) needs no shape's expression at all.
+_ANY_NEEDLE = re.compile(
+    "|".join(
+        f"(?i:{re.escape(n)})" if caseless else re.escape(n)
+        for needles, caseless in _NEEDS
+        for n in needles
+    )
+)
 # Values up to this long are scrubbed once and remembered (Redactor._scrub_short).
 _CACHED_LEN = 256
 
@@ -88,6 +98,9 @@ class Redactor(logging.Filter):
         }
         # Longest first, so a secret containing another is replaced whole.
         self.secrets = sorted(values, key=len, reverse=True)
+        # Their lengths negated (ascending), to skip at once every secret longer than a value:
+        # most values logged are ids, shorter than any token or PEM line.
+        self._negated_lengths = [-len(s) for s in self.secrets]
         # Short values (messages, ids, event names) repeat from line to line: each is
         # scrubbed once and its result remembered (bounded: at most 4,096 values of
         # _CACHED_LEN characters).
@@ -99,13 +112,18 @@ class Redactor(logging.Filter):
         return self._scrub(value)
 
     def _scrub(self, value: str) -> str:
-        for s in self.secrets:
+        # Only secrets no longer than the value can occur in it. (A longer one could appear
+        # after a replacement only if it contained the "[redacted]" put in: none does.)
+        for s in self.secrets[bisect.bisect_left(self._negated_lengths, -len(value)) :]:
             if s in value:
                 value = value.replace(s, "[redacted]")
         # A shape's expression runs only where its literal part occurs (found by `in`, far
         # cheaper than a regex search); for text with non-ASCII letters, where case-folding
         # could make a case-insensitive expression match what lower() does not show, all run.
-        folded = value.lower() if value.isascii() else None
+        ascii_only = value.isascii()
+        if ascii_only and _ANY_NEEDLE.search(value) is None:
+            return value
+        folded = value.lower() if ascii_only else None
         for (pattern, keep), (needles, caseless) in zip(_SHAPES, _NEEDS, strict=True):
             if folded is not None:
                 hay = folded if caseless else value
@@ -124,14 +142,14 @@ class Redactor(logging.Filter):
         record.args = None
         for key in _DROPPED & record.__dict__.keys():
             del record.__dict__[key]
-        for key, val in list(record.__dict__.items()):
-            if key in _STANDARD:
-                continue
+        fields = record.__dict__
+        for key in fields.keys() - _STANDARD:  # the extras and the scope's ids
+            val = fields[key]
             if isinstance(val, str):
-                record.__dict__[key] = bound(self.scrub(bound(val, 4 * MAX_FIELD)))
+                fields[key] = bound(self.scrub(bound(val, 4 * MAX_FIELD)))
             elif not isinstance(val, int | float | bool | type(None)):
                 # the formatters print str(val)
-                record.__dict__[key] = bound(self.scrub(bound(str(val), 4 * MAX_FIELD)))
+                fields[key] = bound(self.scrub(bound(str(val), 4 * MAX_FIELD)))
         if record.exc_info:
             record.exc_text = self.scrub(logging.Formatter().formatException(record.exc_info))
             record.exc_info = None

@@ -23,6 +23,7 @@ from bot.inline import NeedsThread, running_inline
 from bot.model import NewRequest
 from bot.store import Store
 from bot.store.base import _Compiled, _row_to_request
+from bot.store.locks import _LOCK_OF
 from bot.store.requests import _GET_REQUEST
 from bot.store.runs import _LINKED_REQUEST, _RUNS_OF
 from bot.store.state import _INSERT_SENT
@@ -94,7 +95,16 @@ def test_lean_reads_answer_as_sqlalchemy_does(engine: Engine) -> None:
         head_sha="a" * 40,
         started_at=1_700_000_000.5,
     )
+    store.take_lock(
+        repo="acme/models",
+        environment="production",
+        user_id="U1",
+        channel_id="C1",
+        reason="freeze",
+        expires_at=None,  # NULL
+    )
     for statement, values in [
+        (_LOCK_OF, {"b_repo": "acme/models", "b_env": "production"}),
         (_GET_REQUEST, {"request_id": req.id}),
         (_LINKED_REQUEST, {"b_id": "77"}),
         (_RUNS_OF, {"b_id": req.id}),
