@@ -253,7 +253,7 @@ class Bridge:
             None,
         )
         self.workspace.bolt_auth_test = lambda: getattr(bolt_auth, "auth_test_result", None)
-        app.use(self.workspace.async_middleware)
+        app.use(self.workspace.as_async_middleware())
         quiet_request_verification(app)
         return app
 

@@ -25,6 +25,8 @@ from typing import Any
 
 import anyio.to_thread
 from slack_bolt import BoltRequest, BoltResponse
+from slack_bolt.middleware.async_middleware import AsyncMiddleware
+from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk import WebClient
 
 log = logging.getLogger(__name__)
@@ -167,6 +169,12 @@ class WorkspaceGuard:
             refused = self.refusal(req.body)
         return await next() if refused is None else refused
 
+    def as_async_middleware(self) -> AsyncMiddleware:
+        """The guard as AsyncApp's class-based middleware: Bolt calls it with (req, resp, next)
+        as they are, where a function middleware has every listener argument built for it on
+        each request (say, respond, client, …: a twentieth of an `/evaluate help` ack)."""
+        return _AsyncGuard(self)
+
     def refusal(self, payload: Any) -> BoltResponse | None:
         """The answer refusing a request from another workspace (or while ours is unknown);
         None lets it through."""
@@ -198,3 +206,17 @@ class WorkspaceGuard:
         if is_command:
             return BoltResponse(status=200, body={"response_type": "ephemeral", "text": REFUSAL})
         return BoltResponse(status=403, body={"ok": False, "error": "another workspace"})
+
+
+class _AsyncGuard(AsyncMiddleware):
+    def __init__(self, guard: WorkspaceGuard) -> None:
+        self.guard = guard
+
+    async def async_process(
+        self,
+        *,
+        req: AsyncBoltRequest,
+        resp: BoltResponse,
+        next: Callable[[], Awaitable[BoltResponse]],  # Bolt passes it by this name
+    ) -> BoltResponse:
+        return await self.guard.async_middleware(req, resp, next)
