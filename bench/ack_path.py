@@ -55,55 +55,27 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         doubles.close()
         databases.cleanup()
-    import bot
+    import inprocess
 
-    print(
+    inprocess.report(
         f"ack path, one process, ASGI app called directly · {args.database} · "
-        f"bot from {Path(bot.__file__).parent.parent} · load average {os.getloadavg()[0]:.2f}"
+        f"load average {os.getloadavg()[0]:.2f}",
+        figures,
+        width=44,
     )
-    for key, value in figures.items():
-        print(f"  {key:<44} {value}")
     return 0
 
 
 def measure(
     args: argparse.Namespace, run: Any, doubles: Any, database_url: str, tmp: Path
 ) -> dict[str, str]:
-    import yaml
+    import inprocess
 
-    from bot import logs
-    from bot.config import parse_config
-    from bot.settings import load_settings
-    from bot.wiring import Bridge
-
-    info = doubles.info
     signing = "acks-" + secrets.token_hex(8)
-    settings = load_settings(
-        {
-            "SLACK_BOT_TOKEN": run.BOT_TOKEN,
-            "SLACK_SIGNING_SECRET": signing,
-            "SLACK_API_URL": str(info["slack_url"]),
-            "GITHUB_APP_ID": str(info["app_id"]),
-            "GITHUB_APP_PRIVATE_KEY": str(info["private_key_pem"]),
-            "GITHUB_WEBHOOK_SECRET": "acks-" + secrets.token_hex(8),
-            "GITHUB_API_URL": str(info["github_url"]),
-            "DATABASE_URL": database_url,
-            "CHATOPS_CONFIG": str(tmp / "unused.yml"),
-            "PORT": "3000",
-        }
-    )
-    stderr, sys.stderr = sys.stderr, open(os.devnull, "w")  # noqa: SIM115
-    logs.setup(fmt=settings.log_format, secrets=settings.secret_values(), level=settings.log_level)
-    bridge = Bridge(settings, parse_config(yaml.safe_load(run.CONFIG)), start_scheduler=False)
-    bridge.jobs.submit = lambda request_id: None  # type: ignore[method-assign]
-    app = bridge.asgi()
-    try:
+    with inprocess.bridge(run, doubles, database_url, tmp, signing_secret=signing) as bridge:
+        bridge.jobs.submit = lambda request_id: None
+        app = bridge.asgi()
         return asyncio.run(drive(app, signing, args.requests, args.rounds, args.only))
-    finally:
-        bridge.jobs.shutdown(wait=True)
-        bridge.engine.dispose()
-        sys.stderr.close()
-        sys.stderr = stderr
 
 
 async def drive(

@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import re
-import secrets
 import statistics
 import sys
 import tempfile
@@ -71,14 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         doubles.close()
         databases.cleanup()
-    import bot
+    import inprocess
 
-    print(
-        f"relay path, one thread · {args.database} · Slack over "
-        f"{'https' if args.slack_tls else 'http'} · bot from {Path(bot.__file__).parent.parent}"
-    )
-    for key, value in figures.items():
-        print(f"  {key:<34} {value}")
+    tls = "https" if args.slack_tls else "http"
+    inprocess.report(f"relay path, one thread · {args.database} · Slack over {tls}", figures)
     return 0
 
 
@@ -90,35 +85,15 @@ def measure(
     database_url: str,
     tmp: Path,
 ) -> dict[str, str]:
+    import inprocess
     import yaml
 
-    from bot import logs
-    from bot.config import parse_config
-    from bot.settings import load_settings
-    from bot.wiring import Bridge
-
-    info = doubles.info
     config = yaml.safe_load(run.CONFIG)
     config["rate_limits"]["root_edit_seconds"] = 0
-    settings = load_settings(
-        {
-            "SLACK_BOT_TOKEN": run.BOT_TOKEN,
-            "SLACK_SIGNING_SECRET": "relay-" + secrets.token_hex(8),
-            "SLACK_API_URL": str(info["slack_url"]),
-            "GITHUB_APP_ID": str(info["app_id"]),
-            "GITHUB_APP_PRIVATE_KEY": str(info["private_key_pem"]),
-            "GITHUB_WEBHOOK_SECRET": "relay-" + secrets.token_hex(8),
-            "GITHUB_API_URL": str(info["github_url"]),
-            "DATABASE_URL": database_url,
-            "CHATOPS_CONFIG": str(tmp / "unused.yml"),
-            "PORT": "3000",
-        }
-    )
-    # The log lines are part of the cost: written as `serve` writes them, to /dev/null.
-    stderr, sys.stderr = sys.stderr, open(os.environ.get("RELAY_LOG", os.devnull), "w")  # noqa: SIM115
-    logs.setup(fmt=settings.log_format, secrets=settings.secret_values(), level=settings.log_level)
-    bridge = Bridge(settings, parse_config(config), start_scheduler=False)
-    try:
+    log_path = os.environ.get("RELAY_LOG", os.devnull)
+    with inprocess.bridge(
+        run, doubles, database_url, tmp, config=config, log_path=log_path
+    ) as bridge:
         sql = Statements(bridge.engine)
         if args.work != "events":
             figures = commands(args.work, args.requests, bridge, run, doubles, sql)
@@ -127,11 +102,6 @@ def measure(
         if args.statements:
             figures.update(sql.breakdown())
         return figures
-    finally:
-        bridge.jobs.shutdown(wait=True)
-        bridge.engine.dispose()
-        sys.stderr.close()
-        sys.stderr = stderr
 
 
 class Statements:
