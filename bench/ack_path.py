@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import hashlib
 import hmac
+import itertools
 import os
 import random
 import secrets
@@ -83,7 +84,7 @@ async def drive(
 ) -> dict[str, str]:
     rnd = random.Random(7)
     users = [f"UB{i:06d}" for i in range(5000)]
-    serial = iter(range(10**9))
+    serial = itertools.count()
 
     def request(command: str, text: str) -> tuple[dict[str, Any], bytes]:
         user = rnd.choice(users)

@@ -273,3 +273,13 @@ def test_a_conditional_status_change_logs_where_it_came_from_or_nothing(
         if r.getMessage() == "request status changed"
     ]
     assert moves == [("accepted", "triggered")]
+
+
+def test_only_columns_of_requests_enter_a_change_statement() -> None:
+    """`_pg_change` writes column names into its SQL text (values are bound): a name that is
+    not a column of `requests` is refused before any text is built."""
+    from bot.store.requests import _pg_change
+
+    with pytest.raises(ValueError, match="not columns of requests"):
+        _pg_change(("status", "status = 'x'; --"), 2, False)
+    assert "status = :status" in str(_pg_change(("status", "updated_at"), 2, False))
