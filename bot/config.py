@@ -4,39 +4,47 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import (
-    Discriminator,
-    Field,
-    Tag,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
 
-# The building blocks (ids, names, Strict) and the model registry's entries: bot/config_base.py.
+# The building blocks (the record and its checks, ids, names) and the model registry's entries:
+# bot/config_base.py.
 from bot.config_base import (
-    ChannelId,
-    EventType,
-    GroupId,
+    GITHUB_LOGIN_RE,
+    Invalid,
     ModelSpec,
-    Permission,
-    Repo,
-    Strict,
-    UserId,
+    Record,
+    channel_id,
+    event_type,
+    flag,
+    group_id,
+    key,
+    list_of,
+    mapping,
+    number,
+    one_of,
+    optional,
+    parsed,
+    permission,
+    record,
+    repo,
+    text,
+    then,
+    user_id,
+    whole_number,
 )
 from bot.cron import cron_trigger
 
 
-class Repositories(Strict):
-    default: Repo | None = None
-    channels: dict[ChannelId, Repo] = {}
+@record
+class Repositories(Record):
+    default: str | None = key(optional(repo), default=None)
+    channels: dict[str, str] = key(mapping(channel_id, repo), factory=dict)
     # Besides `default` and `channels`, the only repositories a command may name. The App may
     # be installed on more (an org-wide install): being installed is not being configured.
-    allowed: list[Repo] = []
+    allowed: list[str] = key(list_of(repo), factory=list)
 
     def permitted(self) -> frozenset[str]:
         """Every repository a command or schedule may touch, lower-cased (GitHub ignores case)."""
@@ -49,91 +57,96 @@ class Repositories(Strict):
         return repo.lower() in self.permitted()
 
 
-class Access(Strict):
+@record
+class Access(Record):
     """Who may run a command. Empty lists mean "no restriction" for that dimension."""
 
-    allowed_channels: list[ChannelId] = []
-    allowed_users: list[UserId] = []
-    allowed_usergroups: list[GroupId] = []
-    require_github_permission: Permission | None = None
+    allowed_channels: list[str] = key(list_of(channel_id), factory=list)
+    allowed_users: list[str] = key(list_of(user_id), factory=list)
+    allowed_usergroups: list[str] = key(list_of(group_id), factory=list)
+    require_github_permission: str | None = key(optional(permission), default=None)
 
 
-class ApprovalPolicy(Strict):
-    approvers: list[UserId] = []
-    approver_usergroups: list[GroupId] = []
-    required: int = Field(1, ge=1, le=10)
-    allow_self_approval: bool = False
-    expires_after_minutes: int = Field(30, ge=1, le=7 * 24 * 60)
-    require_github_permission: Permission | None = None
+@record
+class ApprovalPolicy(Record):
+    approvers: list[str] = key(list_of(user_id), factory=list)
+    approver_usergroups: list[str] = key(list_of(group_id), factory=list)
+    required: int = key(whole_number(ge=1, le=10), default=1)
+    allow_self_approval: bool = key(flag, default=False)
+    expires_after_minutes: int = key(whole_number(ge=1, le=7 * 24 * 60), default=30)
+    require_github_permission: str | None = key(optional(permission), default=None)
 
-    @model_validator(mode="after")
-    def _enough_approvers(self) -> ApprovalPolicy:
+    def whole(self, given: frozenset[str]) -> None:
         if not self.approvers and not self.approver_usergroups:
             raise ValueError("approval needs at least one of approvers or approver_usergroups")
         if not self.approver_usergroups and len(set(self.approvers)) < self.required:
             listed = len(set(self.approvers))
             raise ValueError(f"required is {self.required} but only {listed} approvers are listed")
-        return self
 
 
-def _approval_kind(value: Any) -> str:
-    return "none" if isinstance(value, str) else "policy"
+def approval(value: Any) -> ApprovalPolicy | Literal["none"]:
+    """`approval:` is a policy or the word none (pure check).
+
+    `approval: none` is the one explicit way to deploy without approval; a missing `approval`
+    is an error (DeployCommand.whole), so forgetting it cannot open a gate."""
+    if value == "none" and isinstance(value, str):
+        return "none"
+    if isinstance(value, dict):
+        return ApprovalPolicy.parse(value)
+    raise Invalid.here("must be a policy (approvers, required, ...) or the word none")
 
 
-# `approval: none` is the one explicit way to deploy without approval; a missing `approval` is
-# an error (DeployCommand._every_environment_has_a_policy), so forgetting it cannot open a gate.
-Approval = Annotated[
-    Annotated[ApprovalPolicy, Tag("policy")] | Annotated[Literal["none"], Tag("none")],
-    Discriminator(_approval_kind),
-]
-
-
+@record
 class EvaluateCommand(Access):
-    trigger: Literal["label", "dispatch"] = "label"
-    label: str = Field("evaluate", min_length=1, max_length=50)
-    event_type: EventType = "evaluate"
+    trigger: Literal["label", "dispatch"] = key(one_of("label", "dispatch"), default="label")
+    label: str = key(text(min_length=1, max_length=50), default="evaluate")
+    event_type: str = key(event_type, default="evaluate")
     # Only runs of this workflow (name or file name) are relayed for /evaluate requests.
-    workflow: str | None = None
+    workflow: str | None = key(optional(text()), default=None)
 
 
-class EnvironmentSettings(Strict):
-    approval: Approval | None = None
+@record
+class EnvironmentSettings(Record):
+    approval: ApprovalPolicy | Literal["none"] | None = key(optional(approval), default=None)
     # github: the App is enabled on this environment as a custom deployment protection rule,
     # so GitHub itself waits for the approval (docs/deploy.md "GitHub enforces the approval").
-    gate: Literal["github"] | None = None
+    gate: Literal["github"] | None = key(optional(one_of("github")), default=None)
 
 
+def _environment_names(v: dict[str, EnvironmentSettings]) -> dict[str, EnvironmentSettings]:
+    if not v:
+        raise ValueError("at least one environment is needed")
+    for name in v:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,255}", name):
+            raise ValueError(f"environment name {name!r} has characters GitHub does not allow")
+    return v
+
+
+@record
 class DeployCommand(Access):
-    trigger: Literal["dispatch"] = "dispatch"
-    event_type: EventType = "deploy"
+    trigger: Literal["dispatch"] = key(one_of("dispatch"), default="dispatch")
+    event_type: str = key(event_type, default="deploy")
     # Only runs of this workflow (name or file name) can follow a /deploy request.
-    workflow: str | None = None
-    approval: Approval | None = None
-    environments: dict[str, EnvironmentSettings] = {"production": EnvironmentSettings()}
+    workflow: str | None = key(optional(text()), default=None)
+    approval: ApprovalPolicy | Literal["none"] | None = key(optional(approval), default=None)
+    environments: dict[str, EnvironmentSettings] = key(
+        then(mapping(text(), parsed(EnvironmentSettings)), _environment_names),
+        factory=lambda: {"production": EnvironmentSettings()},
+    )
     # `/deploy lock` holds until unlocked; with this set, a lock ends by itself after so many
     # hours (it stops blocking at once; a housekeeping job removes it and says so).
-    lock_expires_after_hours: int | None = Field(None, ge=1, le=24 * 365)
+    lock_expires_after_hours: int | None = key(
+        optional(whole_number(ge=1, le=24 * 365)), default=None
+    )
     # Where the cards of GitHub-initiated gates go when no channel maps to their repository.
-    channel: ChannelId | None = None
+    channel: str | None = key(optional(channel_id), default=None)
 
-    @field_validator("environments")
-    @classmethod
-    def _env_names(cls, v: dict[str, EnvironmentSettings]) -> dict[str, EnvironmentSettings]:
-        if not v:
-            raise ValueError("at least one environment is needed")
-        for name in v:
-            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,255}", name):
-                raise ValueError(f"environment name {name!r} has characters GitHub does not allow")
-        return v
-
-    @model_validator(mode="after")
-    def _every_environment_has_a_policy(self) -> DeployCommand:
-        if not self.model_fields_set:
-            return self  # no commands.deploy in the file: /deploy refuses (unconfigured_policy)
+    def whole(self, given: frozenset[str]) -> None:
+        if not given:
+            return  # no commands.deploy in the file: /deploy refuses (unconfigured_policy)
         missing = self.unconfigured_environments()
         if missing:
             raise ValueError(self.missing_policy_text(missing))
-        return self
 
     def approval_for(self, environment: str) -> ApprovalPolicy | Literal["none"] | None:
         """The environment's own setting, else the command's; None: nobody configured one."""
@@ -181,77 +194,93 @@ class DeployCommand(Access):
         return any(env.gate == "github" for env in self.environments.values())
 
 
-class Commands(Strict):
-    evaluate: EvaluateCommand = EvaluateCommand()
-    deploy: DeployCommand = DeployCommand()
+@record
+class Commands(Record):
+    evaluate: EvaluateCommand = key(parsed(EvaluateCommand), factory=EvaluateCommand)
+    deploy: DeployCommand = key(parsed(DeployCommand), factory=DeployCommand)
 
 
-class GitHubOptions(Strict):
+@record
+class GitHubOptions(Record):
     # webhook: GitHub calls /github/webhooks. poll: the bridge polls GitHub (no public URL).
     # auto: poll when no GITHUB_WEBHOOK_SECRET is set, else webhooks.
-    mode: Literal["webhook", "poll", "auto"] = "auto"
-    poll_interval_seconds: int = Field(30, ge=5, le=3600)
-    poll_max_age_hours: int = Field(24, ge=1, le=24 * 30)
+    mode: Literal["webhook", "poll", "auto"] = key(
+        one_of("webhook", "poll", "auto"), default="auto"
+    )
+    poll_interval_seconds: int = key(whole_number(ge=5, le=3600), default=30)
+    poll_max_age_hours: int = key(whole_number(ge=1, le=24 * 30), default=24)
     # Polling pauses when fewer than this many REST calls remain in the rate-limit window.
-    poll_min_rate_remaining: int = Field(200, ge=0)
+    poll_min_rate_remaining: int = key(whole_number(ge=0), default=200)
 
 
-class ChannelSettings(Strict):
-    notify: Literal["all", "finished", "failures"] = "all"
-    broadcast_failures: bool = False
+@record
+class ChannelSettings(Record):
+    notify: Literal["all", "finished", "failures"] = key(
+        one_of("all", "finished", "failures"), default="all"
+    )
+    broadcast_failures: bool = key(flag, default=False)
 
 
-class Schedule(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    cron: str
-    timezone: str = "UTC"
-    command: Literal["dispatch", "evaluate"] = "dispatch"
-    event_type: EventType | None = None
-    pr: int | None = Field(None, ge=1)
-    repository: Repo | None = None
-    channel: ChannelId
-    client_payload: dict[str, str | int | float | bool] = {}
+def _cron(v: str) -> str:
+    try:
+        cron_trigger(v)
+    except ValueError as exc:
+        raise ValueError(f"invalid cron expression: {exc}") from None
+    return v
 
-    @field_validator("cron")
-    @classmethod
-    def _cron(cls, v: str) -> str:
-        try:
-            cron_trigger(v)
-        except ValueError as exc:
-            raise ValueError(f"invalid cron expression: {exc}") from None
-        return v
 
-    @field_validator("timezone")
-    @classmethod
-    def _tz(cls, v: str) -> str:
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(
-                f"unknown timezone {v!r} (use an IANA name like Europe/Berlin)"
-            ) from None
-        return v
+def _timezone(v: str) -> str:
+    try:
+        ZoneInfo(v)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown timezone {v!r} (use an IANA name like Europe/Berlin)") from None
+    return v
 
-    @model_validator(mode="after")
-    def _shape(self) -> Schedule:
+
+def _payload_value(value: Any) -> str | int | float | bool:
+    if isinstance(value, str | int | float | bool):
+        return value
+    raise Invalid.here("must be a string, a number or true/false")
+
+
+@record
+class Schedule(Record):
+    name: str = key(
+        text(re.compile(r"^[A-Za-z0-9_.-]{1,64}$"), "1 to 64 letters, digits, '_', '.' or '-'")
+    )
+    cron: str = key(then(text(), _cron))
+    timezone: str = key(then(text(), _timezone), default="UTC")
+    command: Literal["dispatch", "evaluate"] = key(
+        one_of("dispatch", "evaluate"), default="dispatch"
+    )
+    event_type: str | None = key(optional(event_type), default=None)
+    pr: int | None = key(optional(whole_number(ge=1)), default=None)
+    repository: str | None = key(optional(repo), default=None)
+    channel: str = key(channel_id)
+    client_payload: dict[str, str | int | float | bool] = key(
+        mapping(text(), _payload_value), factory=dict
+    )
+
+    def whole(self, given: frozenset[str]) -> None:
         if self.command == "dispatch" and not self.event_type:
             raise ValueError("a dispatch schedule needs event_type")
         if self.command == "evaluate" and self.pr is None:
             raise ValueError("an evaluate schedule needs pr")
         if len(self.client_payload) > 6:
             raise ValueError("client_payload takes at most 6 keys (GitHub allows 10, 4 are ours)")
-        return self
 
 
-class RateLimits(Strict):
-    commands_per_minute: int = Field(10, ge=1, le=1000)
+@record
+class RateLimits(Record):
+    commands_per_minute: int = key(whole_number(ge=1, le=1000), default=10)
     # At most one edit of a thread's root message per this many seconds (chat.update is rate
     # limited by Slack); the last edit of a burst follows at the end of the interval, and the
     # edit to a final state is sent at once. 0 edits on every change.
-    root_edit_seconds: float = Field(3.0, ge=0, le=60)
+    root_edit_seconds: float = key(number(ge=0, le=60), default=3.0)
 
 
-class MetricsTrust(Strict):
+@record
+class MetricsTrust(Record):
     """Who may supply the metrics relayed into threads and shown on deploy cards.
 
     GitHub Apps (bots: github-actions[bot], this bridge's App) always may. Others only when
@@ -259,24 +288,37 @@ class MetricsTrust(Strict):
     Anyone else's metrics comment is not relayed (bot/provenance.py, docs/security.md).
     """
 
-    trusted_authors: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9-]{1,39}(\[bot\])?$")]] = []
+    trusted_authors: list[str] = key(
+        list_of(text(re.compile(r"^[A-Za-z0-9-]{1,39}(\[bot\])?$"), "a GitHub login")),
+        factory=list,
+    )
     # A floor: OWNER accepts OWNER; MEMBER accepts OWNER and MEMBER; COLLABORATOR all three.
-    author_association: Literal["OWNER", "MEMBER", "COLLABORATOR"] | None = None
+    author_association: Literal["OWNER", "MEMBER", "COLLABORATOR"] | None = key(
+        optional(one_of("OWNER", "MEMBER", "COLLABORATOR")), default=None
+    )
 
 
-class Config(Strict):
-    repositories: Repositories = Repositories()
-    commands: Commands = Commands()
-    github_users: dict[UserId, Annotated[str, Field(pattern=r"^[A-Za-z0-9-]{1,39}$")]] = {}
-    github: GitHubOptions = GitHubOptions()
-    schedules: list[Schedule] = []
-    channels: dict[ChannelId, ChannelSettings] = {}
-    rate_limits: RateLimits = RateLimits()
-    metrics: MetricsTrust = MetricsTrust()
-    models: list[ModelSpec] = []
+@record
+class Config(Record):
+    repositories: Repositories = key(parsed(Repositories), factory=Repositories)
+    commands: Commands = key(parsed(Commands), factory=Commands)
+    github_users: dict[str, str] = key(
+        mapping(user_id, text(GITHUB_LOGIN_RE, "a GitHub login")), factory=dict
+    )
+    github: GitHubOptions = key(parsed(GitHubOptions), factory=GitHubOptions)
+    schedules: list[Schedule] = key(list_of(parsed(Schedule)), factory=list)
+    channels: dict[str, ChannelSettings] = key(
+        mapping(channel_id, parsed(ChannelSettings)), factory=dict
+    )
+    rate_limits: RateLimits = key(parsed(RateLimits), factory=RateLimits)
+    metrics: MetricsTrust = key(parsed(MetricsTrust), factory=MetricsTrust)
+    models: list[ModelSpec] = key(list_of(parsed(ModelSpec)), factory=list)
 
-    @model_validator(mode="after")
-    def _models(self) -> Config:
+    def whole(self, given: frozenset[str]) -> None:
+        self._models()
+        self._unique_schedules()
+
+    def _models(self) -> None:
         names = [m.name for m in self.models]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -300,7 +342,6 @@ class Config(Strict):
                     f"models[{i}] deploys to {env}: "
                     + self.commands.deploy.missing_policy_text([env])
                 )
-        return self
 
     def model_named(self, name: str) -> ModelSpec | None:
         return next((m for m in self.models if m.name == name), None)
@@ -321,8 +362,7 @@ class Config(Strict):
                 found.append((model, asked))
         return found
 
-    @model_validator(mode="after")
-    def _unique_schedules(self) -> Config:
+    def _unique_schedules(self) -> None:
         names = [s.name for s in self.schedules]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -352,7 +392,6 @@ class Config(Strict):
                     + " need a channel for their approval card (or map each repository to a "
                     "channel in repositories.channels)"
                 )
-        return self
 
     def gate_channel(self, repo: str) -> str | None:
         """Where a GitHub-initiated gate's card goes: the first channel mapped to the
@@ -375,15 +414,13 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-def _path(loc: tuple[Any, ...]) -> str:
+def _path(loc: tuple[str | int, ...]) -> str:
     parts: list[str] = []
     for item in loc:
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        elif item in ("function-after[_enough_approvers(), ApprovalPolicy]",):
-            continue
         else:
-            parts.append(("." if parts else "") + str(item))
+            parts.append(("." if parts else "") + item)
     return "".join(parts) or "(top level)"
 
 
@@ -393,24 +430,9 @@ def parse_config(data: Any, *, source: str = "chatops.yml") -> Config:
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: the top level must be a mapping"])
     try:
-        return Config.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = tuple(x for x in err["loc"] if not str(x).startswith("function-"))
-            msg = err["msg"].removeprefix("Value error, ")
-            if len(loc) > 1 and loc[-2] == "approval" and loc[-1] == "none":
-                msg = "must be a policy (approvers, required, ...) or the word none"
-            # Drop the union's tag: `commands.deploy.approval.required`, not `.policy.required`.
-            loc = tuple(
-                x
-                for i, x in enumerate(loc)
-                if not (i and loc[i - 1] == "approval" and x in ("policy", "none"))
-            )
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key"
-            problems.append(f"{source}: {_path(loc)}: {msg}")
-        raise ConfigError(problems) from None
+        return Config.parse(data)
+    except Invalid as exc:
+        raise ConfigError([f"{source}: {_path(loc)}: {msg}" for loc, msg in exc.problems]) from None
 
 
 def load_config(path: Path) -> Config:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import subprocess
@@ -149,6 +150,57 @@ def test_bad_config_names_the_key(data, path: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_config(data)
     assert path in " ".join(err.value.problems)
+
+
+def test_every_problem_in_the_config_is_named_at_once_with_its_path() -> None:
+    data = {
+        "repositories": {"defualt": "a/b", "channels": {"general": "a/b", "C0123": 7}},
+        "commands": {"deploy": {"approval": {"approvers": ["U1AAA"], "required": True}}},
+        "rate_limits": {"root_edit_seconds": 61},
+        "schedules": [{"cron": "0 1 * * *", "channel": "C0123", "client_payload": {"a": None}}],
+    }
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert sorted(err.value.problems) == sorted(
+        f"chatops.yml: {p}"
+        for p in (
+            "repositories.channels.general: the key must be a Slack channel id "
+            "(C…, G… or D…, capitals and digits)",
+            "repositories.channels.C0123: must be a repository as owner/name",
+            "repositories.defualt: unknown key",
+            # true is not a number, though YAML's booleans are ints to Python
+            "commands.deploy.approval.required: must be a whole number",
+            "rate_limits.root_edit_seconds: must be between 0 and 60",
+            "schedules[0].name: is required",
+            "schedules[0].client_payload.a: must be a string, a number or true/false",
+        )
+    )
+
+
+def test_quoted_numbers_and_yaml_booleans_are_read_as_before() -> None:
+    cfg = parse_config(
+        {
+            "commands": {
+                "deploy": {"approval": {"approvers": ["U1AAA", "U2BBB"], "required": "2"}}
+            },
+            "rate_limits": {"root_edit_seconds": "1.5", "commands_per_minute": 20.0},
+            "channels": {"C0123": {"broadcast_failures": "yes"}},
+        }
+    )
+    policy = cfg.commands.deploy.policy_for("production")
+    assert policy is not None and policy.required == 2
+    assert cfg.rate_limits.root_edit_seconds == 1.5 and cfg.rate_limits.commands_per_minute == 20
+    assert cfg.channel_settings("C0123").broadcast_failures is True
+    for bad in ("2.5", "two", float("nan")):
+        with pytest.raises(ConfigError):
+            parse_config({"rate_limits": {"commands_per_minute": bad}})
+
+
+def test_a_parsed_config_cannot_be_changed() -> None:
+    cfg = parse_config({"rate_limits": {"commands_per_minute": 5}})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.rate_limits.commands_per_minute = 500  # type: ignore[misc]
+    assert cfg.rate_limits.commands_per_minute == 5
 
 
 def test_serve_without_settings_lists_them_and_exits_non_zero(tmp_path: Path) -> None:
