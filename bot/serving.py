@@ -200,6 +200,9 @@ def uvicorn_options(settings: Any) -> dict[str, Any]:
         "limit_concurrency": cap + 1,
         # h11 (used when httptools is missing) refuses a request head larger than this.
         "h11_max_incomplete_event_size": settings.max_header_bytes,
+        # No WebSocket endpoint: an upgrade request is answered as plain HTTP, and uvicorn does
+        # not import a WebSocket library at start (when one is installed, as in development).
+        "ws": "none",
     }
     try:
         options["http"] = guarded_httptools_protocol(

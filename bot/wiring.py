@@ -47,6 +47,7 @@ from bot.store import Store
 from bot.workspace import WorkspaceGuard
 
 log = logging.getLogger(__name__)
+APP_NAME = "chatops-bridge"
 
 
 def web_base_for(api_url: str) -> tuple[str, tuple[str, ...]]:
@@ -203,6 +204,9 @@ class Bridge:
     def _make_bolt(self, client: WebClient) -> App:
         signing = self.settings.slack_signing_secret
         app = App(
+            # Named here: without a name Bolt reads the caller's file name from inspect.stack(),
+            # which reads every frame's source file (a twentieth of the process's start).
+            name=APP_NAME,
             client=client,
             signing_secret=signing.get() if signing else "",
             # Ack inside the listener and return at once; slow work goes to self.jobs. Bolt's
@@ -231,6 +235,7 @@ class Bridge:
         """The HTTP endpoint's Bolt: the same settings and middleware as `_make_bolt`."""
         signing = self.settings.slack_signing_secret
         app = AsyncApp(
+            name=APP_NAME,
             # Only Bolt's own auth.test (once, cached) goes through this client; listeners
             # get the sync `client` (bot/bolt_async.py).
             client=AsyncWebClient(

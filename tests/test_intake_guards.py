@@ -118,6 +118,19 @@ def test_a_100000_header_request_is_refused_by_the_server_before_the_app(limits_
     assert raw_http(port, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n", [])[0] == 200
 
 
+def test_a_websocket_upgrade_is_answered_as_plain_http(limits_server) -> None:
+    """The bridge has no WebSocket endpoint: uvicorn is told so (no WebSocket library loaded
+    at start), and an upgrade request gets the HTTP answer, not a switched protocol."""
+    port, seen = limits_server
+    head = (
+        b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n"
+        b"sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    status, answer = raw_http(port, head, [])
+    assert status == 200, answer[:200]
+    assert seen == ["/healthz"]
+
+
 def test_half_open_connections_are_closed_and_cannot_lock_out_healthz(limits_server) -> None:
     port, _seen = limits_server
     with contextlib.ExitStack() as stack:
