@@ -23,10 +23,10 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
-    inspect,
     text,
 )
 from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.schema import CreateIndex
 
 from bot import inline
 
@@ -222,12 +222,34 @@ def _v1(conn: Connection) -> None:
     metadata.create_all(conn, tables=_V1_TABLES)
 
 
+def column_names(conn: Connection, table: str) -> set[str]:
+    """The table's columns, read from the catalog in one light query (SQLAlchemy's inspector
+    reads every column's type, default and comment: on PostgreSQL a heavy catalog query each)."""
+    if conn.dialect.name == "postgresql":
+        rows = conn.execute(
+            text(
+                "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(:t) "
+                "AND attnum > 0 AND NOT attisdropped"
+            ),
+            {"t": table},
+        )
+    else:
+        rows = conn.execute(text("SELECT name FROM pragma_table_info(:t)"), {"t": table})
+    return {row[0] for row in rows}
+
+
 def add_column_if_missing(conn: Connection, table: str, column: Column[object]) -> None:
     """For later migrations: add a column portably (SQLite and PostgreSQL both accept this)."""
-    names = {c["name"] for c in inspect(conn).get_columns(table)}
-    if column.name not in names:
+    if column.name not in column_names(conn, table):
         ddl = column.type.compile(dialect=conn.dialect)
         conn.execute(text(f'ALTER TABLE {table} ADD COLUMN "{column.name}" {ddl}'))
+
+
+def create_index_if_missing(conn: Connection, index: Index) -> None:
+    """CREATE INDEX IF NOT EXISTS (both databases): one statement, where `index.create(conn,
+    checkfirst=True)` reads the table's indexes back first (five catalog queries per index on
+    PostgreSQL, a third of a fresh database's migration)."""
+    conn.execute(CreateIndex(index, if_not_exists=True))
 
 
 # Append-only: each entry runs once, in order, inside one transaction.
@@ -244,7 +266,7 @@ def _v3(conn: Connection) -> None:
     # Leases that know their holder (processes + heartbeats), outage waits and give-ups.
     processes.create(conn, checkfirst=True)
     for table in ("requests", "deliveries"):
-        names = {c["name"] for c in inspect(conn).get_columns(table)}
+        names = column_names(conn, table)
         for name, ddl in (
             ("holder", "VARCHAR(64)"),
             ("failures", "INTEGER NOT NULL DEFAULT 0"),
@@ -264,14 +286,13 @@ def _v4(conn: Connection) -> None:
 
 def _v7(conn: Connection) -> None:
     # Issue 12: decided deploys whose GitHub protection-rule answer is still to be sent.
-    names = {c["name"] for c in inspect(conn).get_columns("requests")}
-    if "answer_due" not in names:
+    if "answer_due" not in column_names(conn, "requests"):
         conn.execute(
             text('ALTER TABLE requests ADD COLUMN "answer_due" INTEGER NOT NULL DEFAULT 0')
         )
     for index in requests.indexes:
         if index.name == "ix_requests_answer_due":
-            index.create(conn, checkfirst=True)
+            create_index_if_missing(conn, index)
 
 
 def _v5(conn: Connection) -> None:
@@ -291,7 +312,7 @@ def _v5(conn: Connection) -> None:
     for table in (requests, deliveries, sent):
         for index in table.indexes:
             if index.name in _V5_INDEXES:
-                index.create(conn, checkfirst=True)
+                create_index_if_missing(conn, index)
     conn.execute(text(DELIVERIES_OPEN_INDEX))
     for old in (
         "ix_requests_status",
