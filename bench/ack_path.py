@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
     ap.add_argument("--root", default=str(ROOT), help="the checkout whose bot/ is measured")
-    ap.add_argument("--only", choices=("help", "deploy"), help="one kind of ack")
+    ap.add_argument("--only", choices=("help", "deploy", "intake"), help="one kind of ack")
     args = ap.parse_args(argv)
     sys.path[:0] = [str(BENCH)]
     import run  # bench/run.py: the doubles, databases and config
@@ -73,14 +73,34 @@ def measure(
     import inprocess
 
     signing = "acks-" + secrets.token_hex(8)
-    with inprocess.bridge(run, doubles, database_url, tmp, signing_secret=signing) as bridge:
+    with inprocess.bridge(
+        run, doubles, database_url, tmp, signing_secret=signing, webhook_secret=signing
+    ) as bridge:
         bridge.jobs.submit = lambda request_id: None
+        bridge.jobs.submit_delivery = lambda delivery_id, event: None
         app = bridge.asgi()
-        return asyncio.run(drive(app, signing, args.requests, args.rounds, args.only))
+        return asyncio.run(
+            drive(app, signing, args.requests, args.rounds, args.only, webhook_body())
+        )
+
+
+def webhook_body() -> bytes:
+    """The 18.8 KiB workflow_run.completed delivery bench/run.py's intake phase sends."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import json
+
+    import webhook_examples
+
+    payload = next(
+        p
+        for p in webhook_examples.payloads("workflow_run", "completed")
+        if len(json.dumps(p)) > 19000
+    )
+    return json.dumps(payload, separators=(",", ":")).encode()
 
 
 async def drive(
-    app: Any, signing: str, count: int, rounds: int, only: str | None
+    app: Any, signing: str, count: int, rounds: int, only: str | None, webhook: bytes
 ) -> dict[str, str]:
     rnd = random.Random(7)
     users = [f"UB{i:06d}" for i in range(5000)]
@@ -129,6 +149,33 @@ async def drive(
         }
         return scope, body
 
+    def delivery(_command: str, _text: str) -> tuple[dict[str, Any], bytes]:
+        """A signed GitHub delivery of `webhook`, a new X-GitHub-Delivery each time."""
+        sig = hmac.new(signing.encode(), webhook, hashlib.sha256).hexdigest()
+        headers = [
+            (b"host", b"127.0.0.1:3000"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(webhook)).encode()),
+            (b"x-github-event", b"workflow_run"),
+            (b"x-github-delivery", f"acks-{next(serial)}-{rnd.getrandbits(48):012x}".encode()),
+            (b"x-hub-signature-256", f"sha256={sig}".encode()),
+        ]
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/github/webhooks",
+            "raw_path": b"/github/webhooks",
+            "query_string": b"",
+            "root_path": "",
+            "headers": headers,
+            "client": ("127.0.0.1", 40000),
+            "server": ("127.0.0.1", 3000),
+        }
+        return scope, webhook
+
     async def call(scope: dict[str, Any], body: bytes) -> tuple[int, bytes]:
         sent = False
         status, out = 0, bytearray()
@@ -152,23 +199,24 @@ async def drive(
 
     figures: dict[str, str] = {}
     kinds = {
-        "help": ("/evaluate help", "/evaluate", "help"),
-        "deploy": ("/deploy <tracker-run-id> (stored)", "/deploy", "run-{hex}"),
+        "help": ("/evaluate help", "/evaluate", "help", request),
+        "deploy": ("/deploy <tracker-run-id> (stored)", "/deploy", "run-{hex}", request),
+        "intake": (f"webhook intake ({len(webhook) / 1024:.1f} KiB, stored)", "", "", delivery),
     }
-    for label, command, text in [kinds[only]] if only else kinds.values():
+    for label, command, text, build in [kinds[only]] if only else kinds.values():
         # One unmeasured call: first-use imports and Bolt's auth.test (cached after).
-        await call(*request(command, text.replace("{hex}", f"{rnd.getrandbits(64):016x}")))
+        await call(*build(command, text.replace("{hex}", f"{rnd.getrandbits(64):016x}")))
         per: list[float] = []
         on_loop: list[float] = []
         for _ in range(rounds):
             calls = [
-                request(command, text.replace("{hex}", f"{rnd.getrandbits(64):016x}"))
+                build(command, text.replace("{hex}", f"{rnd.getrandbits(64):016x}"))
                 for _ in range(count)
             ]
             cpu0, loop0 = time.process_time(), time.thread_time()
             for scope, body in calls:
                 status, answer = await call(scope, body)
-                if status != 200 or b"error" in answer[:40]:
+                if status not in (200, 202) or b"error" in answer[:40]:
                     raise SystemExit(f"{label}: answered {status} {answer[:200]!r}")
             per.append((time.process_time() - cpu0) / count * 1e6)
             on_loop.append((time.thread_time() - loop0) / count * 1e6)

@@ -22,6 +22,7 @@ def bridge(
     *,
     config: dict[str, Any] | None = None,
     signing_secret: str | None = None,
+    webhook_secret: str | None = None,
     log_path: str = os.devnull,
 ) -> Iterator[Any]:
     """A `bot.wiring.Bridge` against the doubles (no scheduler), stopped after the block.
@@ -42,7 +43,7 @@ def bridge(
             "SLACK_API_URL": str(info["slack_url"]),
             "GITHUB_APP_ID": str(info["app_id"]),
             "GITHUB_APP_PRIVATE_KEY": str(info["private_key_pem"]),
-            "GITHUB_WEBHOOK_SECRET": "bench-" + secrets.token_hex(8),
+            "GITHUB_WEBHOOK_SECRET": webhook_secret or "bench-" + secrets.token_hex(8),
             "GITHUB_API_URL": str(info["github_url"]),
             "DATABASE_URL": database_url,
             "CHATOPS_CONFIG": str(tmp / "unused.yml"),

@@ -250,11 +250,12 @@ class Launcher:
         self.config.write_text(CONFIG)
         self.count = 0
 
-    def bridge(self) -> Server:
-        """`python -m bot serve` with production settings against the doubles."""
+    def bridge(self, database_url: str | None = None) -> Server:
+        """`python -m bot serve` with production settings against the doubles, on a fresh
+        database (or on `database_url`, one an earlier start made: a restart)."""
         info = self.doubles.info
         port = free_port()
-        db = self.dbs.fresh()
+        db = database_url or self.dbs.fresh()
         self.count += 1
         log = self.tmp / f"server-{self.count}.log"
         # A deployed process writes and reuses its bytecode (PYTHONDONTWRITEBYTECODE, set on
@@ -416,18 +417,25 @@ def drive(
 
 # ------------------------------------------------------------------------------ phases
 def phase_cold(launcher: Launcher, runs: int) -> dict[str, float]:
-    colds, idles = [], []
+    """Starts on a fresh database (its schema made at start), then restarts on a database an
+    earlier start made (the schema there already: how a deployment restarts)."""
+    colds, restarts, idles = [], [], []
     # One start first, not counted: it writes the bytecode cache a restarted deployment has.
-    stop(launcher.bridge().proc)
+    first = launcher.bridge()
+    stop(first.proc)
     for _ in range(runs):
         server = launcher.bridge()
         colds.append(server.cold_start)
         time.sleep(2.0)  # let the scheduler's first jobs run; then the process idles
         idles.append(server.rss_mb()[0])
         stop(server.proc)
+        again = launcher.bridge(first.database_url)
+        restarts.append(again.cold_start)
+        stop(again.proc)
     return {
         "cold_start_s": statistics.median(colds),
         "cold_start_max_s": max(colds),
+        "restart_s": statistics.median(restarts),
         "idle_rss_mb": statistics.median(idles),
     }
 
@@ -798,6 +806,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"(max {cold['cold_start_max_s']:.3f} s)   "
                 f"idle RSS {cold['idle_rss_mb']:.1f} MB"
             )
+            print(f"  restart on an existing database:  {cold['restart_s']:.3f} s (median)")
         if "client" in phases:
             raw = phase_load(launcher, "raw", "slash", [64], duration, warmup)[0]
             print("\nLoad generator ceiling (canned answers, no server work)")
