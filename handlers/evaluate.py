@@ -20,6 +20,7 @@ from bot.model import ACCEPTED, DUPLICATE, NewRequest, Request
 from bot.refs import UsageError, parse_pull_ref
 from bot.slack import SlackFailure
 from bot.slacktext import escape_mrkdwn
+from bot.store import AuditLine
 from handlers import details, schedules
 from handlers.common import (
     accept,
@@ -190,18 +191,18 @@ def carry_out(deps: Deps, req: Request) -> None:
         # so under any burst exactly one request per SHA goes on to post a root and label; the
         # others end here, having done nothing, and their requesters are sent to its thread.
         # (A previous attempt that started the label keeps its stored SHA: it holds it.)
-        holder = deps.store.take_head(req, pull.head_sha)
+        # The PR's facts are stored with the head SHA (one commit), unless an earlier attempt
+        # stored them; the request comes back as committed.
+        facts = (
+            None
+            if details_of(req).get("pr_title")
+            else EvaluateDetails(pr_title=pull.title, pr_url=pull.html_url, head_ref=pull.head_ref)
+        )
+        holder, current = deps.store.take_head(req, pull.head_sha, facts)
         if holder is not None:
             _settle_as_duplicate(deps, req, holder, pull.head_sha)
             return
-        # The request as stored now (take_head set its head SHA), with the PR's facts.
-        if not details_of(req).get("pr_title"):
-            facts = EvaluateDetails(
-                pr_title=pull.title, pr_url=pull.html_url, head_ref=pull.head_ref
-            )
-            req = deps.store.update_and_merge(req.id, facts)[1] or req
-        else:
-            req = deps.store.get(req.id) or req
+        req = current or req
     try:
         req = ensure_root(deps, req)
     except SlackFailure as exc:
@@ -235,16 +236,10 @@ def _settle_as_duplicate(deps: Deps, req: Request, holder: Request, head_sha: st
         status=DUPLICATE,
         details=marked,
         finished_at=deps.clock(),
+        audit=AuditLine("bridge", "evaluate.duplicate", DUPLICATE, holder.id),
     ):
         return  # cancelled meanwhile: nothing to tell
     count_command(deps, "evaluate", "already_running")
-    deps.store.audit(
-        actor="bridge",
-        action="evaluate.duplicate",
-        outcome=DUPLICATE,
-        request_id=req.id,
-        detail=holder.id,
-    )
     # Settled first, then the holder's root looked up; the holder posts its root first, then
     # looks for duplicates (_tell_duplicates). Whichever comes second sees the other's write,
     # so the requester is told once (the tell's key) — with the thread link when there is one.

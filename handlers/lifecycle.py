@@ -31,6 +31,7 @@ from bot.model import (
     RunRecord,
 )
 from bot.slack import SlackFailure
+from bot.store import AuditLine
 from handlers import details, kinds
 from handlers.details import ThreadDetails
 
@@ -121,14 +122,8 @@ def fail(deps: Deps, req: Request, error: str, *, hint: str | None = None) -> No
         status=ERROR,
         error=error,
         finished_at=deps.clock(),
+        audit=AuditLine("bridge", f"{req.kind}.failed", "error", error),
     ):
-        deps.store.audit(
-            actor="bridge",
-            action=f"{req.kind}.failed",
-            outcome="error",
-            request_id=req.id,
-            detail=error,
-        )
         tell(deps, deps.store.get(req.id) or req, error, hint=hint)
         refresh_root(deps, req)
 
@@ -305,13 +300,13 @@ def trigger(
         if then is not None:
             then()
         return
-    moved = deps.store.update(
-        req.id, only_if_status=tuple(from_statuses), status=TRIGGERED, **(also or {})
+    deps.store.update(
+        req.id,
+        only_if_status=tuple(from_statuses),
+        status=TRIGGERED,
+        audit=None if act is None else AuditLine("bridge", action, "ok", detail),
+        **(also or {}),
     )
-    if moved and act is not None:
-        deps.store.audit(
-            actor="bridge", action=action, outcome="ok", request_id=req.id, detail=detail
-        )
     if then is not None:
         then()
     settle(deps, req)
@@ -345,21 +340,22 @@ def settle(deps: Deps, req: Request) -> None:
     status, summary = _aggregate(runs)
     finished_at = deps.clock() if status in (SUCCEEDED, FAILED) else None
     # The status and the summary in one transaction, which also gives the root its state.
-    changed, current = deps.store.update_and_merge(
+    finished = status != req.status and status in (SUCCEEDED, FAILED)
+    _, current = deps.store.update_and_merge(
         req.id,
         ThreadDetails(runs_summary=summary),
         only_if_status=(*WAITING_FOR_RUNS, SUCCEEDED, FAILED),
         status=status,
         finished_at=finished_at,
-    )
-    if changed and status != req.status and status in (SUCCEEDED, FAILED):
-        deps.store.audit(
-            actor="github",
-            action=f"{req.kind}.finished",
-            outcome=status,
-            request_id=req.id,
-            detail=" ".join(r.html_url for r in runs if r.html_url),
+        audit=AuditLine(
+            "github",
+            f"{req.kind}.finished",
+            status,
+            " ".join(r.html_url for r in runs if r.html_url),
         )
+        if finished
+        else None,
+    )
     refresh_root(deps, req, current=current)
     hook = kinds.get(req.kind).on_succeeded
     if status == SUCCEEDED and hook is not None:

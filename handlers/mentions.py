@@ -148,12 +148,13 @@ def cancel(deps: Deps, req: Request, user_id: str) -> None:
     # answers_github: the worker tells GitHub's waiting protection rules (deploy/gate.py),
     # due in the same statement so a crash right after it cannot lose the answer.
     answers = kinds.get(req.kind).answers_github
+    due: dict[str, Any] = {"answer_due": 1} if answers else {}
     if not deps.store.update(
         req.id,
         only_if_status=OPEN_STATES,
         status=CANCELLED,
         finished_at=deps.clock(),
-        **({"answer_due": 1} if answers else {}),
+        **due,
     ):
         ended = status_words((deps.store.get(req.id) or req).status)
         nothing_done(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from typing import Any
@@ -10,7 +11,7 @@ import pytest
 
 from bot.db import make_engine, migrate
 from bot.model import NewRequest
-from bot.store import Store
+from bot.store import AuditLine, Store
 
 
 def _store_with_request(database_url: str, details: dict[str, object]) -> tuple[Store, str]:
@@ -283,3 +284,91 @@ def test_only_columns_of_requests_enter_a_change_statement() -> None:
     with pytest.raises(ValueError, match="not columns of requests"):
         _pg_change(("status", "status = 'x'; --"), 2, False)
     assert "status = :status" in str(_pg_change(("status", "updated_at"), 2, False))
+
+
+def _counting(store: Store) -> tuple[list[int], list[str]]:
+    """Commits (every one goes through the dialect's do_commit) and statements (every one the
+    store runs on a pooled connection) from now on."""
+    commits: list[int] = []
+    statements: list[str] = []
+    dialect = store.engine.dialect
+    do_commit, run = dialect.do_commit, store._run
+
+    def counted(dbapi_connection: object) -> None:
+        commits.append(1)
+        do_commit(dbapi_connection)
+
+    def counted_run(raw: Any, statement: Any, values: Any, *, write: bool) -> Any:
+        statements.append(str(statement))
+        return run(raw, statement, values, write=write)
+
+    dialect.do_commit = counted  # type: ignore[method-assign]
+    store._run = counted_run  # type: ignore[method-assign]
+    return commits, statements
+
+
+@pytest.mark.parametrize("merged", [False, True])
+def test_a_status_changes_audit_line_is_written_only_with_the_change(
+    database_url: str, merged: bool
+) -> None:
+    """update(audit=…) / update_and_merge(audit=…): the audit row is written when the
+    conditional change is made, and not when it is not; on SQLite in the change's own
+    transaction (one commit for both), on PostgreSQL as a statement of its own in
+    autocommit (no BEGIN or COMMIT)."""
+    store, rid = _store_with_request(database_url, {})
+    line = AuditLine("bridge", "evaluate.triggered", "ok", "label")
+
+    def change(to: str) -> bool:
+        if merged:
+            return store.update_and_merge(
+                rid, {"runs_summary": to}, only_if_status=("accepted",), status=to, audit=line
+            )[0]
+        return store.update(rid, only_if_status=("accepted",), status=to, audit=line)
+
+    commits, statements = _counting(store)
+    assert change("triggered")
+    rows = store.audit_rows(request_id=rid)
+    assert [(r["actor"], r["action"], r["outcome"], r["detail"]) for r in rows] == [
+        ("bridge", "evaluate.triggered", "ok", "label")
+    ]
+    audit_inserts = [s for s in statements if s.startswith("INSERT INTO audit")]
+    assert len(audit_inserts) == 1
+    assert len(commits) == (0 if store.engine.dialect.name == "postgresql" else 1)
+    # The condition no longer holds: no change, no second audit row.
+    assert not change("cancelled")
+    assert len(store.audit_rows(request_id=rid)) == 1
+
+
+@pytest.mark.parametrize("facts", [{"pr_title": "Faster eval"}, {"odd key": "x"}, None])
+def test_taking_the_head_stores_the_facts_with_it_and_returns_the_request(
+    database_url: str, facts: dict[str, str] | None
+) -> None:
+    """take_head(req, sha, facts): the SHA and the PR's facts in one transaction, the request
+    handed back as committed; a second request for the same SHA is told who holds it and
+    gets neither. Keys the one-statement merge cannot take are merged right after."""
+    store, rid = _store_with_request(database_url, {"kept": 1})
+    req = store.get(rid)
+    assert req is not None and req.pr_number is None
+    req = dataclasses.replace(req, pr_number=7)
+    store.update(rid, pr_number=7)
+    commits, _ = _counting(store)
+    holder, current = store.take_head(req, "a" * 40, facts)
+    assert holder is None and current == store.get(rid)
+    assert current is not None and current.head_sha == "a" * 40
+    assert current.details == {"kept": 1, **(facts or {})}
+    if store.engine.dialect.name != "postgresql" and facts and "pr_title" in facts:
+        assert len(commits) == 1
+    other, _ = store.create_request(
+        NewRequest(
+            kind="evaluate",
+            repo="acme/ml-models",
+            pr_number=7,
+            trigger="label",
+            channel_id="C1",
+            user_id="U2",
+            idempotency_key="slack:details-test-2",
+        )
+    )
+    holder, current = store.take_head(other, "a" * 40, {"pr_title": "again"})
+    assert current is None and holder is not None and holder.id == rid
+    assert (store.get(other.id) or other).details.get("pr_title") is None

@@ -9,10 +9,10 @@ state (processes, sent keys, ETags, schedule fires) and retention (pruning by ag
 from __future__ import annotations
 
 from bot.store.approvals import Approvals
-from bot.store.base import OverLimit
+from bot.store.base import AuditLine, OverLimit
 from bot.store.deliveries import Deliveries
 from bot.store.locks import EnvLock, LockAttempt, Locks
-from bot.store.new_requests import NewRequests
+from bot.store.new_requests import HeadTaken, NewRequests
 from bot.store.retention import Retention
 from bot.store.runs import Runs
 from bot.store.state import SmallState
@@ -22,4 +22,4 @@ class Store(NewRequests, Deliveries, Runs, Approvals, Locks, SmallState, Retenti
     """All of the bridge's SQL, one method per state change or query."""
 
 
-__all__ = ["EnvLock", "LockAttempt", "OverLimit", "Store"]
+__all__ = ["AuditLine", "EnvLock", "HeadTaken", "LockAttempt", "OverLimit", "Store"]

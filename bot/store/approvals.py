@@ -15,8 +15,8 @@ from sqlalchemy.exc import IntegrityError
 from bot import db
 from bot.store.base import (
     _INSERT_AUDIT,
+    AuditLine,
     StoreBase,
-    log,
 )
 
 # Who approved a request, in order: built once (each card and click reads it).
@@ -65,23 +65,9 @@ class Approvals(StoreBase):
         request_id: str | None = None,
         detail: str = "",
     ) -> None:
-        self._write_one(
-            _INSERT_AUDIT,
-            {
-                "at": self.clock(),
-                "request_id": request_id,
-                "actor": actor,
-                "action": action,
-                "outcome": outcome,
-                "detail": detail,
-            },
-        )
-        # Every audit row is a decided step of the story. Not the detail: it may hold text
-        # a person typed (a rejection's reason).
-        log.info(
-            "decision recorded",
-            extra={"request_id": request_id, "action": action, "outcome": outcome, "actor": actor},
-        )
+        line = AuditLine(actor, action, outcome, detail)
+        self._write_one(_INSERT_AUDIT, self._audit_values(request_id, line))
+        self._audit_logged(request_id, line)
 
     def audit_rows(
         self, *, since: float = 0.0, request_id: str | None = None

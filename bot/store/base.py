@@ -8,6 +8,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -103,6 +104,17 @@ def _request_from(m: Any) -> Request:
 _EMPTY_ROW: dict[str, Any] = {c.name: None for c in db.requests.columns}
 
 _INSERT_AUDIT = insert(db.audit)
+
+
+@dataclass(frozen=True)
+class AuditLine:
+    """An audit row that goes with a status change (`Requests.update(audit=…)`): written only
+    when the change is made, in its transaction (SQLite: one commit for both)."""
+
+    actor: str
+    action: str
+    outcome: str
+    detail: str = ""
 
 
 def _holder_dead(holder: Any) -> Any:
@@ -357,6 +369,30 @@ class StoreBase:
             hide_parameters=True,
             connection_invalidated=gone,
             dialect=dialect,
+        )
+
+    def _audit_values(self, request_id: str | None, line: AuditLine) -> dict[str, Any]:
+        return {
+            "at": self.clock(),
+            "request_id": request_id,
+            "actor": line.actor,
+            "action": line.action,
+            "outcome": line.outcome,
+            "detail": line.detail,
+        }
+
+    @staticmethod
+    def _audit_logged(request_id: str | None, line: AuditLine) -> None:
+        # Every audit row is a decided step of the story. Not the detail: it may hold text
+        # a person typed (a rejection's reason).
+        log.info(
+            "decision recorded",
+            extra={
+                "request_id": request_id,
+                "action": line.action,
+                "outcome": line.outcome,
+                "actor": line.actor,
+            },
         )
 
     def _liveness(self, now: float) -> dict[str, Any]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     bindparam,
@@ -32,7 +34,7 @@ from bot.store.base import (
     log,
     new_request_id,
 )
-from bot.store.requests import Requests
+from bot.store.requests import _GET_REQUEST, Requests
 
 # The statements on the path before a command's ack, built once: building a statement with
 # .values(...) per call cost more Python than the SQLite write itself (py-spy, bench/run.py).
@@ -168,6 +170,14 @@ _INSERT_REQUEST_UNLESS_OPEN = (
 _OPEN_WITH_REF = select(_OTHER).where(*_OPEN_SAME_REF).order_by(_OTHER.c.created_at).limit(1)
 
 
+class HeadTaken(NamedTuple):
+    """take_head's answer: the request holding the head SHA when it is another; else None and
+    the taker as committed (None only if its row is gone)."""
+
+    holder: Request | None
+    current: Request | None
+
+
 class NewRequests(Requests):
     """Creating requests (rate limit, idempotency) and taking an evaluation's head SHA."""
 
@@ -290,10 +300,13 @@ class NewRequests(Requests):
         (row,) = self._rows(_COUNT_RECENT, {"user_id": user_id, "since": since})
         return int(next(iter(row.values())))
 
-    def take_head(self, req: Request, head_sha: str) -> Request | None:
+    def take_head(
+        self, req: Request, head_sha: str, facts: Mapping[str, Any] | None = None
+    ) -> HeadTaken:
         """Make `req` THE evaluation in flight of its repo + PR + head SHA: store the SHA on it
-        unless another open evaluation has it. Returns None when req holds it now, else the
-        request that does (the caller settles req as a duplicate of it).
+        unless another open evaluation has it. Returns the request that holds it when that is
+        another (the caller settles req as a duplicate of it); else req as committed, with
+        `facts` merged into its details in the same transaction (one commit, not two).
 
         One conditional UPDATE decides (SQLite: the statement holds the write lock; PostgreSQL:
         the PR's advisory lock serialises takers, so each sees the SHA its predecessor stored).
@@ -306,13 +319,29 @@ class NewRequests(Requests):
             "b_sha": head_sha,
             "b_now": self.clock(),
         }
+        merge = None
+        if facts:
+            patch = json.dumps(dict(facts))
+            statement = self._merge_statement(tuple(facts), returning=True)
+            if statement is not None and "\\u0000" not in patch:
+                merge = (statement, self._merge_params(req.id, facts, patch))
         for _ in range(5):
             with self._write() as conn:
                 _advisory_lock(conn, _LOCK_PR, f"{req.repo}#{req.pr_number}")
-                if conn.execute(_TAKE_HEAD, params).rowcount:
-                    return None
-                row = conn.execute(_HOLDER_OF_HEAD, params).first()
-            if row is not None:
-                return _request_from(row)
+                taken = bool(conn.execute(_TAKE_HEAD, params).rowcount)
+                if taken:
+                    mine = (
+                        conn.execute(*merge)
+                        if merge is not None
+                        else conn.execute(_GET_REQUEST, {"request_id": req.id})
+                    ).first()
+                else:
+                    holder = conn.execute(_HOLDER_OF_HEAD, params).first()
+            if taken:
+                if facts and merge is None:  # keys or text the one-statement merge cannot take
+                    return HeadTaken(None, self.update_and_merge(req.id, facts)[1])
+                return HeadTaken(None, _request_from(mine) if mine else None)
+            if holder is not None:
+                return HeadTaken(_request_from(holder), None)
             # PostgreSQL only: the holder finished between the two statements. Try again.
         raise RuntimeError(f"head of request {req.id} keeps changing hands; gave up")

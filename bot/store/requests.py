@@ -28,6 +28,8 @@ from bot.model import (
     disallowed_transitions,
 )
 from bot.store.base import (
+    _INSERT_AUDIT,
+    AuditLine,
     StoreBase,
     _free_or_orphaned,
     _holder_dead,
@@ -176,23 +178,47 @@ class Requests(StoreBase):
         return _request_from(rows[0]) if rows else None
 
     def update(
-        self, request_id: str, *, only_if_status: Iterable[str] | None = None, **values: Any
+        self,
+        request_id: str,
+        *,
+        only_if_status: Iterable[str] | None = None,
+        audit: AuditLine | None = None,
+        **values: Any,
     ) -> bool:
         """Set columns; with only_if_status the change happens only from those states.
 
         Returns whether a row changed: the single conditional UPDATE is what makes concurrent
-        clicks, retries and recovery sweeps agree on one outcome.
+        clicks, retries and recovery sweeps agree on one outcome. `audit`: the audit row of
+        the change, written only when it was made (see _audit_with).
         """
         change = self._update_values(request_id, only_if_status, values)
         if change is None:
             return False
         if self.engine.dialect.name == "postgresql":
             changed = self._update_alone(request_id, change)
+            self._audit_with(None, request_id, changed, audit)
         else:
             with self._write() as conn:
                 changed = self._update_in(conn, request_id, change)
+                self._audit_with(conn, request_id, changed, audit)
         self._log_status(request_id, changed, change)
+        if changed and audit is not None:
+            self._audit_logged(request_id, audit)
         return changed
+
+    def _audit_with(
+        self, conn: _Transaction | None, request_id: str, changed: bool, audit: AuditLine | None
+    ) -> None:
+        """The audit row of a status change that was made. SQLite: in the change's transaction
+        (one commit, one turn of the writer queue for both). PostgreSQL (`conn` None): a
+        statement of its own in autocommit right after the change's, one round trip where
+        BEGIN and COMMIT around the two would add two."""
+        if not changed or audit is None:
+            return
+        if conn is None:
+            self._write_one(_INSERT_AUDIT, self._audit_values(request_id, audit))
+        else:
+            conn.execute(_INSERT_AUDIT, self._audit_values(request_id, audit))
 
     def _update_alone(self, request_id: str, change: _Change) -> bool:
         """PostgreSQL: `update` as one statement in autocommit. The status it changes from is
@@ -218,6 +244,7 @@ class Requests(StoreBase):
         details: Mapping[str, Any],
         *,
         only_if_status: Iterable[str] | None = None,
+        audit: AuditLine | None = None,
         **values: Any,
     ) -> tuple[bool, Request | None]:
         """`update(…)` and `merge_details(details)` in one transaction; returns whether the
@@ -226,7 +253,7 @@ class Requests(StoreBase):
         The details are merged whether or not the status condition held. One commit instead
         of two, and the caller needs no read after it (lifecycle.settle → refresh_root,
         lifecycle.ensure_root, the deploy worker's facts). With neither values nor a condition
-        it is the merge alone, with the row back.
+        it is the merge alone, with the row back. `audit`: as `update`'s.
         """
         statement = self._merge_statement(tuple(details), returning=True)
         patch = json.dumps(dict(details))
@@ -235,23 +262,28 @@ class Requests(StoreBase):
         change = self._update_values(request_id, only_if_status, values) if updating else None
         if statement is None or "\\u0000" in patch:
             # The read-merge-write fallback of merge_details: three steps, as before.
-            changed = updating and self.update(request_id, only_if_status=only_if_status, **values)
+            changed = updating and self.update(
+                request_id, only_if_status=only_if_status, audit=audit, **values
+            )
             self.merge_details(request_id, dict(details))
             return changed, self.get(request_id)
         merge = self._merge_params(request_id, details, patch)
-        if change is None:  # the merge alone: one statement
+        if change is None:  # the merge alone: one statement (no change to audit)
             row = self._write_one(statement, merge).first()
             return False, (_request_from(row) if row else None)
         if self.engine.dialect.name == "postgresql" and "details" not in change.values:
-            return self._update_and_merge_alone(request_id, change, merge)
-        changed = False
-        with self._write() as conn:
-            if change is not None:
+            changed, current = self._update_and_merge_alone(request_id, change, merge)
+            self._audit_with(None, request_id, changed, audit)
+        else:
+            with self._write() as conn:
                 changed = self._update_in(conn, request_id, change)
-            row = conn.execute(statement, merge).first()
-        if change is not None:
+                row = conn.execute(statement, merge).first()
+                self._audit_with(conn, request_id, changed, audit)
             self._log_status(request_id, changed, change)
-        return changed, (_request_from(row) if row else None)
+            current = _request_from(row) if row else None
+        if changed and audit is not None:
+            self._audit_logged(request_id, audit)
+        return changed, current
 
     def _update_and_merge_alone(
         self, request_id: str, change: _Change, merge: dict[str, Any]
