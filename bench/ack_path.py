@@ -1,6 +1,7 @@
-"""CPU of the Slack endpoint's acks alone, in one process: the ASGI app called directly.
+"""CPU of the endpoints' acks alone, in one process: the ASGI app called directly.
 
-    .venv/bin/python bench/ack_path.py                        # /evaluate help, then /deploy acks
+    .venv/bin/python bench/ack_path.py                        # help, /deploy, webhook intake
+    .venv/bin/python bench/ack_path.py --only intake          # one kind
     .venv/bin/python bench/ack_path.py --root /path/to/other/checkout   # the same, other code
     .venv/bin/python bench/ack_path.py --database postgres
 
@@ -12,6 +13,8 @@ every tree), and reads the process's CPU clock: the Starlette stack, Bolt's veri
 middleware and dispatch, the listener, and for `/deploy run-<hex>` the stored request's write
 on the writer thread. Jobs are not run (the ack hands a new request to the pool; here that is
 a no-op), so the figure is the ack's own. `/deploy` comes from 5,000 users, as in bench/run.py.
+`intake` posts bench/run.py's 18.8 KiB `workflow_run.completed` delivery, signed, with a new
+X-GitHub-Delivery each time: verified, parsed, checked, stored, 202 (its job not run either).
 """
 
 from __future__ import annotations
@@ -99,6 +102,24 @@ def webhook_body() -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode()
 
 
+def post(path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    """The ASGI scope of a POST to `path` from a loopback client."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 40000),
+        "server": ("127.0.0.1", 3000),
+    }
+
+
 async def drive(
     app: Any, signing: str, count: int, rounds: int, only: str | None, webhook: bytes
 ) -> dict[str, str]:
@@ -133,21 +154,7 @@ async def drive(
             (b"x-slack-request-timestamp", ts.encode()),
             (b"x-slack-signature", f"v0={sig.hexdigest()}".encode()),
         ]
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": "/slack/events",
-            "raw_path": b"/slack/events",
-            "query_string": b"",
-            "root_path": "",
-            "headers": headers,
-            "client": ("127.0.0.1", 40000),
-            "server": ("127.0.0.1", 3000),
-        }
-        return scope, body
+        return post("/slack/events", headers), body
 
     def delivery(_command: str, _text: str) -> tuple[dict[str, Any], bytes]:
         """A signed GitHub delivery of `webhook`, a new X-GitHub-Delivery each time."""
@@ -160,21 +167,7 @@ async def drive(
             (b"x-github-delivery", f"acks-{next(serial)}-{rnd.getrandbits(48):012x}".encode()),
             (b"x-hub-signature-256", f"sha256={sig}".encode()),
         ]
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": "/github/webhooks",
-            "raw_path": b"/github/webhooks",
-            "query_string": b"",
-            "root_path": "",
-            "headers": headers,
-            "client": ("127.0.0.1", 40000),
-            "server": ("127.0.0.1", 3000),
-        }
-        return scope, webhook
+        return post("/github/webhooks", headers), webhook
 
     async def call(scope: dict[str, Any], body: bytes) -> tuple[int, bytes]:
         sent = False

@@ -128,22 +128,8 @@ def test_update_and_merge_is_one_transaction_that_returns_the_committed_request(
     transaction; on PostgreSQL one statement in autocommit (a transaction of its own, one
     round trip instead of BEGIN, the status read, two UPDATEs and COMMIT)."""
     store, rid = _store_with_request(database_url, {"kept": 1})
-    commits: list[int] = []
-    statements: list[str] = []
     dialect = store.engine.dialect
-    do_commit = dialect.do_commit  # every commit goes through it, lean writes' too
-    run = store._run  # every statement the store runs on a pooled connection
-
-    def counted(dbapi_connection: object) -> None:
-        commits.append(1)
-        do_commit(dbapi_connection)
-
-    def counted_run(raw: Any, statement: Any, values: Any, *, write: bool) -> Any:
-        statements.append(str(statement))
-        return run(raw, statement, values, write=write)
-
-    dialect.do_commit = counted  # type: ignore[method-assign]
-    store._run = counted_run  # type: ignore[method-assign]
+    commits, statements = _counting(store)
     changed, req = store.update_and_merge(
         rid, {"runs_summary": "ci: running"}, only_if_status=("accepted",), status="triggered"
     )
