@@ -9,6 +9,7 @@ from bot import logs, messages
 from bot.deps import Deps
 from bot.github_data import CLOCK_SKEW, RunInfo, run_from_payload
 from bot.model import ACCEPTED, CANCELLED, ERROR, WAITING_FOR_RUNS, Request
+from bot.store import AuditLine
 from handlers import kinds
 from handlers.lifecycle import (
     refresh_root,
@@ -202,11 +203,9 @@ def stop_following(deps: Deps, req: Request, hours: int) -> bool:
         status=ERROR,
         error=error,
         finished_at=deps.clock(),
+        audit=AuditLine("bridge", f"{req.kind}.stopped_following", "error"),
     ):
         return False
-    deps.store.audit(
-        actor="bridge", action=f"{req.kind}.stopped_following", outcome="error", request_id=req.id
-    )
     tell(deps, deps.store.get(req.id) or req, error, hint=hint)
     refresh_root(deps, req)
     return True

@@ -13,6 +13,7 @@ from bot.deps import Deps
 from bot.messages import status_words
 from bot.model import APPROVED, CANCELLED, EXPIRED, PENDING_APPROVAL, REJECTED, Request
 from bot.slack import SlackFailure
+from bot.store import AuditLine
 from handlers import details
 from handlers.deploy.card import (
     REASON_BLOCK,
@@ -157,24 +158,22 @@ def on_approve(deps: Deps, body: dict[str, Any]) -> None:
             f"{policy.required - count} more needed.",
         )
         return
+    # The approval and its audit row commit together (SQLite; on PostgreSQL the row follows
+    # in its own statement): who approved a production deploy is part of the trail.
     won = deps.store.update(
         req.id,
         only_if_status=(PENDING_APPROVAL,),
         status=APPROVED,
         decided_by=click.user_id,
         decided_at=deps.clock(),
+        audit=AuditLine(
+            click.user_id, "deploy.approved", "approved", f"{count} of {policy.required}"
+        ),
     )
     if not won:
         current = deps.store.get(req.id) or req
         answer_click(deps, current, click, f"This deploy request is {state_words(current)}.")
         return
-    deps.store.audit(
-        actor=click.user_id,
-        action="deploy.approved",
-        outcome="approved",
-        request_id=req.id,
-        detail=f"{count} of {policy.required}",
-    )
     refresh_root(deps, req)
     deps.jobs.submit(req.id)
 
@@ -228,6 +227,7 @@ def on_reject_submit(deps: Deps, body: dict[str, Any], view: dict[str, Any], ack
         finished_at=now,
         reason=reason or None,
         answer_due=1,  # GitHub's protection rules of the request hear `rejected` (gate.py)
+        audit=AuditLine(user_id, "deploy.rejected", "rejected", reason),
     )
     if not won:
         current = deps.store.get(req.id) or req
@@ -235,13 +235,6 @@ def on_reject_submit(deps: Deps, body: dict[str, Any], view: dict[str, Any], ack
         ack(response_action="errors", errors={REASON_BLOCK: words})
         return
     ack()
-    deps.store.audit(
-        actor=user_id,
-        action="deploy.rejected",
-        outcome="rejected",
-        request_id=req.id,
-        detail=reason,
-    )
     refresh_root(deps, req)
     deps.jobs.submit(req.id)
 

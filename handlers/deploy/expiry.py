@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from bot import slacktext
 from bot.deps import Deps
 from bot.model import EXPIRED, PENDING_APPROVAL, Request
+from bot.store import AuditLine
 from handlers.lifecycle import refresh_root
 
 if TYPE_CHECKING:
@@ -25,15 +26,14 @@ def expire(deps: Deps, req: Request) -> bool:
         status=EXPIRED,
         finished_at=deps.clock(),
         answer_due=1,
+        audit=AuditLine(
+            "bridge",
+            "deploy.expired",
+            "expired",
+            f"no decision by {slacktext.hhmm(req.expires_at or deps.clock())}",
+        ),
     ):
         return False
-    deps.store.audit(
-        actor="bridge",
-        action="deploy.expired",
-        outcome="expired",
-        request_id=req.id,
-        detail=f"no decision by {slacktext.hhmm(req.expires_at or deps.clock())}",
-    )
     refresh_root(deps, req)
     deps.jobs.submit(req.id)
     return True
