@@ -158,9 +158,9 @@ def startup_summary(settings: Settings, config: Config, github_mode: str) -> str
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     """The entry point; `env` (default os.environ) lets tests run operator commands in-process."""
-    # Start-up makes hundreds of thousands of objects that live as long as the process
-    # (modules, the Bolt app, the engine, the config); the cyclic collector would walk them
-    # again and again while they are made, a tenth of the start. It stays off until they are
+    # Start-up makes some 140,000 tracked objects that live as long as the process (modules,
+    # the Bolt app, the engine, the config); the cyclic collector would walk them again and
+    # again while they are made, about a tenth of the imports' time. It stays off until they are
     # built and frozen (serve_one), or until an operator command is about to run.
     gc.disable()
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import json
 from datetime import UTC, datetime
@@ -258,3 +259,22 @@ def test_audit_rows_as_is_a_pure_function() -> None:
         "id,at,request_id,actor,action,outcome,detail\n1,1970-01-01T00:00:00Z,,a,b,c,'+1\n"
     )
     assert json.loads(audit_rows_as(rows, "json"))[0]["detail"] == "+1"
+
+
+def test_operator_commands_run_with_the_garbage_collector_on(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """main() turns the cyclic collector off for the start (bot/__main__.py); an operator
+    command gets it back before it runs, and the caller has it after main() returns."""
+    from bot import cli
+
+    seen: list[bool] = []
+    manifest = cli.manifest
+
+    def watched(args: Any) -> int:
+        seen.append(gc.isenabled())
+        return manifest(args)
+
+    monkeypatch.setattr(cli, "manifest", watched)
+    assert main(["manifest", "--url", "https://chatops.acme.io/"], env={}) == 0
+    assert seen == [True] and gc.isenabled()
