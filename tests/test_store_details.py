@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import IntegrityError
 
 from bot.db import make_engine, migrate
 from bot.model import NewRequest
@@ -299,8 +300,8 @@ def test_a_status_changes_audit_line_is_written_only_with_the_change(
 ) -> None:
     """update(audit=…) / update_and_merge(audit=…): the audit row is written when the
     conditional change is made, and not when it is not; on SQLite in the change's own
-    transaction (one commit for both), on PostgreSQL as a statement of its own in
-    autocommit (no BEGIN or COMMIT)."""
+    transaction (one commit for both), on PostgreSQL by the change's own statement in
+    autocommit (one statement, no BEGIN or COMMIT)."""
     store, rid = _store_with_request(database_url, {})
     line = AuditLine("bridge", "evaluate.triggered", "ok", "label")
 
@@ -317,12 +318,43 @@ def test_a_status_changes_audit_line_is_written_only_with_the_change(
     assert [(r["actor"], r["action"], r["outcome"], r["detail"]) for r in rows] == [
         ("bridge", "evaluate.triggered", "ok", "label")
     ]
-    audit_inserts = [s for s in statements if s.startswith("INSERT INTO audit")]
+    audit_inserts = [s for s in statements if "INSERT INTO audit" in s]
     assert len(audit_inserts) == 1
-    assert len(commits) == (0 if store.engine.dialect.name == "postgresql" else 1)
+    if store.engine.dialect.name == "postgresql":
+        assert (len(statements), len(commits)) == (1, 0)
+    else:
+        assert len(commits) == 1
     # The condition no longer holds: no change, no second audit row.
     assert not change("cancelled")
     assert len(store.audit_rows(request_id=rid)) == 1
+
+
+@pytest.mark.parametrize("merged", [False, True])
+def test_a_status_change_whose_audit_line_cannot_be_written_is_not_made(
+    database_url: str, merged: bool
+) -> None:
+    """A decision and its trail commit together or not at all: when the audit row is refused
+    (here a NULL actor, which the table does not take), the status stays as it was. On
+    PostgreSQL that takes the change and the row in one statement; with the audit insert as a
+    statement of its own after the change, the request would be left `triggered` with no
+    row saying who or why."""
+    store, rid = _store_with_request(database_url, {})
+    broken = AuditLine(None, "evaluate.triggered", "ok", "label")  # type: ignore[arg-type]
+    with pytest.raises(IntegrityError):
+        if merged:
+            store.update_and_merge(
+                rid,
+                {"runs_summary": "x"},
+                only_if_status=("accepted",),
+                status="triggered",
+                audit=broken,
+            )
+        else:
+            store.update(rid, only_if_status=("accepted",), status="triggered", audit=broken)
+    req = store.get(rid)
+    assert req is not None and req.status == "accepted"
+    assert "runs_summary" not in req.details
+    assert store.audit_rows(request_id=rid) == []
 
 
 @pytest.mark.parametrize("facts", [{"pr_title": "Faster eval"}, {"odd key": "x"}, None])

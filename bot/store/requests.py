@@ -71,7 +71,9 @@ _STATUS_OF = (
 
 
 @functools.cache
-def _pg_change(columns: tuple[str, ...], statuses: int | None, merge: bool) -> Executable:
+def _pg_change(
+    columns: tuple[str, ...], statuses: int | None, merge: bool, audited: bool = False
+) -> Executable:
     """PostgreSQL: a change of a request as one statement, in autocommit one round trip where
     BEGIN, the status read, the UPDATE(s) and COMMIT were four or five.
 
@@ -83,6 +85,9 @@ def _pg_change(columns: tuple[str, ...], statuses: int | None, merge: bool) -> E
     whether or not the status condition holds, the columns change only when it holds, and
     the row comes back as it is after the change; b_changed says whether the condition held.
     Without it, the condition is the UPDATE's: a row comes back only when it changed.
+    With `audited`, the change's audit row (bound as a_at, a_actor, a_action, a_outcome,
+    a_detail) is inserted by the same statement when the change is made: a data-modifying CTE
+    that PostgreSQL runs as one, so the decision and its trail commit together or not at all.
     Built once per shape; only column names checked against the table enter the text."""
     names = set(db.requests.c.keys())
     if not set(columns) <= names:
@@ -104,12 +109,21 @@ def _pg_change(columns: tuple[str, ...], statuses: int | None, merge: bool) -> E
         where, returned = "", [f"requests.{c.name}" for c in db.requests.columns]
     else:
         sets, where, returned = [f"{c} = :{c}" for c in columns], f" AND {ok}", []
-    sql = (
-        "WITH prior AS (SELECT id, status FROM requests WHERE id = :b_id FOR UPDATE) "  # noqa: S608
-        f"UPDATE requests SET {', '.join(sets)} FROM prior WHERE requests.id = prior.id{where} "
-        f"RETURNING {', '.join([*returned, 'prior.status AS b_before', f'{ok} AS b_changed'])}"
+    prior = "prior AS (SELECT id, status FROM requests WHERE id = :b_id FOR UPDATE)"
+    returning = [*returned, "requests.id AS b_changed_id", "prior.status AS b_before"]
+    change = (
+        f"UPDATE requests SET {', '.join(sets)} FROM prior WHERE requests.id = prior.id{where} "  # noqa: S608
+        f"RETURNING {', '.join([*returning, f'{ok} AS b_changed'])}"
     )
-    return text(sql)
+    if not audited:
+        return text(f"WITH {prior} {change}")
+    trail = (
+        "INSERT INTO audit (at, request_id, actor, action, outcome, detail) "
+        "SELECT :a_at, b_changed_id, :a_actor, :a_action, :a_outcome, :a_detail "
+        "FROM changed WHERE b_changed"
+    )
+    steps = f"{prior}, changed AS ({change}), logged AS ({trail})"
+    return text(f"WITH {steps} SELECT * FROM changed")  # noqa: S608 (names checked above)
 
 
 _GET_DETAILS = select(db.requests.c.details).where(db.requests.c.id == bindparam("b_id"))
@@ -195,8 +209,7 @@ class Requests(StoreBase):
         if change is None:
             return False
         if self.engine.dialect.name == "postgresql":
-            changed = self._update_alone(request_id, change)
-            self._audit_with(None, request_id, changed, audit)
+            changed = self._update_alone(request_id, change, audit)
         else:
             with self._write() as conn:
                 changed = self._update_in(conn, request_id, change)
@@ -207,35 +220,41 @@ class Requests(StoreBase):
         return changed
 
     def _audit_with(
-        self, conn: _Transaction | None, request_id: str, changed: bool, audit: AuditLine | None
+        self, conn: _Transaction, request_id: str, changed: bool, audit: AuditLine | None
     ) -> None:
-        """The audit row of a status change that was made. SQLite: in the change's transaction
-        (one commit, one turn of the writer queue for both). PostgreSQL (`conn` None): a
-        statement of its own in autocommit right after the change's, one round trip where
-        BEGIN and COMMIT around the two would add two."""
-        if not changed or audit is None:
-            return
-        if conn is None:
-            self._write_one(_INSERT_AUDIT, self._audit_values(request_id, audit))
-        else:
+        """The audit row of a status change that was made, in the change's transaction (one
+        commit, one turn of SQLite's writer queue for both). PostgreSQL's one-statement
+        changes insert it in that statement instead (_pg_change's `audited`)."""
+        if changed and audit is not None:
             conn.execute(_INSERT_AUDIT, self._audit_values(request_id, audit))
 
-    def _update_alone(self, request_id: str, change: _Change) -> bool:
+    def _audit_params(self, request_id: str, audit: AuditLine | None) -> dict[str, Any]:
+        """_pg_change's a_* parameters for `audit` ({} for none)."""
+        if audit is None:
+            return {}
+        return {f"a_{k}": v for k, v in self._audit_values(request_id, audit).items()}
+
+    def _update_alone(self, request_id: str, change: _Change, audit: AuditLine | None) -> bool:
         """PostgreSQL: `update` as one statement in autocommit. The status it changes from is
-        read by the same statement (_pg_change) only when the log needs it and it is not
-        known already (one possible status)."""
+        read by the same statement (_pg_change) when the log needs it and it is not known
+        already (one possible status), and so is the audit row, when there is one."""
         values, statuses = change.values, change.statuses
-        if not self._logged(values) or (statuses is not None and len(statuses) == 1):
+        if audit is None and (
+            not self._logged(values) or (statuses is not None and len(statuses) == 1)
+        ):
             if statuses is not None and self._logged(values):
                 values["_before"] = statuses[0]
             params = {k: v for k, v in values.items() if k != "_before"}
             return bool(self._write_one(change.statement, params).rowcount)
         columns = tuple(k for k in values if not k.startswith(("b_", "_")))
-        statement = _pg_change(columns, None if statuses is None else len(statuses), False)
-        row = self._write_one(statement, values).first()
-        if row is None:
+        shape = None if statuses is None else len(statuses)
+        statement = _pg_change(columns, shape, False, audit is not None)
+        params = {k: v for k, v in values.items() if k != "_before"}
+        row = self._write_one(statement, {**params, **self._audit_params(request_id, audit)})
+        found = row.first()
+        if found is None:
             return False
-        values["_before"] = row["b_before"]
+        values["_before"] = found["b_before"]
         return True
 
     def update_and_merge(
@@ -272,8 +291,7 @@ class Requests(StoreBase):
             row = self._write_one(statement, merge).first()
             return False, (_request_from(row) if row else None)
         if self.engine.dialect.name == "postgresql" and "details" not in change.values:
-            changed, current = self._update_and_merge_alone(request_id, change, merge)
-            self._audit_with(None, request_id, changed, audit)
+            changed, current = self._update_and_merge_alone(request_id, change, merge, audit)
         else:
             with self._write() as conn:
                 changed = self._update_in(conn, request_id, change)
@@ -286,13 +304,16 @@ class Requests(StoreBase):
         return changed, current
 
     def _update_and_merge_alone(
-        self, request_id: str, change: _Change, merge: dict[str, Any]
+        self, request_id: str, change: _Change, merge: dict[str, Any], audit: AuditLine | None
     ) -> tuple[bool, Request | None]:
-        """PostgreSQL: `update_and_merge` as one statement in autocommit (_pg_change)."""
+        """PostgreSQL: `update_and_merge` as one statement in autocommit (_pg_change), with
+        the audit row when there is one."""
         values, statuses = change.values, change.statuses
         columns = tuple(k for k in values if not k.startswith(("b_", "_")))
-        statement = _pg_change(columns, None if statuses is None else len(statuses), True)
-        row = self._write_one(statement, {**values, **merge}).first()
+        shape = None if statuses is None else len(statuses)
+        statement = _pg_change(columns, shape, True, audit is not None)
+        params = {**values, **merge, **self._audit_params(request_id, audit)}
+        row = self._write_one(statement, params).first()
         if row is None:
             return False, None
         changed = bool(row["b_changed"])
