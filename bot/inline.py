@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -37,6 +38,8 @@ from concurrent.futures import Future
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
+
+log = logging.getLogger("bot.inline")
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -66,10 +69,12 @@ _INLINE: contextvars.ContextVar[Deferred | None] = contextvars.ContextVar(
 
 class Writer:
     """One thread per process that runs the deferred writes, in runs: it takes every write
-    waiting (up to `max_run`) and carries them out under `run_scope()` (bot/db.py
-    `writer_run`: on SQLite the writer lock, taken once for the run and ahead of the job
-    workers). Each write is its own transaction, committed before its outcome is handed
-    back, so an ack never precedes its commit and one failing write fails alone."""
+    waiting (up to `max_run`) and carries them out under `run_scope()` (bot/store
+    `Store.write_run`: on SQLite the writer lock, taken once for the run and ahead of the job
+    workers, and one transaction for the run, each write in a savepoint). Outcomes are
+    handed back only once the scope has ended, so an ack never precedes its commit; one
+    failing write fails alone, and if the scope itself fails (its lock not given, its
+    commit refused) every write of the run fails with it."""
 
     def __init__(
         self,
@@ -116,8 +121,15 @@ class Writer:
                 with self.run_scope():
                     for work, _ in run:
                         outcomes.append(_capture(work))
-            except Exception as exc:  # the scope failed (a lock timeout): what did not run
-                outcomes += [functools.partial(_reraise, exc)] * (len(run) - len(outcomes))
+            except Exception as exc:
+                # The scope failed: its lock was not given (nothing ran) or its end did not
+                # commit (nothing that ran was kept). No write of the run stands.
+                log.error(
+                    "write run not committed; each of its writes is answered as failed",
+                    exc_info=True,
+                    extra={"writes": len(run), "ran": len(outcomes)},
+                )
+                outcomes = [functools.partial(_reraise, exc)] * len(run)
             for (_, done), outcome in zip(run, outcomes, strict=True):
                 done.set_result(outcome)
 

@@ -175,7 +175,7 @@ def test_inline_scope_defers_the_write_and_refuses_blocking_steps() -> None:
     guard("Slack")  # outside the scope: allowed
 
 
-def test_the_writer_commits_each_write_alone_and_hands_back_failures() -> None:
+def test_the_writer_hands_back_each_writes_outcome_and_failures_alone() -> None:
     ran: list[str] = []
     writer = Writer()
 

@@ -1,0 +1,170 @@
+"""The ack writer's runs (bot/store/base.py `write_run`, bot/inline.py `Writer`): on SQLite the
+writes of a run share one transaction, each in a savepoint, and one commit; an ack waits for it."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from bot.db import make_engine, migrate
+from bot.inline import Writer
+from bot.model import NewRequest
+from bot.store import Store
+
+
+def _store(database_url: str) -> Store:
+    engine = make_engine(database_url)
+    migrate(engine)
+    return Store(engine, clock=time.time)
+
+
+def _new(key: str, **over: Any) -> NewRequest:
+    fields: dict[str, Any] = {
+        "kind": "deploy",
+        "repo": "acme/ml-models",
+        "trigger": "dispatch",
+        "channel_id": "C1",
+        "user_id": "U1",
+        "idempotency_key": f"slack:{key}",
+        "run_ref": "run-1",
+        "environment": "production",
+        "status": "pending_approval",
+        **over,
+    }
+    return NewRequest(**fields)
+
+
+def _committed_keys(database_url: str) -> set[str]:
+    """What another connection (another process, a crash's survivor) sees committed."""
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return set(conn.execute(text("SELECT idempotency_key FROM requests")).scalars())
+    finally:
+        engine.dispose()
+
+
+def _sqlite_only(store: Store) -> None:
+    if store.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite only: on PostgreSQL each write of a run commits on its own")
+
+
+def _counting_commits(store: Store) -> list[int]:
+    commits: list[int] = []
+    dialect = store.engine.dialect
+    do_commit = dialect.do_commit
+
+    def counted(dbapi_connection: object) -> None:
+        commits.append(1)
+        do_commit(dbapi_connection)
+
+    dialect.do_commit = counted  # type: ignore[method-assign]
+    return commits
+
+
+def test_a_run_commits_its_writes_together_and_a_failing_one_fails_alone(
+    database_url: str,
+) -> None:
+    store = _store(database_url)
+    commits = _counting_commits(store)
+    sqlite = store.engine.dialect.name == "sqlite"
+    with store.write_run():
+        first, created = store.create_request(_new("a"), audit_action="deploy.requested")
+        assert created
+        assert store.record_delivery("d-1", "workflow_run", "completed", "{}")
+        # A row the table refuses (no kind): the error is this write's, and only its own.
+        with pytest.raises(DBAPIError):
+            store.create_request(_new("bad", kind=None))
+        assert not store.record_delivery("d-1", "workflow_run", "completed", "{}")  # repeat
+        second, created = store.create_request(_new("b"), audit_action="deploy.requested")
+        assert created
+        # The run's reads see its writes; on SQLite nobody else does until it ends.
+        found = store.request_by_key("slack:a")
+        assert found is not None and found.id == first.id
+        assert _committed_keys(database_url) == (set() if sqlite else {"slack:a", "slack:b"})
+    assert _committed_keys(database_url) == {"slack:a", "slack:b"}
+    # PostgreSQL: each write on its own (the two requests in transactions, the rest autocommit).
+    assert len(commits) == (1 if sqlite else 2)
+    assert [r["action"] for r in store.audit_rows(request_id=first.id)] == ["deploy.requested"]
+    assert [r["action"] for r in store.audit_rows(request_id=second.id)] == ["deploy.requested"]
+    assert [d for d, _ in store.pending_deliveries(older_than=-10)] == ["d-1"]
+
+
+def test_a_repeated_key_within_one_run_is_the_request_stored_first(database_url: str) -> None:
+    """A retried command whose first delivery is in the same run, not yet committed: the
+    insert meets the unique key on the run's connection, and the lookup that follows must
+    read there too, or it finds nothing and the retry fails."""
+    store = _store(database_url)
+    with store.write_run():
+        first, created = store.create_request(_new("same"))
+        again, created_again = store.create_request(_new("same"))
+    assert created and not created_again
+    assert again.id == first.id
+    assert _committed_keys(database_url) == {"slack:same"}
+
+
+def test_a_run_that_cannot_commit_keeps_none_of_its_writes(database_url: str) -> None:
+    store = _store(database_url)
+    _sqlite_only(store)
+    dialect = store.engine.dialect
+    do_commit = dialect.do_commit
+
+    def refused(dbapi_connection: object) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    dialect.do_commit = refused  # type: ignore[method-assign]
+    with pytest.raises(OperationalError), store.write_run():
+        store.create_request(_new("a"))
+        store.create_request(_new("b"))
+    dialect.do_commit = do_commit  # type: ignore[method-assign]
+    assert _committed_keys(database_url) == set()
+    # The writer lock and the connection were given back: the next run goes through.
+    with store.write_run():
+        store.create_request(_new("c"))
+    assert _committed_keys(database_url) == {"slack:c"}
+
+
+def test_a_write_that_ended_the_transaction_breaks_the_whole_run(database_url: str) -> None:
+    """SQLite answers some errors (a full disk, an I/O error) by rolling the whole transaction
+    back, savepoints and all. What the run wrote before is gone then: the writes after it
+    and the run's end must fail too, not commit the rest as if nothing happened."""
+    store = _store(database_url)
+    _sqlite_only(store)
+
+    def disk_full() -> None:
+        with store._write() as conn:
+            conn._raw.dbapi_connection.rollback()  # what SQLite does on SQLITE_FULL
+            raise sqlite3.OperationalError("database or disk is full")
+
+    with pytest.raises(sqlite3.OperationalError), store.write_run():
+        store.create_request(_new("a"))
+        with pytest.raises(sqlite3.OperationalError):
+            disk_full()
+        with pytest.raises(RuntimeError, match="ended its transaction"):
+            store.create_request(_new("b"))
+    assert _committed_keys(database_url) == set()
+
+
+def test_every_write_of_a_run_whose_scope_fails_is_answered_as_failed() -> None:
+    """The Writer hands outcomes back after the scope ends; a scope that fails at its end
+    (the run's commit) fails each write of the run, however many ran before."""
+    ran: list[int] = []
+
+    @contextlib.contextmanager
+    def uncommitted() -> Iterator[None]:
+        yield
+        raise OSError("commit refused")
+
+    writer = Writer(run_scope=uncommitted)
+    outcomes = [writer.submit(lambda n=n: ran.append(n) or n).result(5) for n in range(3)]
+    assert sorted(ran) == [0, 1, 2]
+    for outcome in outcomes:
+        with pytest.raises(OSError, match="commit refused"):
+            outcome()
