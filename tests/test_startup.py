@@ -465,3 +465,41 @@ def test_start_up_leaves_what_the_first_use_needs_unimported() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_a_serving_process_runs_with_the_collector_on_and_the_start_frozen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """serve_one turns the cyclic collector off while it builds the bridge, freezes what it
+    built, and turns the collector back on before the server runs: a server without it
+    would never free a reference cycle for the life of the process."""
+    import gc
+
+    import uvicorn
+
+    from bot.__main__ import serve_one
+
+    seen: list[tuple[bool, int]] = []
+
+    def run(self: Any, sockets: Any = None) -> None:
+        seen.append((gc.isenabled(), gc.get_freeze_count()))
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    settings = load_settings(
+        {
+            **GOOD,
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'chatops.db'}",
+            "CHATOPS_CONFIG": str(tmp_path / "absent.yml"),
+        }
+    )
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    try:
+        assert serve_one(settings, parse_config({}), sock, sock.getsockname()[1]) == 0
+    finally:
+        sock.close()
+        gc.unfreeze()
+        gc.enable()
+    assert len(seen) == 1
+    enabled, frozen = seen[0]
+    assert enabled and frozen > 0
