@@ -69,7 +69,8 @@ _INLINE: contextvars.ContextVar[Deferred | None] = contextvars.ContextVar(
 
 class Writer:
     """One thread per process that runs the deferred writes, in runs: it takes every write
-    waiting (up to `max_run`) and carries them out under `run_scope()` (bot/store
+    waiting (up to `max_run`) and carries them out under `run_scope(n)`, n the run's number of
+    writes (bot/store
     `Store.write_run`: on SQLite the writer lock, taken once for the run and ahead of the job
     workers, and one transaction for the run, each write in a savepoint). Outcomes are
     handed back only once the scope has ended, so an ack never precedes its commit; one
@@ -78,7 +79,7 @@ class Writer:
 
     def __init__(
         self,
-        run_scope: Callable[[], AbstractContextManager[None]] = nullcontext,
+        run_scope: Callable[[int], AbstractContextManager[None]] = lambda n: nullcontext(),
         max_run: int = 256,
     ) -> None:
         self.max_run = max_run
@@ -118,7 +119,7 @@ class Writer:
                     break
             outcomes: list[Outcome] = []
             try:
-                with self.run_scope():
+                with self.run_scope(len(run)):
                     for work, _ in run:
                         outcomes.append(_capture(work))
             except Exception as exc:

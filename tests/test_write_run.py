@@ -152,13 +152,37 @@ def test_a_write_that_ended_the_transaction_breaks_the_whole_run(database_url: s
     assert _committed_keys(database_url) == set()
 
 
+def test_a_run_of_one_write_is_that_writes_own_transaction(database_url: str) -> None:
+    """Most acks outside a burst are a run of one: no savepoint around it (two statements
+    more), the write's own transaction as outside a run."""
+    store = _store(database_url)
+    _sqlite_only(store)
+    plain: list[str] = []
+    execute_plain = store._execute_plain
+
+    def recorded(raw: Any, sql: str) -> None:
+        plain.append(sql)
+        execute_plain(raw, sql)
+
+    store._execute_plain = recorded  # type: ignore[method-assign]
+    commits = _counting_commits(store)
+    with store.write_run(1):
+        store.create_request(_new("alone"))
+    assert (plain, len(commits)) == ([], 1)
+    with store.write_run(2):
+        store.create_request(_new("first"))
+        store.create_request(_new("second"))
+    assert plain.count("SAVEPOINT chatops_write") == 2 and len(commits) == 2
+    assert _committed_keys(database_url) == {"slack:alone", "slack:first", "slack:second"}
+
+
 def test_every_write_of_a_run_whose_scope_fails_is_answered_as_failed() -> None:
     """The Writer hands outcomes back after the scope ends; a scope that fails at its end
     (the run's commit) fails each write of the run, however many ran before."""
     ran: list[int] = []
 
     @contextlib.contextmanager
-    def uncommitted() -> Iterator[None]:
+    def uncommitted(writes: int) -> Iterator[None]:
         yield
         raise OSError("commit refused")
 

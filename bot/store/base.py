@@ -236,7 +236,7 @@ class StoreBase:
         self._run_of_thread = _Run()
 
     @contextlib.contextmanager
-    def write_run(self) -> Iterator[None]:
+    def write_run(self, writes: int = 2) -> Iterator[None]:
         """The scope of a run of writes on one thread, committed together when it ends (the
         ack writer thread, bot/inline.py: the writes that commands and webhook deliveries
         wait on before they are answered).
@@ -251,10 +251,12 @@ class StoreBase:
         repeated idempotency key within one run finds its first row). If the commit fails,
         or SQLite ended the transaction on its own (a disk error rolls it all back), the
         block raises: nothing of the run was kept, and every write of it must be answered
-        as failed. PostgreSQL: each write commits on its own, as outside a run (row locks,
-        no single writer: nothing to amortise but a round trip)."""
+        as failed. A run of one write (`writes`, what the caller expects: the ack writer
+        knows its run) is that write's own transaction: a savepoint would only cost two
+        statements. PostgreSQL: each write commits on its own, as outside a run (row locks, no
+        single writer: nothing to amortise but a round trip)."""
         with db.writer_run(self.engine):
-            if self.engine.dialect.name == "postgresql":
+            if self.engine.dialect.name == "postgresql" or writes < 2:
                 yield
                 return
             run = self._run_of_thread
