@@ -152,6 +152,22 @@ def test_a_write_that_ended_the_transaction_breaks_the_whole_run(database_url: s
     assert _committed_keys(database_url) == set()
 
 
+def test_a_run_whose_transaction_ended_between_writes_commits_nothing_after(
+    database_url: str,
+) -> None:
+    """Outside a transaction a SAVEPOINT begins one and its RELEASE commits it: a write after
+    SQLite ended the run's transaction would be committed alone, as if the writes before it
+    had been kept. The run sees that its transaction is gone and refuses the rest."""
+    store = _store(database_url)
+    _sqlite_only(store)
+    with pytest.raises(RuntimeError), store.write_run():
+        store.create_request(_new("a"))
+        store._run_of_thread.raw.dbapi_connection.rollback()  # the transaction ends under it
+        with pytest.raises(RuntimeError, match="ended its transaction"):
+            store.create_request(_new("b"))
+    assert _committed_keys(database_url) == set()
+
+
 def test_a_run_of_one_write_is_that_writes_own_transaction(database_url: str) -> None:
     """Most acks outside a burst are a run of one: no savepoint around it (two statements
     more), the write's own transaction as outside a run."""

@@ -268,6 +268,8 @@ class StoreBase:
                 run.raw, run.broken = raw, None
                 try:
                     yield
+                    if run.broken is None:
+                        self._check_run(run)  # raises if SQLite ended the transaction itself
                 finally:
                     run.raw = None
                 if run.broken is not None:
@@ -395,23 +397,45 @@ class StoreBase:
 
     def _savepoint(self, run: _Run) -> Iterator[_Transaction]:
         """`_write`'s block as a savepoint of the run's transaction. An error SQLite answers by
-        ending the whole transaction (a full disk, an I/O error) breaks the run: what it had
-        written is gone, so this and every later write of it fail, and so does its end."""
-        if run.broken is not None:
-            raise RuntimeError("an earlier write of this run ended its transaction") from None
-        raw = run.raw
-        self._execute_plain(raw, "SAVEPOINT chatops_write")
+        ending the whole transaction (a full disk, an I/O error), or a savepoint statement
+        that fails, breaks the run: what it had written is gone or unknown, so this and every
+        later write of it fail, and so does its end (`_check_run`)."""
+        raw = self._check_run(run)
+        try:
+            self._execute_plain(raw, "SAVEPOINT chatops_write")
+        except BaseException as exc:
+            run.broken = exc
+            raise
         try:
             yield _Transaction(self, raw)
         except BaseException as exc:
             dbapi_connection = raw.dbapi_connection  # None: invalidated
             if dbapi_connection is None or not dbapi_connection.in_transaction:
-                run.broken = exc
+                run.broken = run.broken or exc
                 raise
-            self._execute_plain(raw, "ROLLBACK TO chatops_write")
-            self._execute_plain(raw, "RELEASE chatops_write")
+            try:
+                self._execute_plain(raw, "ROLLBACK TO chatops_write")
+                self._execute_plain(raw, "RELEASE chatops_write")
+            except BaseException:
+                run.broken = run.broken or exc
             raise
-        self._execute_plain(raw, "RELEASE chatops_write")
+        try:
+            self._execute_plain(raw, "RELEASE chatops_write")
+        except BaseException as exc:
+            run.broken = exc
+            raise
+
+    @staticmethod
+    def _check_run(run: _Run) -> Any:
+        """The run's connection, if its transaction is still open; else the run is broken
+        (SQLite ended the transaction: outside one, a SAVEPOINT would begin a new one and its
+        RELEASE commit it, with the run's earlier writes silently gone) and this raises."""
+        if run.broken is None:
+            dbapi_connection = run.raw.dbapi_connection  # None: invalidated
+            if dbapi_connection is not None and dbapi_connection.in_transaction:
+                return run.raw
+            run.broken = RuntimeError("the write run's transaction ended before its commit")
+        raise RuntimeError("an earlier write of this run ended its transaction") from None
 
     def _connect(self) -> Any:
         """A pooled DBAPI connection; failing to connect comes out as SQLAlchemy's error, as
