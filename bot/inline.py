@@ -70,12 +70,11 @@ _INLINE: contextvars.ContextVar[Deferred | None] = contextvars.ContextVar(
 class Writer:
     """One thread per process that runs the deferred writes, in runs: it takes every write
     waiting (up to `max_run`) and carries them out under `run_scope(n)`, n the run's number of
-    writes (bot/store
-    `Store.write_run`: on SQLite the writer lock, taken once for the run and ahead of the job
-    workers, and one transaction for the run, each write in a savepoint). Outcomes are
-    handed back only once the scope has ended, so an ack never precedes its commit; one
-    failing write fails alone, and if the scope itself fails (its lock not given, its
-    commit refused) every write of the run fails with it."""
+    writes (bot/store `Store.write_run`: on SQLite the writer lock, taken once for the run and
+    ahead of the job workers, and one transaction for the run, each write in a savepoint).
+    Outcomes are handed back only once the scope has ended, so an ack never precedes its
+    commit; one failing write fails alone, and if the scope itself fails (its lock not given,
+    its commit refused) every write of the run fails with it."""
 
     def __init__(
         self,
