@@ -253,8 +253,11 @@ class StoreBase:
         block raises: nothing of the run was kept, and every write of it must be answered
         as failed. A run of one write (`writes`, what the caller expects: the ack writer
         knows its run) is that write's own transaction: a savepoint would only cost two
-        statements. PostgreSQL: each write commits on its own, as outside a run (row locks, no
-        single writer: nothing to amortise but a round trip)."""
+        statements. A write in a run must go through `_write` / `_write_one` (what
+        `create_request` and `record_delivery` use): one through `engine.begin()` would open
+        another connection and wait, until busy_timeout, for the lock this run holds.
+        PostgreSQL: each write commits on its own, as outside a run (row locks, no single
+        writer: nothing to amortise but a round trip)."""
         with db.writer_run(self.engine):
             if self.engine.dialect.name == "postgresql" or writes < 2:
                 yield
