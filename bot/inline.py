@@ -33,6 +33,7 @@ import functools
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -70,19 +71,28 @@ _INLINE: contextvars.ContextVar[Deferred | None] = contextvars.ContextVar(
 class Writer:
     """One thread per process that runs the deferred writes, in runs: it takes every write
     waiting (up to `max_run`) and carries them out under `run_scope(n)`, n the run's number of
-    writes (bot/store `Store.write_run`: on SQLite the writer lock, taken once for the run and
-    ahead of the job workers, and one transaction for the run, each write in a savepoint).
-    Outcomes are handed back only once the scope has ended, so an ack never precedes its
-    commit; one failing write fails alone, and if the scope itself fails (its lock not given,
-    its commit refused) every write of the run fails with it."""
+    writes (bot/db.py `writer_run`: on SQLite the writer lock, taken once for the run and ahead
+    of the job workers).
+
+    Within a run the writes go in groups, each under `group_scope(n)` (bot/store
+    `Store.write_group`: on SQLite one transaction for the group, each write in a savepoint;
+    n the writes not yet done). A group closes once it has taken `group_seconds`, so the
+    commit is shared by the writes of a few milliseconds and no write waits for more than
+    that plus its commit. Outcomes are handed back when their group has ended, so an ack
+    never precedes its commit; one failing write fails alone, and if a group's scope fails
+    (its commit refused) every write of that group fails with it."""
 
     def __init__(
         self,
         run_scope: Callable[[int], AbstractContextManager[None]] = lambda n: nullcontext(),
+        group_scope: Callable[[int], AbstractContextManager[None]] = lambda n: nullcontext(),
         max_run: int = 256,
+        group_seconds: float = 0.005,
     ) -> None:
         self.max_run = max_run
         self.run_scope = run_scope
+        self.group_scope = group_scope
+        self.group_seconds = group_seconds
         self._waiting: queue.SimpleQueue[tuple[Callable[[], Any], Future[Outcome]]] = (
             queue.SimpleQueue()
         )
@@ -116,22 +126,36 @@ class Writer:
                     run.append(self._waiting.get_nowait())
                 except queue.Empty:
                     break
-            outcomes: list[Outcome] = []
             try:
                 with self.run_scope(len(run)):
-                    for work, _ in run:
-                        outcomes.append(_capture(work))
-            except Exception as exc:
-                # The scope failed: its lock was not given (nothing ran) or its end did not
-                # commit (nothing that ran was kept). No write of the run stands.
-                log.error(
-                    "write run not committed; each of its writes is answered as failed",
-                    exc_info=True,
-                    extra={"writes": len(run), "ran": len(outcomes)},
-                )
-                outcomes = [functools.partial(_reraise, exc)] * len(run)
-            for (_, done), outcome in zip(run, outcomes, strict=True):
-                done.set_result(outcome)
+                    while run:
+                        run = run[self._group(run) :]
+            except Exception as exc:  # the run's lock was not given: what did not run fails
+                log.error("write run not carried out", exc_info=True, extra={"writes": len(run)})
+                for _, done in run:
+                    done.set_result(functools.partial(_reraise, exc))
+
+    def _group(self, pending: list[tuple[Callable[[], Any], Future[Outcome]]]) -> int:
+        """Carry out the first writes of `pending` as one group; how many it took."""
+        outcomes: list[Outcome] = []
+        deadline = time.monotonic() + self.group_seconds
+        try:
+            with self.group_scope(len(pending)):
+                for work, _ in pending:
+                    outcomes.append(_capture(work))
+                    if time.monotonic() >= deadline:
+                        break
+        except Exception as exc:
+            # The group's end did not commit: nothing that ran in it was kept.
+            log.error(
+                "write group not committed; each of its writes is answered as failed",
+                exc_info=True,
+                extra={"writes": len(outcomes)},
+            )
+            outcomes = [functools.partial(_reraise, exc)] * max(1, len(outcomes))
+        for (_, done), outcome in zip(pending, outcomes, strict=False):
+            done.set_result(outcome)
+        return len(outcomes)
 
 
 def active() -> bool:

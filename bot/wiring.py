@@ -27,7 +27,7 @@ from starlette.applications import Starlette
 import handlers
 from bot.bolt_async import SyncListeners
 from bot.config import Config
-from bot.db import make_engine, migrate
+from bot.db import make_engine, migrate, writer_run
 from bot.deps import Deps
 from bot.github import GitHubApp
 from bot.github_intake.poller import Poller
@@ -166,7 +166,9 @@ class Bridge:
         self.bolt: App | AsyncApp
         # The one thread that writes what an answer on the event loop waits for: a slash
         # command's request, a webhook delivery (bot/inline.py).
-        self.writer = Writer(run_scope=self.store.write_run)
+        self.writer = Writer(
+            run_scope=lambda writes: writer_run(self.engine), group_scope=self.store.write_group
+        )
         if settings.socket_mode:
             self.bolt = self._make_bolt(client)
             handlers.register_slack(self.bolt, self.deps)

@@ -1,10 +1,11 @@
-"""The ack writer's runs (bot/store/base.py `write_run`, bot/inline.py `Writer`): on SQLite the
-writes of a run share one transaction, each in a savepoint, and one commit; an ack waits for it."""
+"""The ack writer's groups (bot/store/base.py `write_group`, bot/inline.py `Writer`): on SQLite the
+writes of a group share one transaction, each in a savepoint, and one commit; acks wait for it."""
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -75,7 +76,7 @@ def test_a_run_commits_its_writes_together_and_a_failing_one_fails_alone(
     store = _store(database_url)
     commits = _counting_commits(store)
     sqlite = store.engine.dialect.name == "sqlite"
-    with store.write_run():
+    with store.write_group():
         first, created = store.create_request(_new("a"), audit_action="deploy.requested")
         assert created
         assert store.record_delivery("d-1", "workflow_run", "completed", "{}")
@@ -102,7 +103,7 @@ def test_a_repeated_key_within_one_run_is_the_request_stored_first(database_url:
     insert meets the unique key on the run's connection, and the lookup that follows must
     read there too, or it finds nothing and the retry fails."""
     store = _store(database_url)
-    with store.write_run():
+    with store.write_group():
         first, created = store.create_request(_new("same"))
         again, created_again = store.create_request(_new("same"))
     assert created and not created_again
@@ -120,13 +121,13 @@ def test_a_run_that_cannot_commit_keeps_none_of_its_writes(database_url: str) ->
         raise sqlite3.OperationalError("disk I/O error")
 
     dialect.do_commit = refused  # type: ignore[method-assign]
-    with pytest.raises(OperationalError), store.write_run():
+    with pytest.raises(OperationalError), store.write_group():
         store.create_request(_new("a"))
         store.create_request(_new("b"))
     dialect.do_commit = do_commit  # type: ignore[method-assign]
     assert _committed_keys(database_url) == set()
     # The writer lock and the connection were given back: the next run goes through.
-    with store.write_run():
+    with store.write_group():
         store.create_request(_new("c"))
     assert _committed_keys(database_url) == {"slack:c"}
 
@@ -143,7 +144,7 @@ def test_a_write_that_ended_the_transaction_breaks_the_whole_run(database_url: s
             conn._raw.dbapi_connection.rollback()  # what SQLite does on SQLITE_FULL
             raise sqlite3.OperationalError("database or disk is full")
 
-    with pytest.raises(sqlite3.OperationalError), store.write_run():
+    with pytest.raises(sqlite3.OperationalError), store.write_group():
         store.create_request(_new("a"))
         with pytest.raises(sqlite3.OperationalError):
             disk_full()
@@ -160,7 +161,7 @@ def test_a_run_whose_transaction_ended_between_writes_commits_nothing_after(
     had been kept. The run sees that its transaction is gone and refuses the rest."""
     store = _store(database_url)
     _sqlite_only(store)
-    with pytest.raises(RuntimeError), store.write_run():
+    with pytest.raises(RuntimeError), store.write_group():
         store.create_request(_new("a"))
         store._run_of_thread.raw.dbapi_connection.rollback()  # the transaction ends under it
         with pytest.raises(RuntimeError, match="ended its transaction"):
@@ -182,29 +183,95 @@ def test_a_run_of_one_write_is_that_writes_own_transaction(database_url: str) ->
 
     store._execute_plain = recorded  # type: ignore[method-assign]
     commits = _counting_commits(store)
-    with store.write_run(1):
+    with store.write_group(1):
         store.create_request(_new("alone"))
     assert (plain, len(commits)) == ([], 1)
-    with store.write_run(2):
+    with store.write_group(2):
         store.create_request(_new("first"))
         store.create_request(_new("second"))
     assert plain.count("SAVEPOINT chatops_write") == 2 and len(commits) == 2
     assert _committed_keys(database_url) == {"slack:alone", "slack:first", "slack:second"}
 
 
-def test_every_write_of_a_run_whose_scope_fails_is_answered_as_failed() -> None:
-    """The Writer hands outcomes back after the scope ends; a scope that fails at its end
-    (the run's commit) fails each write of the run, however many ran before."""
+def _queued(writer: Writer, works: list[Any]) -> list[Any]:
+    """Submit `works` while the writer thread is busy, so that they make one run."""
+    gate = threading.Event()
+    first = writer.submit(lambda: gate.wait(5))
+    futures = [writer.submit(w) for w in works]
+    gate.set()
+    first.result(5)
+    return [f.result(5) for f in futures]
+
+
+def test_every_write_of_a_group_whose_commit_fails_is_answered_as_failed() -> None:
+    """The Writer hands outcomes back after their group ends; a group whose end fails (its
+    commit) fails each write of it, however many ran; the writer goes on with the next."""
     ran: list[int] = []
+    sizes: list[int] = []
 
     @contextlib.contextmanager
     def uncommitted(writes: int) -> Iterator[None]:
+        sizes.append(writes)
         yield
-        raise OSError("commit refused")
+        if writes > 1:
+            raise OSError("commit refused")
 
-    writer = Writer(run_scope=uncommitted)
-    outcomes = [writer.submit(lambda n=n: ran.append(n) or n).result(5) for n in range(3)]
+    writer = Writer(group_scope=uncommitted, group_seconds=60)
+    outcomes = _queued(writer, [lambda n=n: ran.append(n) or n for n in range(3)])
     assert sorted(ran) == [0, 1, 2]
     for outcome in outcomes:
         with pytest.raises(OSError, match="commit refused"):
             outcome()
+    assert writer.submit(lambda: "next").result(5)() == "next"
+
+
+def test_a_group_closes_after_its_time_and_its_writes_are_answered_then() -> None:
+    """With group_seconds spent after each write, every write is a group of its own: its
+    outcome is handed back before the next write of the run begins, and the writer lock (the
+    run's scope) is taken once for the run."""
+    answered_before: list[bool] = []
+    runs: list[int] = []
+    groups: list[int] = []
+
+    @contextlib.contextmanager
+    def lock(writes: int) -> Iterator[None]:
+        runs.append(writes)
+        yield
+
+    @contextlib.contextmanager
+    def group(writes: int) -> Iterator[None]:
+        groups.append(writes)
+        yield
+
+    writer = Writer(run_scope=lock, group_scope=group, group_seconds=0)
+    futures: list[Any] = []
+
+    def second() -> str:
+        answered_before.append(futures[0].done())
+        return "b"
+
+    gate = threading.Event()
+    first = writer.submit(lambda: gate.wait(5))
+    futures += [writer.submit(lambda: "a"), writer.submit(second)]
+    gate.set()
+    first.result(5)
+    assert [f.result(5)() for f in futures] == ["a", "b"]
+    assert answered_before == [True]
+    # Three writes (the gate included): one group each, the lock taken once per run.
+    assert groups[-2:] == [2, 1] and sum(runs) == 3 and len(runs) < len(groups) == 3
+
+
+def test_a_run_whose_lock_is_not_given_fails_each_write_and_the_writer_goes_on() -> None:
+    refused = [True]
+
+    @contextlib.contextmanager
+    def lock(writes: int) -> Iterator[None]:
+        if refused[0]:
+            refused[0] = False
+            raise TimeoutError("the SQLite writer lock was not given back in 30 s")
+        yield
+
+    writer = Writer(run_scope=lock)
+    with pytest.raises(TimeoutError):
+        writer.submit(lambda: "lost").result(5)()
+    assert writer.submit(lambda: "kept").result(5)() == "kept"

@@ -204,8 +204,8 @@ class _Transaction:
 
 
 class _Run(threading.local):
-    """The write run open on this thread (StoreBase.write_run): its connection, in one SQLite
-    transaction, and what broke it, if anything did."""
+    """The write group open on this thread (StoreBase.write_group): its connection, in one
+    SQLite transaction, and what broke it, if anything did."""
 
     raw: Any = None
     broken: BaseException | None = None
@@ -236,54 +236,51 @@ class StoreBase:
         self._run_of_thread = _Run()
 
     @contextlib.contextmanager
-    def write_run(self, writes: int = 2) -> Iterator[None]:
-        """The scope of a run of writes on one thread, committed together when it ends (the
-        ack writer thread, bot/inline.py: the writes that commands and webhook deliveries
-        wait on before they are answered).
+    def write_group(self, writes: int = 2) -> Iterator[None]:
+        """A group of writes on one thread, committed together when it ends (the ack writer
+        thread, bot/inline.py: the writes that commands and webhook deliveries wait on before
+        they are answered, inside the run for which it holds SQLite's writer lock).
 
-        SQLite: the process's writer lock is held for the run (db.writer_run), and the run's
-        writes share one transaction on one connection, each in a savepoint of its own
-        (`_write`): one that fails is rolled back alone, the others stand, and one commit at
-        the end covers them all. Under load a run holds some 20-40 writes (`bench/run.py`,
-        c=64), and a commit was 40 % of a stored command's write (the WAL frames of the
-        requests table's pages and its indexes, written once per run instead of once per
-        write). Reads of the thread use the run's connection, so they see its writes (a
-        repeated idempotency key within one run finds its first row). If the commit fails,
-        or SQLite ended the transaction on its own (a disk error rolls it all back), the
-        block raises: nothing of the run was kept, and every write of it must be answered
-        as failed. A run of one write (`writes`, what the caller expects: the ack writer
-        knows its run) is that write's own transaction: a savepoint would only cost two
-        statements. A write in a run must go through `_write` / `_write_one` (what
-        `create_request` and `record_delivery` use): one through `engine.begin()` would open
-        another connection and wait, until busy_timeout, for the lock this run holds.
-        PostgreSQL: each write commits on its own, as outside a run (row locks, no single
-        writer: nothing to amortise but a round trip)."""
-        with db.writer_run(self.engine):
-            if self.engine.dialect.name == "postgresql" or writes < 2:
-                yield
-                return
-            run = self._run_of_thread
-            if run.raw is not None:
-                raise RuntimeError("a write run is already open on this thread")
-            raw = self._connect()
+        SQLite: the group's writes share one transaction on one connection, each in a
+        savepoint of its own (`_write`): one that fails is rolled back alone, the others
+        stand, and one commit at the end covers them all (a commit was 40 % of a stored
+        command's write: the WAL frames of the requests table's pages and its indexes). Reads
+        of the thread use the group's connection, so they see its writes (a repeated
+        idempotency key within one group finds its first row). If the commit fails, or SQLite
+        ended the transaction on its own (a disk error rolls it all back), the block raises:
+        nothing of the group was kept, and every write of it must be answered as failed. A
+        group that can hold one write only (`writes`: what is left of the writer's run) is
+        that write's own transaction: a savepoint would only cost two statements. A write in
+        a group must go through `_write` / `_write_one` (what `create_request` and
+        `record_delivery` use): one through `engine.begin()` would open another connection and
+        wait, until busy_timeout, for the lock this group holds. PostgreSQL: each write
+        commits on its own, as outside a group (row locks, no single writer: nothing to
+        amortise but a round trip)."""
+        if self.engine.dialect.name == "postgresql" or writes < 2:
+            yield
+            return
+        run = self._run_of_thread
+        if run.raw is not None:
+            raise RuntimeError("a write group is already open on this thread")
+        raw = self._connect()
+        try:
+            self._execute_plain(raw, "BEGIN")
+            run.raw, run.broken = raw, None
             try:
-                self._execute_plain(raw, "BEGIN")
-                run.raw, run.broken = raw, None
-                try:
-                    yield
-                    if run.broken is None:
-                        self._check_run(run)  # raises if SQLite ended the transaction itself
-                finally:
-                    run.raw = None
-                if run.broken is not None:
-                    raise run.broken
-                dialect = self.engine.dialect
-                try:
-                    dialect.do_commit(raw)
-                except dialect.loaded_dbapi.Error as exc:
-                    raise self._wrapped(exc, "COMMIT", raw, None) from exc
+                yield
+                if run.broken is None:
+                    self._check_run(run)  # raises if SQLite ended the transaction itself
             finally:
-                raw.close()  # back to the pool, which rolls back what was not committed
+                run.raw = None
+            if run.broken is not None:
+                raise run.broken
+            dialect = self.engine.dialect
+            try:
+                dialect.do_commit(raw)
+            except dialect.loaded_dbapi.Error as exc:
+                raise self._wrapped(exc, "COMMIT", raw, None) from exc
+        finally:
+            raw.close()  # back to the pool, which rolls back what was not committed
 
     def _execute_plain(self, raw: Any, sql: str) -> None:
         """A statement without parameters or rows (transaction control) on `raw`."""
@@ -327,7 +324,7 @@ class StoreBase:
         """One statement on a pooled connection; on PostgreSQL in autocommit (see _each).
         SQLite runs it as is (pysqlite opens no transaction for a SELECT)."""
         if self.engine.dialect.name != "postgresql":
-            if self._run_of_thread.raw is not None:  # in a write run: see its writes
+            if self._run_of_thread.raw is not None:  # in a write group: see its writes
                 if write:
                     with self._write() as conn:
                         return conn.execute(statement, values)
@@ -379,7 +376,7 @@ class StoreBase:
         Committed when the block ends, rolled back (by the pool) when it raises; driver errors
         come out as SQLAlchemy's (an IntegrityError as IntegrityError), parameters hidden.
 
-        Inside a write run (`write_run`, SQLite) the block is a savepoint of the run's
+        Inside a write group (`write_group`, SQLite) the block is a savepoint of the group's
         transaction instead: released when it ends, rolled back to when it raises."""
         dialect = self.engine.dialect
         run = self._run_of_thread
@@ -437,8 +434,8 @@ class StoreBase:
             dbapi_connection = run.raw.dbapi_connection  # None: invalidated
             if dbapi_connection is not None and dbapi_connection.in_transaction:
                 return run.raw
-            run.broken = RuntimeError("the write run's transaction ended before its commit")
-        raise RuntimeError("an earlier write of this run ended its transaction") from None
+            run.broken = RuntimeError("the write group's transaction ended before its commit")
+        raise RuntimeError("an earlier write of this group ended its transaction") from None
 
     def _connect(self) -> Any:
         """A pooled DBAPI connection; failing to connect comes out as SQLAlchemy's error, as
