@@ -16,7 +16,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bot.pem import ENCRYPTED, rsa_key_problem
@@ -152,6 +152,7 @@ def _length(n: int) -> bytes:
 
 
 @settings(max_examples=150, deadline=None)
+@example(fmt=PKCS8, where=0.005, flip=1, cut=False)  # PKCS#8 version 0 -> 1: refused by both
 @given(
     fmt=st.sampled_from([PKCS1, PKCS8]),
     where=st.floats(min_value=0, max_value=1, exclude_max=True),
