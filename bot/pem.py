@@ -81,10 +81,14 @@ def _pkcs8(der: bytes) -> list[int]:
     if version != b"\x00":
         raise _Bad("unknown PKCS#8 version")
     algorithm, at = _tlv(body, at, 0x30)
-    oid, _ = _tlv(algorithm, 0, 0x06)
+    oid, params_at = _tlv(algorithm, 0, 0x06)
     if oid != _RSA_OID:
         raise _Bad("not an RSA key (GitHub App keys are RSA)")
-    inner, _ = _tlv(body, at, 0x04)
+    if algorithm[params_at:] != b"\x05\x00":  # rsaEncryption's parameters: NULL (RFC 8017)
+        raise _Bad("unexpected DER structure")
+    inner, end = _tlv(body, at, 0x04)
+    if end != len(body):  # no attributes: `openssl pkcs8` writes none
+        raise _Bad("trailing data after the key")
     return _pkcs1(inner)
 
 
