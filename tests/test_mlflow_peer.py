@@ -24,10 +24,17 @@ from bot.store import Store
 from tests.conftest import DEFAULT_CONFIG, REPO, make_env
 from tests.mlflow_peer import peer
 from tests.mlflow_peer.forwarder import Forwarder
-from tests.test_crash_recovery import FAST, LEASE, Server, wait_until
+from tests.test_crash_recovery import FAST, Server, wait_until
 from tests.test_deploy import APPROVER, click_payload
 
 pytestmark = pytest.mark.slow
+
+# Above the slowest step of a card's job (docs/deployment-shapes.md: keep the lease above it):
+# the job reads the real MLflow server, which a test holds for 3 s and a loaded host can slow
+# past test_crash_recovery's 2 s; a lease that runs out under a live job lets the recovery
+# sweep run it a second time, and post a second card. A killed holder is still taken over
+# once its heartbeat is seen stopped (CHATOPS_HOLDER_DEAD_SECONDS, 10 s by default).
+LEASE = 12.0
 
 SECRET = "mlflow-webhook-secret-real-peer"
 MODEL_CHANNEL = "C0MODELS01"
@@ -100,7 +107,7 @@ def bridge(
         github,
         database_url,
         cfg,
-        **FAST,
+        **{**FAST, "CHATOPS_LEASE_SECONDS": str(LEASE)},
         MLFLOW_WEBHOOK_SECRET=SECRET,
         MLFLOW_TRACKING_URI=rest.url,
     )
