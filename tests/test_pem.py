@@ -181,6 +181,16 @@ def test_bytes_after_the_key_are_refused_by_both(fmt: serialization.PrivateForma
     assert rsa_key_problem(pem) == "it cannot sign a GitHub App JWT: trailing data after the key"
 
 
+def test_bytes_after_the_key_inside_pkcs8_are_refused_by_both() -> None:
+    """Within PKCS#8's SEQUENCE, after the key's OCTET STRING (the outer length made to fit)."""
+    head, der, tail = _body(_pem(_rsa(), PKCS8))
+    header = 2 + (der[1] & 0x7F if der[1] & 0x80 else 0)
+    body = der[header:] + b"\x05\x00"
+    pem = _with_body(head, b"\x30" + _length(len(body)) + body, tail)
+    assert not library_signs(pem)
+    assert rsa_key_problem(pem) == "it cannot sign a GitHub App JWT: trailing data after the key"
+
+
 def test_numbers_out_of_range_are_refused_by_both() -> None:
     """e = d = 1 satisfies every relation between the numbers, and signs nothing."""
     numbers = _rsa().private_numbers()

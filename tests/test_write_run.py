@@ -70,7 +70,7 @@ def _counting_commits(store: Store) -> list[int]:
     return commits
 
 
-def test_a_run_commits_its_writes_together_and_a_failing_one_fails_alone(
+def test_a_group_commits_its_writes_together_and_a_failing_one_fails_alone(
     database_url: str,
 ) -> None:
     store = _store(database_url)
@@ -98,7 +98,7 @@ def test_a_run_commits_its_writes_together_and_a_failing_one_fails_alone(
     assert [d for d, _ in store.pending_deliveries(older_than=-10)] == ["d-1"]
 
 
-def test_a_repeated_key_within_one_run_is_the_request_stored_first(database_url: str) -> None:
+def test_a_repeated_key_within_one_group_is_the_request_stored_first(database_url: str) -> None:
     """A retried command whose first delivery is in the same run, not yet committed: the
     insert meets the unique key on the run's connection, and the lookup that follows must
     read there too, or it finds nothing and the retry fails."""
@@ -111,7 +111,7 @@ def test_a_repeated_key_within_one_run_is_the_request_stored_first(database_url:
     assert _committed_keys(database_url) == {"slack:same"}
 
 
-def test_a_run_that_cannot_commit_keeps_none_of_its_writes(database_url: str) -> None:
+def test_a_group_that_cannot_commit_keeps_none_of_its_writes(database_url: str) -> None:
     store = _store(database_url)
     _sqlite_only(store)
     dialect = store.engine.dialect
@@ -132,7 +132,7 @@ def test_a_run_that_cannot_commit_keeps_none_of_its_writes(database_url: str) ->
     assert _committed_keys(database_url) == {"slack:c"}
 
 
-def test_a_write_that_ended_the_transaction_breaks_the_whole_run(database_url: str) -> None:
+def test_a_write_that_ended_the_transaction_breaks_the_whole_group(database_url: str) -> None:
     """SQLite answers some errors (a full disk, an I/O error) by rolling the whole transaction
     back, savepoints and all. What the run wrote before is gone then: the writes after it
     and the run's end must fail too, not commit the rest as if nothing happened."""
@@ -153,7 +153,7 @@ def test_a_write_that_ended_the_transaction_breaks_the_whole_run(database_url: s
     assert _committed_keys(database_url) == set()
 
 
-def test_a_run_whose_transaction_ended_between_writes_commits_nothing_after(
+def test_a_group_whose_transaction_ended_between_writes_commits_nothing_after(
     database_url: str,
 ) -> None:
     """Outside a transaction a SAVEPOINT begins one and its RELEASE commits it: a write after
@@ -169,7 +169,20 @@ def test_a_run_whose_transaction_ended_between_writes_commits_nothing_after(
     assert _committed_keys(database_url) == set()
 
 
-def test_a_run_of_one_write_is_that_writes_own_transaction(database_url: str) -> None:
+def test_a_group_whose_transaction_ended_after_its_last_write_fails_at_its_end(
+    database_url: str,
+) -> None:
+    """A commit outside a transaction does nothing and raises nothing: the group's end must
+    see that its transaction is gone, or its writes are answered as stored and are not."""
+    store = _store(database_url)
+    _sqlite_only(store)
+    with pytest.raises(RuntimeError, match="ended its transaction"), store.write_group():
+        store.create_request(_new("a"))
+        store._run_of_thread.raw.dbapi_connection.rollback()  # the transaction ends under it
+    assert _committed_keys(database_url) == set()
+
+
+def test_a_group_of_one_write_is_that_writes_own_transaction(database_url: str) -> None:
     """Most acks outside a burst are a run of one: no savepoint around it (two statements
     more), the write's own transaction as outside a run."""
     store = _store(database_url)

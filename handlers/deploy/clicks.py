@@ -158,8 +158,8 @@ def on_approve(deps: Deps, body: dict[str, Any]) -> None:
             f"{policy.required - count} more needed.",
         )
         return
-    # The approval and its audit row commit together (SQLite; on PostgreSQL the row follows
-    # in its own statement): who approved a production deploy is part of the trail.
+    # The approval and its audit row commit together (SQLite: one transaction; PostgreSQL:
+    # one statement): who approved a production deploy is part of the trail.
     won = deps.store.update(
         req.id,
         only_if_status=(PENDING_APPROVAL,),
